@@ -1,0 +1,1 @@
+"""Typed config schemas and their validation (dataclasses; no Hydra at import)."""
