@@ -1,0 +1,303 @@
+"""The embodied RL loop (DESIGN.md section 4): sync weights, pipelined rollouts, learner update,
+periodic real-simulator evaluation and checkpoints, with crashed env/rollout workers restarted.
+
+One iteration::
+
+    actor --weights (one object in the Ray store)--> rollout workers                    time/sync
+    env workers reset (GRPO: each initial state group_size times)
+    env workers <-> rollout workers, pipelined over env batches      time/env, time/rollout, time/overlap_ratio
+    trajectories (one ray.put) --> actor: advantages + clipped PG epochs                 time/actor
+    every eval_interval: real-simulator eval; every save_interval: checkpoint
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+import math
+import time
+from dataclasses import asdict
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import ray
+import torch
+from tqdm import tqdm
+
+from rlinf_wm.algorithms import compute_advantages
+from rlinf_wm.config.embodied_schema import IMAGINED_ENV_TYPES, EmbodiedConfig
+from rlinf_wm.runners.metric_logger import MetricLogger
+from rlinf_wm.runners.rollout_collection import WorkerFailure, WorkerRef, collect_round, first_line
+from rlinf_wm.runners.run_state import (
+    POLICY_DIR, STATE_FILE, capture_rng_states, checkpoint_dir, find_checkpoint, restore_rng_states,
+)
+from rlinf_wm.runners.worker_group import WorkerGroup
+from rlinf_wm.utils.checkpoint import load_state, save_state_atomic
+from rlinf_wm.utils.io import write_json_atomic
+from rlinf_wm.workers.seeding import derive_seed
+from rlinf_wm.workers.trajectory import TrajectoryBatch
+
+logger = logging.getLogger(__name__)
+
+
+class EmbodiedRunner:
+    def __init__(self, cfg: EmbodiedConfig, resolved_config: dict | None = None):
+        self.cfg = cfg
+        self.log_dir = Path(cfg.runner.log_dir)
+        self.resolved_config = resolved_config
+        self.policy_cfg = {"path": cfg.policy.path, "model": asdict(cfg.policy.model),
+                           "temperature": cfg.policy.temperature}
+        self.iteration = 0  # completed iterations
+        self.counters = {"env_steps": 0, "episodes": 0, "worker_restarts": 0}
+        self.events: list[str] = []  # what happened besides training (restarts), for summary.json
+
+    # --- entry ------------------------------------------------------------------------------
+    def run(self) -> dict[str, float]:
+        cfg = self.cfg
+        resume_state, resume_policy = self._load_resume()
+        self.workers = WorkerGroup(cfg, self.policy_cfg, resume_policy)
+        metric_logger = MetricLogger(self.log_dir, cfg.runner.logger, self.resolved_config,
+                                     cfg.runner.wandb_project, cfg.runner.experiment_name)
+        last: dict[str, float] = {}
+        try:
+            self.workers.start()
+            self.workers.wait_ready()
+            if resume_state is not None:
+                self._actor_call("load_state_dict", resume_state["actor"])
+            self.spec = self._get(self.workers.env[0], "spec")
+            self._log(f"workers: {len(self.workers.env)} env x {self.spec['num_envs']} envs, "
+                      f"{len(self.workers.rollout)} rollout, 1 actor ({cfg.cluster.mode})")
+            bar = tqdm(range(self.iteration, cfg.runner.max_iterations), initial=self.iteration,
+                       total=cfg.runner.max_iterations, desc="RL", disable=not cfg.runner.progress_bar)
+            for _ in bar:
+                last = self._iteration()
+                bar.set_postfix(success=f"{last['env/success_once']:.2f}")
+                metric_logger.log(last, self.iteration)
+        finally:
+            metric_logger.close()
+            self.workers.shutdown()
+        summary = {"iterations": self.iteration, **self.counters, "events": self.events,
+                   "last_metrics": {k: v for k, v in last.items() if math.isfinite(v)}}
+        write_json_atomic(self.log_dir / "summary.json", summary)
+        return last
+
+    # --- one iteration ----------------------------------------------------------------------
+    def _iteration(self) -> dict[str, float]:
+        cfg, iteration = self.cfg, self.iteration
+        start = time.perf_counter()
+        metrics: dict[str, float] = {}
+
+        t = time.perf_counter()
+        self.weights_ref = self.workers.actor.handle.get_weights.remote()
+        self._sync(self.workers.rollout)
+        metrics["time/sync"] = time.perf_counter() - t
+
+        t = time.perf_counter()
+        self._set_offload(rollout_phase=True)
+        batch, base, collect_metrics = self._collect(iteration)
+        self._set_offload(rollout_phase=False)
+        metrics.update(collect_metrics)
+        metrics["time/offload"] = time.perf_counter() - t - collect_metrics["time/collect"]
+        metrics.update(self._env_metrics(base))
+
+        t = time.perf_counter()
+        metrics.update(self._actor_call("update", ray.put(batch), iteration))
+        metrics["time/actor"] = time.perf_counter() - t
+
+        self.iteration += 1
+        self.counters["env_steps"] += int(base.episode_lengths().sum())
+        self.counters["episodes"] += base.num_trajectories
+        metrics["env/total_steps"] = float(self.counters["env_steps"])
+
+        last_iteration = self.iteration == cfg.runner.max_iterations
+        eval_interval, save_interval = cfg.runner.eval_interval, cfg.runner.save_interval
+        if eval_interval and (self.iteration % eval_interval == 0 or last_iteration):
+            t = time.perf_counter()
+            metrics.update(self._evaluate())
+            metrics["time/eval"] = time.perf_counter() - t
+            if cfg.env.train.env_type in IMAGINED_ENV_TYPES:
+                metrics["calibration/imagined_minus_real_success"] = (
+                    metrics["env/success_once"] - metrics["eval/success_rate"])
+        if (save_interval and self.iteration % save_interval == 0) or last_iteration:
+            t = time.perf_counter()
+            self._save_checkpoint()
+            metrics["time/checkpoint"] = time.perf_counter() - t
+        metrics["time/iteration"] = time.perf_counter() - start
+        return metrics
+
+    def _sync(self, rollout_workers: list[WorkerRef]) -> None:
+        # Every worker reads the same object: the weights are stored once per iteration.
+        refs = [(w, w.handle.set_weights.remote(self.weights_ref, self.iteration)) for w in rollout_workers]
+        for worker, ref in refs:
+            self._get_ref(ref, worker, "set_weights")
+
+    def _set_offload(self, rollout_phase: bool) -> None:
+        """Colocated: only the running component keeps its device memory."""
+        calls = []
+        if self.cfg.actor.offload:
+            calls.append((self.workers.actor, "offload" if rollout_phase else "onload"))
+        if self.cfg.cluster.offload_idle:
+            for worker in [*self.workers.env, *self.workers.rollout]:
+                calls.append((worker, "onload" if rollout_phase else "offload"))
+        refs = [(w, name, getattr(w.handle, name).remote()) for w, name in calls]
+        for worker, name, ref in refs:
+            self._get_ref(ref, worker, name)
+
+    # --- rollouts ---------------------------------------------------------------------------
+    def _collect(self, iteration: int) -> tuple[TrajectoryBatch, TrajectoryBatch, dict[str, float]]:
+        """Base rounds (``rollout_epochs``) plus, for DAPO resampling, rounds replacing zero-variance groups.
+
+        Returns the training batch, the base rounds (unbiased env statistics) and timing metrics.
+        """
+        algo = self.cfg.algorithm
+        timing = {"time/env": 0.0, "time/rollout": 0.0, "time/collect": 0.0}
+        base = [self._collect_round(iteration, r, timing) for r in range(algo.rollout_epochs)]
+        base_batch = TrajectoryBatch.concatenate(base)
+        batch, extra_rounds = base_batch, 0
+        if algo.name == "grpo" and algo.zero_variance_groups == "resample":
+            batch, extra_rounds = self._resample(iteration, base_batch, timing)
+        timing["time/overlap_ratio"] = (timing["time/env"] + timing["time/rollout"]) / max(timing["time/collect"], 1e-9)
+        timing["rollout/resample_rounds"] = float(extra_rounds)
+        return batch, base_batch, timing
+
+    def _collect_round(self, iteration: int, round_index: int, timing: dict[str, float]) -> TrajectoryBatch:
+        cfg = self.cfg
+        seed, group_size = cfg.runner.seed, cfg.algorithm.group_size
+        num_workers, per_worker = len(self.workers.env), self.spec["num_envs"]
+        groups_per_worker = per_worker // group_size
+        num_groups = num_workers * groups_per_worker
+        rng = np.random.default_rng(derive_seed(seed, "reset_ids", iteration, round_index))
+        num_states = self.spec["num_initial_states"] or 2**31 - 1
+        initial = rng.choice(num_states, size=num_groups, replace=num_groups > num_states)
+        group_ids = round_index * num_groups + np.arange(num_groups)
+        reset_ids = [np.repeat(initial[w * groups_per_worker:(w + 1) * groups_per_worker], group_size)
+                     for w in range(num_workers)]
+        env_group_ids = [np.repeat(group_ids[w * groups_per_worker:(w + 1) * groups_per_worker], group_size)
+                         for w in range(num_workers)]
+        reset_seeds = [derive_seed(seed, "reset", iteration, round_index, w) for w in range(num_workers)]
+        max_chunks = self.spec["max_episode_steps"]  # every chunk is >= 1 env step
+        for attempt in range(cfg.runner.max_worker_restarts + 1):
+            try:
+                parts, round_timing = collect_round(
+                    self.workers.env, self.workers.rollout, reset_ids, env_group_ids, reset_seeds,
+                    lambda b, c: derive_seed(seed, "act", iteration, round_index, b, c),
+                    max_chunks, need_final_values=cfg.algorithm.uses_critic,
+                )
+                break
+            except WorkerFailure as failure:
+                if attempt == cfg.runner.max_worker_restarts:
+                    raise RuntimeError(
+                        f"iteration {iteration + 1}: {failure.worker} died ({failure.reason}) and "
+                        f"runner.max_worker_restarts={cfg.runner.max_worker_restarts} restarts are used up"
+                    ) from failure
+                self._restart_dead(failure, iteration)
+        timing["time/env"] += round_timing.env_seconds
+        timing["time/rollout"] += round_timing.rollout_seconds
+        timing["time/collect"] += round_timing.wall_seconds
+        return TrajectoryBatch.concatenate(parts)
+
+    def _restart_dead(self, failure: WorkerFailure, iteration: int) -> None:
+        dead = self.workers.dead_workers() or [
+            (w, failure.reason) for w in [*self.workers.env, *self.workers.rollout] if w.name == failure.worker
+        ]
+        for worker, reason in dead:
+            fresh = self.workers.restart(worker)
+            self.counters["worker_restarts"] += 1
+            self._log(f"iteration {iteration + 1}: {worker.name} died ({reason}); restarted it and redoing the round")
+            if fresh.name.startswith("rollout"):
+                self._sync([fresh])
+        self.workers.wait_ready()
+
+    def _resample(self, iteration: int, base: TrajectoryBatch, timing: dict[str, float]) -> tuple[TrajectoryBatch, int]:
+        """DAPO dynamic sampling: swap zero-variance groups for informative ones from extra rounds."""
+        algo = self.cfg.algorithm
+        target = len(np.unique(base.group_ids))
+        pool, extra_rounds = base, 0
+        while extra_rounds < algo.max_resample_rounds:
+            informative = self._informative_groups(pool)
+            if len(informative) >= target:
+                break
+            extra_rounds += 1
+            round_batch = self._collect_round(iteration, algo.rollout_epochs + extra_rounds - 1, timing)
+            pool = TrajectoryBatch.concatenate([pool, round_batch])
+        informative = self._informative_groups(pool)
+        rest = [g for g in dict.fromkeys(base.group_ids.tolist()) if g not in set(informative)]
+        keep = (informative + rest)[:target]
+        return pool.select(np.flatnonzero(np.isin(pool.group_ids, keep))), extra_rounds
+
+    def _informative_groups(self, batch: TrajectoryBatch) -> list[int]:
+        result = compute_advantages(
+            self.cfg.algorithm, rewards=torch.from_numpy(batch.rewards), terminated=torch.from_numpy(batch.terminated),
+            truncated=torch.from_numpy(batch.truncated), success=torch.from_numpy(batch.success),
+            group_id=torch.from_numpy(batch.group_ids),
+        )
+        zero = set(result.zero_variance_group_ids.tolist())
+        return [g for g in dict.fromkeys(batch.group_ids.tolist()) if g not in zero]
+
+    @staticmethod
+    def _env_metrics(batch: TrajectoryBatch) -> dict[str, float]:
+        alive = batch.alive()[..., None]
+        return {
+            "env/success_once": float(batch.success.mean()),
+            "env/episode_len": float(batch.episode_lengths().mean()),
+            "env/return": float((batch.rewards * alive).sum(axis=(1, 2)).mean()),
+            "env/num_trajectories": float(batch.num_trajectories),
+        }
+
+    # --- evaluation and checkpoints --------------------------------------------------------
+    def _evaluate(self) -> dict[str, float]:
+        from rlinf_wm.runners.embodied_eval import evaluate_in_simulator
+
+        directory = self.log_dir / "eval_policy"
+        self._actor_call("save_policy", str(directory))
+        return evaluate_in_simulator(self.cfg, directory, iteration=self.iteration)
+
+    def _save_checkpoint(self) -> Path:
+        directory = checkpoint_dir(self.log_dir, self.iteration)
+        self._actor_call("save_policy", str(directory / POLICY_DIR))
+        state = {
+            "iteration": self.iteration,
+            "counters": dict(self.counters),
+            "rng": capture_rng_states(),
+            "actor": self._actor_call("state_dict"),
+        }
+        save_state_atomic(state, directory / STATE_FILE)  # last: marks the checkpoint complete
+        return directory
+
+    def _load_resume(self) -> tuple[dict[str, Any] | None, str | None]:
+        if self.cfg.runner.resume_dir is None:
+            return None, None
+        directory = find_checkpoint(self.cfg.runner.resume_dir)
+        state = load_state(directory / STATE_FILE)
+        self.iteration = int(state["iteration"])
+        self.counters.update({k: int(v) for k, v in state["counters"].items()})
+        restore_rng_states(state["rng"])
+        self._log(f"resuming from {directory} after iteration {self.iteration}")
+        return state, str(directory / POLICY_DIR)
+
+    # --- Ray calls with readable errors -----------------------------------------------------
+    def _actor_call(self, method: str, *args: Any) -> Any:
+        return self._get(self.workers.actor, method, *args)
+
+    def _get(self, worker: WorkerRef, method: str, *args: Any) -> Any:
+        return self._get_ref(getattr(worker.handle, method).remote(*args), worker, method)
+
+    def _get_ref(self, ref: ray.ObjectRef, worker: WorkerRef, method: str) -> Any:
+        try:
+            return ray.get(ref)
+        except ray.exceptions.RayActorError as error:
+            hint = ""
+            if worker is self.workers.actor:
+                hint = (f"; the learner state is lost: resume from the last checkpoint with "
+                        f"runner.resume_dir={self.log_dir}")
+            raise RuntimeError(f"{worker.name} died during {method}: {first_line(error)}{hint}") from error
+        except ray.exceptions.RayTaskError as error:
+            cause = getattr(error, "cause", None) or error
+            raise RuntimeError(f"{worker.name} failed in {method}: {type(cause).__name__}: {cause}") from error
+
+    def _log(self, message: str) -> None:
+        self.events.append(message)
+        logger.warning(message) if "died" in message else logger.info(message)
+        with open(self.log_dir / "events.log", "a", encoding="utf-8") as handle:
+            handle.write(json.dumps({"time": time.time(), "iteration": self.iteration, "message": message}) + "\n")
