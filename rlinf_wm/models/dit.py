@@ -168,8 +168,9 @@ class ActionDiT(nn.Module, PyTorchModelHubMixin):
         rope_scale = tuple(float(r) for r in _as_triple(rope_scale, "rope_scale"))
         if patch_size[0] != 1:
             raise ValueError(f"ActionDiT patch_size[0] must be 1 (per-frame timesteps and actions), got {patch_size}")
-        if attention_head_dim % 2:
-            raise ValueError(f"ActionDiT attention_head_dim must be even (3D RoPE pairs), got {attention_head_dim}")
+        if attention_head_dim % 2 or attention_head_dim < 12:
+            # 3D RoPE splits each head into (t, h, w) bands of rotation pairs; diffusers needs each band > 2 wide
+            raise ValueError(f"ActionDiT attention_head_dim must be even and >= 12 (3D RoPE), got {attention_head_dim}")
         for name, value in (("latent_channels", latent_channels), ("action_dim", action_dim),
                             ("actions_per_latent_frame", actions_per_latent_frame), ("num_layers", num_layers)):
             if int(value) < 1:
