@@ -1,0 +1,267 @@
+"""Train the reward model (success classifier) on recorded trajectories.
+
+Run directory (``out_dir``)::
+
+    model/                     the trained RewardModel (config.json + model.safetensors)
+    checkpoints/step_0000500/  model/ + state.pt; the newest resumes
+    tensorboard/               train/eval scalars
+    metrics.json               held-out accuracy, balanced accuracy, AUC, wall time
+
+If a tokenizer is given, training frames are also passed through it (encode -> decode) with probability
+``tokenizer_reconstruction_prob``, so the classifier sees the blur of world-model frames; held-out metrics
+are then reported on both the real and the reconstructed frames.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rlinf_wm.config.world_model_schema import RewardModelConfig, RewardTrainConfig
+from rlinf_wm.data.trajectories import Episode, load_episodes
+from rlinf_wm.models.reward_model import RewardModel, stack_frame_history, success_frame_labels, success_step
+from rlinf_wm.models.tokenizer import VideoTokenizer
+from rlinf_wm.runners.train_tokenizer import (
+    CheckpointManager,
+    make_summary_writer,
+    restore_training_state,
+    resume_latest,
+    split_episodes,
+    training_state,
+    warmup_cosine,
+)
+from rlinf_wm.utils.checkpoint import save_model_atomic
+from rlinf_wm.utils.io import write_json_atomic
+
+
+@dataclasses.dataclass
+class LabelledFrames:
+    frames: np.ndarray  # uint8 [N, H, W, 3], all frames of all episodes, concatenated
+    labels: np.ndarray  # bool [N]
+    history: np.ndarray  # int64 [N, num_frames]: rows of `frames` forming each sample (oldest first)
+
+    def inputs(self, index: np.ndarray, source: np.ndarray | None = None) -> np.ndarray:
+        """uint8 ``[B, num_frames, H, W, 3]`` for the samples in ``index``."""
+        return (self.frames if source is None else source)[self.history[index]]
+
+
+def label_episodes(episodes: Sequence[Episode], num_frames: int) -> LabelledFrames:
+    frames, labels, history, offset = [], [], [], 0
+    for ep in episodes:
+        step = success_step(ep.rewards, ep.dones, ep.success)
+        frames.append(ep.frames)
+        labels.append(success_frame_labels(len(ep.frames), step))
+        history.append(stack_frame_history(np.arange(len(ep.frames)), num_frames) + offset)
+        offset += len(ep.frames)
+    return LabelledFrames(np.concatenate(frames), np.concatenate(labels), np.concatenate(history))
+
+
+def roc_auc(labels: np.ndarray, scores: np.ndarray) -> float:
+    """Area under the ROC curve (Mann-Whitney U, ties count half); NaN when one class is missing."""
+    labels = np.asarray(labels, bool)
+    pos, neg = int(labels.sum()), int((~labels).sum())
+    if pos == 0 or neg == 0:
+        return float("nan")
+    order = np.argsort(scores, kind="mergesort")
+    sorted_scores = np.asarray(scores)[order]
+    ranks = np.empty(len(scores), np.float64)
+    # average ranks over ties
+    _, first, counts = np.unique(sorted_scores, return_index=True, return_counts=True)
+    avg = first + (counts - 1) / 2.0 + 1.0
+    ranks[order] = np.repeat(avg, counts)
+    return float((ranks[labels].sum() - pos * (pos + 1) / 2.0) / (pos * neg))
+
+
+def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: float) -> dict:
+    labels = np.asarray(labels, bool)
+    predicted = np.asarray(probs) >= threshold
+    pos, neg = labels, ~labels
+    recall = float((predicted & pos).sum() / max(1, pos.sum()))
+    specificity = float((~predicted & neg).sum() / max(1, neg.sum()))
+    return {
+        "accuracy": float((predicted == labels).mean()),
+        "balanced_accuracy": 0.5 * (recall + specificity),
+        "auc": roc_auc(labels, probs),
+        "recall": recall,
+        "specificity": specificity,
+        "precision": float((predicted & pos).sum() / max(1, predicted.sum())),
+        "positive_fraction": float(labels.mean()),
+        "frames": int(len(labels)),
+    }
+
+
+@torch.no_grad()
+def predict_probs(model: RewardModel, data: LabelledFrames, source: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
+    model.eval()
+    out = [
+        model.predict_proba(data.inputs(np.arange(s, min(s + batch_size, len(data.labels))), source)).numpy()
+        for s in range(0, len(data.labels), batch_size)
+    ]
+    model.train()
+    return np.concatenate(out)
+
+
+@torch.no_grad()
+def reconstruct_frames(tokenizer: VideoTokenizer, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
+    """uint8 frames -> uint8 frames after the tokenizer's encode/decode (per frame; frames are independent)."""
+    tokenizer.eval()
+    if tokenizer.temporal_compression != 1:
+        raise ValueError("reconstruction augmentation needs a per-frame tokenizer (temporal_compression == 1)")
+    chunks = [
+        tokenizer.decode_to_uint8(tokenizer.encode(frames[s : s + batch_size][:, None]))[:, 0].numpy()
+        for s in range(0, len(frames), batch_size)
+    ]
+    return np.concatenate(chunks)
+
+
+def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
+    """Translate each sample by up to ``max_shift`` pixels (replicate-padded crop), ``x``: ``[B, C, H, W]``."""
+    if max_shift == 0:
+        return x
+    b, _, h, w = x.shape
+    padded = F.pad(x, (max_shift,) * 4, mode="replicate")
+    dx, dy = torch.randint(0, 2 * max_shift + 1, (2, b), generator=generator)
+    return torch.stack([padded[i, :, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+
+
+def train_reward_model(
+    cfg: RewardTrainConfig,
+    data_dir: str | os.PathLike,
+    out_dir: str | os.PathLike,
+    model_cfg: RewardModelConfig | None = None,
+    episodes: Sequence[Episode] | None = None,
+    tokenizer: VideoTokenizer | None = None,
+    tokenizer_reconstruction_prob: float = 0.5,
+    progress: bool = True,
+) -> dict:
+    """Train (or resume) the reward model; returns the metrics also written to ``metrics.json``."""
+    model_cfg = model_cfg or RewardModelConfig()
+    model_cfg.check("model")
+    cfg.check("train")
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    start_time = time.time()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    data_rng = np.random.default_rng(cfg.seed)
+    shift_generator = torch.Generator().manual_seed(cfg.seed)
+
+    episodes = list(episodes) if episodes is not None else load_episodes(data_dir)
+    train_eps, held_eps = split_episodes(episodes, cfg.holdout_fraction, cfg.seed)
+    train = label_episodes(train_eps, model_cfg.num_frames)
+    held = label_episodes(held_eps, model_cfg.num_frames)
+    positives, negatives = np.flatnonzero(train.labels), np.flatnonzero(~train.labels)
+    if len(positives) == 0 or len(negatives) == 0:
+        raise ValueError(
+            f"training split has {len(positives)} success and {len(negatives)} failure frames; "
+            "the reward model needs both (are rewards recorded? see success_step)"
+        )
+    train_recon = held_recon = None
+    if tokenizer is not None and tokenizer_reconstruction_prob > 0:
+        train_recon = reconstruct_frames(tokenizer, train.frames)
+        held_recon = reconstruct_frames(tokenizer, held.frames)
+    write_json_atomic(out_dir / "train_config.json", {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)})
+
+    model_kwargs = dataclasses.asdict(model_cfg)
+    model = RewardModel(**model_kwargs)
+
+    def build_optimizer(module):
+        opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay)
+        sched = torch.optim.lr_scheduler.LambdaLR(opt, lambda s: warmup_cosine(s, cfg.steps, min(100, cfg.steps // 10), 0.02))
+        return opt, sched
+
+    optimizer, scheduler = build_optimizer(model)
+    checkpoints = CheckpointManager(out_dir / "checkpoints", cfg.keep_checkpoints)
+    step, elapsed_before = 0, 0.0
+    resumed = resume_latest(checkpoints, RewardModel, model_kwargs)
+    if resumed is not None:
+        model, state = resumed
+        optimizer, scheduler = build_optimizer(model)
+        step = restore_training_state(state, optimizer, scheduler, data_rng)
+        shift_generator.set_state(state["shift_rng"])
+        elapsed_before = float(state.get("elapsed_seconds", 0.0))
+    model.train()
+    # Without balanced sampling, weight the rarer class up in the loss instead.
+    pos_weight = None if cfg.balance_classes else torch.tensor(len(negatives) / len(positives))
+
+    writer = make_summary_writer(out_dir / "tensorboard")
+    deadline = start_time + cfg.max_minutes * 60 if cfg.max_minutes else None
+    history, stopped_early = [], False
+    bar = tqdm(total=cfg.steps, initial=step, desc="reward", disable=not progress, dynamic_ncols=True)
+    while step < cfg.steps:
+        if cfg.balance_classes:
+            half = cfg.batch_size // 2
+            index = np.concatenate(
+                [data_rng.choice(positives, half), data_rng.choice(negatives, cfg.batch_size - half)]
+            )
+        else:
+            index = data_rng.integers(0, len(train.labels), cfg.batch_size)
+        batch = train.inputs(index)
+        if train_recon is not None:
+            use_recon = data_rng.random(len(index)) < tokenizer_reconstruction_prob
+            batch = np.where(use_recon[:, None, None, None, None], train.inputs(index, train_recon), batch)
+        x = random_shift(model.prepare(batch), cfg.augment_shift, shift_generator)
+        labels = torch.from_numpy(train.labels[index].astype(np.float32))
+        logits = model.head(model.backbone(x).pooler_output.flatten(1)).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        step += 1
+        bar.update(1)
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            accuracy = float(((logits > 0).float() == labels).float().mean())
+            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/accuracy", accuracy, step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            bar.set_postfix(loss=f"{loss.item():.4f}", acc=f"{accuracy:.3f}")
+        if step % cfg.eval_every == 0 and step < cfg.steps:
+            result = classification_metrics(held.labels, predict_probs(model, held), model.threshold)
+            for key in ("accuracy", "balanced_accuracy", "auc"):
+                writer.add_scalar(f"eval/{key}", result[key], step)
+            history.append({"step": step, **result})
+        out_of_time = deadline is not None and time.time() > deadline
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            state = training_state(step, optimizer, scheduler, data_rng, elapsed_before + time.time() - start_time)
+            state["shift_rng"] = shift_generator.get_state()
+            checkpoints.save(model, state, step)
+        if out_of_time:
+            stopped_early = True
+            break
+    bar.close()
+
+    model.eval()
+    result = classification_metrics(held.labels, predict_probs(model, held), model.threshold)
+    for key in ("accuracy", "balanced_accuracy", "auc"):
+        writer.add_scalar(f"eval/{key}", result[key], step)
+    metrics = {f"heldout_{k}": v for k, v in result.items()}
+    if held_recon is not None:
+        recon_result = classification_metrics(held.labels, predict_probs(model, held, held_recon), model.threshold)
+        metrics.update({f"heldout_reconstructed_{k}": recon_result[k] for k in ("accuracy", "balanced_accuracy", "auc")})
+    writer.close()
+    save_model_atomic(model, out_dir / "model")
+    metrics.update(
+        steps=step,
+        stopped_early=stopped_early,
+        wall_seconds=elapsed_before + time.time() - start_time,
+        train_episodes=len(train_eps),
+        heldout_episodes=len(held_eps),
+        train_positive_fraction=float(train.labels.mean()),
+        history=history,
+        model_dir=str(out_dir / "model"),
+    )
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
