@@ -47,7 +47,9 @@ def tiny_model_config(**overrides) -> TinyVLAConfig:
 @pytest.fixture
 def data_dir(tmp_path):
     directory = tmp_path / "data"
-    episodes = [synthetic_episode(i) for i in range(NUM_EPISODES)] + [synthetic_episode(9, success=False)]
+    # A successful non-expert episode (the collector's "perturbed" kind) must not be used as a demo.
+    episodes = [synthetic_episode(i) for i in range(NUM_EPISODES)] + [
+        synthetic_episode(9, success=False), synthetic_episode(10, kind="perturbed")]
     write_episodes(directory / "demos.hdf5", episodes)
     ActionStatistics.from_actions(np.concatenate([ep.actions for ep in episodes])).save(
         directory / "dataset_statistics.json"
@@ -119,6 +121,7 @@ def test_random_shift_translates_each_image():
 def test_sft_reduces_loss_and_overfits_a_learnable_mapping(data_dir, tmp_path):
     summary = run_sft(make_run(data_dir, tmp_path / "sft"), show_progress=False)
     assert summary["num_demos"] == NUM_EPISODES and summary["steps"] == 300
+    assert summary["num_windows"] == NUM_EPISODES * LENGTH
     assert summary["final_metrics"]["loss"] < 0.25 * summary["first_loss"]
     policy = load_policy(tmp_path / "sft")
     demos = select_demonstrations(

@@ -10,7 +10,8 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rlinf_wm.config.validate import require
+from rlinf_wm.config.env_schemas import ENV_SCHEMAS
+from rlinf_wm.config.validate import dispatch_field, require
 
 
 @dataclass
@@ -106,17 +107,19 @@ class EvalConfig:
     num_episodes: int = 100
     num_workers: int = 2  # Ray actors, each with its own env batch; 0 = run in this process without Ray
     cpus_per_worker: float = 1.0
-    seed: int = 1000  # episode i of the run uses reset seed ``seed + i`` (disjoint from collection seeds)
+    first_reset_id: int = 0  # episode i resets with initial-state id first_reset_id + i
+    seed: int = 0  # sampling generator (worker w: seed + 7919 w) and env reset seeds
     deterministic: bool = True  # arg-max actions; False samples with ``temperature``
     temperature: float = 1.0
-    num_videos: int = 4
-    video_fps: int = 20
-    video_format: Literal["mp4", "gif"] = "mp4"
+    num_videos: int = 4  # first episodes of worker 0, one frame per chunk
+    video_fps: int = 5
+    video_format: Literal["mp4", "gif"] = "gif"  # mp4 needs imageio-ffmpeg (falls back to gif)
     output_dir: str = "outputs/eval"
     num_threads: int = 1  # torch threads per worker
 
     def check(self, path: str = "eval") -> None:
         require(self.num_episodes >= 1, f"{path}.num_episodes", f"must be >= 1, got {self.num_episodes}")
+        require(self.first_reset_id >= 0, f"{path}.first_reset_id", f"must be >= 0, got {self.first_reset_id}")
         require(self.num_workers >= 0, f"{path}.num_workers", f"must be >= 0, got {self.num_workers}")
         require(self.cpus_per_worker > 0, f"{path}.cpus_per_worker", f"must be > 0, got {self.cpus_per_worker}")
         require(self.temperature > 0, f"{path}.temperature", f"must be > 0, got {self.temperature}")
@@ -127,12 +130,9 @@ class EvalConfig:
 
 @dataclass
 class EvalEnvGroup:
-    """``env:`` of an eval config: the real-simulator env under ``eval`` (keys per env class)."""
+    """``env:`` of an eval config: the real simulator under ``eval``, validated by its ``env_type`` schema."""
 
-    eval: dict[str, Any]
-
-    def check(self, path: str = "env") -> None:
-        require("env_type" in self.eval, f"{path}.eval.env_type", "required key is missing")
+    eval: Any = dispatch_field("env_type", ENV_SCHEMAS)
 
 
 @dataclass
@@ -144,3 +144,9 @@ class EvalRunConfig:
     policy_path: str
     env: EvalEnvGroup
     eval: EvalConfig = field(default_factory=EvalConfig)
+
+    def check(self, path: str = "") -> None:
+        env_task = getattr(self.env.eval, "task", None)
+        if env_task is not None:
+            require(env_task == self.task, f"{path + '.' if path else ''}env.eval.task",
+                    f"{env_task!r} differs from task={self.task!r}")

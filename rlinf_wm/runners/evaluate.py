@@ -1,0 +1,134 @@
+"""Evaluate a policy checkpoint in a real simulator over ``N`` episodes, spread over Ray workers.
+
+Episode ``i`` resets with initial-state id ``eval.first_reset_id + i`` (Meta-World wraps ids modulo
+its 50 ML1 initial states, so 100 episodes visit each state twice). Workers take contiguous
+slices of episodes; results are gathered in episode order, so the summary does not depend on the
+number of workers. Writes ``summary.json`` (success rate with a 95 % Wilson interval, lengths, per
+episode results) and a few videos into ``eval.output_dir``.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import time
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from rlinf_wm.config.policy_schema import EvalConfig, EvalRunConfig
+from rlinf_wm.models.policy import resolve_policy_dir
+from rlinf_wm.utils.io import atomic_path, write_json_atomic
+from rlinf_wm.utils.stats import wilson_interval
+from rlinf_wm.workers.eval_worker import EvalWorker
+
+logger = logging.getLogger(__name__)
+
+
+def split_episodes(num_episodes: int, num_workers: int) -> list[range]:
+    """Contiguous, near-equal slices of ``range(num_episodes)``, one per worker (none empty)."""
+    num_workers = max(1, min(num_workers, num_episodes))
+    bounds = np.linspace(0, num_episodes, num_workers + 1).round().astype(int)
+    return [range(int(a), int(b)) for a, b in zip(bounds[:-1], bounds[1:])]
+
+
+def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
+    successes = sum(ep["success"] for ep in episodes)
+    lengths = np.array([ep["length"] for ep in episodes], float)
+    success_lengths = np.array([ep["length"] for ep in episodes if ep["success"]], float)
+    low, high = wilson_interval(successes, len(episodes))
+    return {
+        "num_episodes": len(episodes),
+        "num_successes": int(successes),
+        "success_rate": successes / len(episodes),
+        "success_rate_ci95": [low, high],
+        "mean_episode_length": float(lengths.mean()),
+        "mean_success_length": float(success_lengths.mean()) if len(success_lengths) else None,
+        "num_distinct_reset_ids": len({ep["reset_id"] for ep in episodes}),
+    }
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int, video_format: str) -> Path:
+    """Write frames atomically as mp4 (needs imageio-ffmpeg) or gif; falls back to gif without ffmpeg."""
+    import imageio.v2 as imageio
+
+    if video_format == "mp4":
+        try:
+            import imageio_ffmpeg  # noqa: F401
+        except ImportError:
+            logger.warning("imageio-ffmpeg is not installed: writing gif instead of mp4")
+            video_format = "gif"
+    path = path.with_suffix(f".{video_format}")
+    with atomic_path(path, suffix=f".{video_format}") as tmp:
+        if video_format == "gif":
+            imageio.mimsave(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
+        else:
+            imageio.mimsave(tmp, list(frames), format="FFMPEG", fps=fps)
+    return path
+
+
+def run_evaluation(run: EvalRunConfig, show_progress: bool = True) -> dict[str, Any]:
+    cfg: EvalConfig = run.eval
+    env_cfg = dataclasses.asdict(run.env.eval) if dataclasses.is_dataclass(run.env.eval) else dict(run.env.eval)
+    policy_path = str(resolve_policy_dir(run.policy_path))
+    output_dir = Path(cfg.output_dir)
+    started = time.perf_counter()
+    slices = split_episodes(cfg.num_episodes, cfg.num_workers)
+    jobs = [
+        dict(reset_ids=[cfg.first_reset_id + i for i in part], seed=cfg.seed + 7919 * w,
+             deterministic=cfg.deterministic, temperature=cfg.temperature,
+             num_videos=cfg.num_videos if w == 0 else 0)
+        for w, part in enumerate(slices)
+    ]
+    if cfg.num_workers == 0:
+        worker = EvalWorker(env_cfg, policy_path, cfg.num_threads)
+        try:
+            results = [worker.run(**jobs[0])]
+        finally:
+            worker.close()
+    else:
+        import ray
+
+        from rlinf_wm.runners.ray_setup import init_ray
+
+        logger.info(init_ray())
+        actor_class = ray.remote(num_cpus=cfg.cpus_per_worker)(EvalWorker)
+        workers = [actor_class.remote(env_cfg, policy_path, cfg.num_threads, w) for w in range(len(jobs))]
+        try:
+            pending = {worker.run.remote(**job): w for w, (worker, job) in enumerate(zip(workers, jobs))}
+            results: list[Any] = [None] * len(jobs)
+            from tqdm import tqdm
+
+            with tqdm(total=cfg.num_episodes, desc="eval", disable=not show_progress) as progress:
+                while pending:
+                    ready, _ = ray.wait(list(pending), num_returns=1)
+                    w = pending.pop(ready[0])
+                    results[w] = ray.get(ready[0])
+                    progress.update(len(results[w]["episodes"]))
+        finally:
+            for worker in workers:
+                ray.kill(worker)
+
+    episodes = [dict(episode=i, **ep) for i, ep in enumerate(ep for r in results for ep in r["episodes"])]
+    videos = [video for r in results for video in r["videos"]]
+    summary = {
+        "task": run.task,
+        "policy_path": policy_path,
+        "env": env_cfg,
+        "deterministic": cfg.deterministic,
+        "temperature": cfg.temperature,
+        "seed": cfg.seed,
+        "num_workers": cfg.num_workers,
+        **summarize(episodes),
+        "wall_time_s": round(time.perf_counter() - started, 2),
+        "videos": [],
+        "episodes": episodes,
+    }
+    output_dir.mkdir(parents=True, exist_ok=True)
+    for index, frames in enumerate(videos):
+        outcome = "success" if episodes[index]["success"] else "failure"
+        path = write_video(output_dir / f"episode_{index:03d}_{outcome}", frames, cfg.video_fps, cfg.video_format)
+        summary["videos"].append(str(path))
+    write_json_atomic(output_dir / "summary.json", summary)
+    return summary
