@@ -1,0 +1,83 @@
+"""Schemas of env YAMLs (``examples/embodiment/config/env/*.yaml``) and of the collection config.
+
+An env YAML's keys are exactly the constructor kwargs of its env class plus ``env_type``;
+:data:`ENV_SCHEMAS` maps ``env_type`` to its schema so configs can dispatch on it.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rlinf_wm.config.validate import require
+
+# Named cameras of Meta-World's sawyer scenes (metaworld/assets/objects/assets/xyz_base.xml).
+METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+
+
+@dataclass
+class MetaWorldEnvConfig:
+    """The real Meta-World v3 simulator (:class:`rlinf_wm.envs.metaworld_env.MetaWorldEnv`)."""
+
+    env_type: Literal["metaworld"]
+    task: str  # a Meta-World v3 task name, e.g. "drawer-open-v3" (checked against Meta-World when built)
+    num_envs: int = 1
+    image_size: list[int] = field(default_factory=lambda: [64, 64])  # [H, W]
+    camera: str = "corner3"
+    max_episode_steps: int = 150
+    seed: int = 0
+    include_states: bool = False  # also return the 39-d Meta-World state as Obs.states
+
+    def check(self, path: str) -> None:
+        at = (lambda key: f"{path}.{key}") if path else (lambda key: key)
+        require(self.task.endswith("-v3"), at("task"), f"must be a Meta-World v3 task name like 'drawer-open-v3', got {self.task!r}")
+        require(self.num_envs >= 1, at("num_envs"), f"must be >= 1, got {self.num_envs}")
+        require(
+            len(self.image_size) == 2 and all(size >= 1 for size in self.image_size),
+            at("image_size"),
+            f"must be two positive ints [H, W], got {self.image_size}",
+        )
+        require(self.camera in METAWORLD_CAMERAS, at("camera"), f"{self.camera!r} is not one of {list(METAWORLD_CAMERAS)}")
+        require(self.max_episode_steps >= 1, at("max_episode_steps"), f"must be >= 1, got {self.max_episode_steps}")
+
+
+# env_type -> schema. Other env types (world_model, libero) add their schema here.
+ENV_SCHEMAS: dict[str, type] = {"metaworld": MetaWorldEnvConfig}
+
+
+@dataclass
+class CollectConfig:
+    """Top-level config of ``examples/collect/collect_data.py`` (scripted-expert data collection)."""
+
+    task: str
+    artifacts_dir: str
+    env: MetaWorldEnvConfig
+    output_dir: str  # where shard_*.hdf5 and dataset_statistics.json go
+    num_episodes: int = 240
+    episodes_per_shard: int = 10
+    num_workers: int = 2  # Ray collector actors, each with one env; 0 = record in this process without Ray
+    num_cpus_per_worker: float = 1.0
+    expert_noise_std: float = 0.1  # Gaussian noise on every expert action (before clipping to [-1, 1])
+    perturbed_fraction: float = 0.2  # episodes where a random segment is replaced by random actions
+    random_fraction: float = 0.1  # episodes of random actions only
+    seed: int = 0
+    progress_bar: bool = True
+
+    def check(self, path: str) -> None:
+        at = (lambda key: f"{path}.{key}") if path else (lambda key: key)
+        require(self.env.task == self.task, at("env.task"), f"{self.env.task!r} differs from task={self.task!r}")
+        require(self.env.num_envs == 1, at("env.num_envs"),
+                f"collection runs one env per collector actor (scale with num_workers); got {self.env.num_envs}")
+        require(self.num_episodes >= 1, at("num_episodes"), f"must be >= 1, got {self.num_episodes}")
+        require(self.episodes_per_shard >= 1, at("episodes_per_shard"), f"must be >= 1, got {self.episodes_per_shard}")
+        require(self.num_workers >= 0, at("num_workers"), f"must be >= 0, got {self.num_workers}")
+        require(self.num_cpus_per_worker > 0, at("num_cpus_per_worker"), f"must be > 0, got {self.num_cpus_per_worker}")
+        require(self.expert_noise_std >= 0, at("expert_noise_std"), f"must be >= 0, got {self.expert_noise_std}")
+        for name in ("perturbed_fraction", "random_fraction"):
+            value = getattr(self, name)
+            require(0.0 <= value <= 1.0, at(name), f"must be in [0, 1], got {value}")
+        require(
+            self.perturbed_fraction + self.random_fraction <= 1.0,
+            at("random_fraction"),
+            f"perturbed_fraction + random_fraction must be <= 1, got {self.perturbed_fraction + self.random_fraction}",
+        )

@@ -1,0 +1,132 @@
+"""Scripted Meta-World experts and the episodes recorded with them (expert, perturbed, random).
+
+The world model must also see failures, so besides noisy expert episodes there are "perturbed"
+episodes (the expert is overridden by random actions for a random segment, then tries to recover)
+and "random" episodes (random actions throughout).
+"""
+
+from __future__ import annotations
+
+import warnings
+
+import numpy as np
+
+from rlinf_wm.data.trajectories import Episode
+from rlinf_wm.envs.metaworld_env import MetaWorldEnv
+
+EPISODE_KINDS = ("expert", "perturbed", "random")
+
+
+def _policy_class(task: str) -> type:
+    from metaworld.policies import ENV_POLICY_MAP
+
+    if task not in ENV_POLICY_MAP:
+        raise ValueError(f"no scripted Meta-World policy for task {task!r}; available: {', '.join(sorted(ENV_POLICY_MAP))}")
+    return ENV_POLICY_MAP[task]
+
+
+class ExpertPolicy:
+    """Meta-World's scripted policy for ``task`` (e.g. ``SawyerDrawerOpenV3Policy``) plus Gaussian noise.
+
+    Input: the 39-d state with the goal filled in (:meth:`MetaWorldEnv.raw_states`); output: actions in [-1, 1].
+    """
+
+    def __init__(self, task: str, action_noise_std: float = 0.0, rng: np.random.Generator | None = None) -> None:
+        if action_noise_std < 0:
+            raise ValueError(f"action_noise_std must be >= 0, got {action_noise_std}")
+        self.task = task
+        self.policy = _policy_class(task)()
+        self.action_noise_std = float(action_noise_std)
+        self.rng = rng if rng is not None else np.random.default_rng()
+
+    def act(self, states: np.ndarray) -> np.ndarray:
+        """states float[39] or float[B, 39] -> float32 actions [4] or [B, 4]."""
+        states = np.asarray(states, np.float64)
+        batch = states[None] if states.ndim == 1 else states
+        if batch.ndim != 2 or batch.shape[1] != 39:
+            raise ValueError(f"expert states must be [39] or [B, 39], got {states.shape}")
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "Constant(s) may be too high": the env clips anyway
+            actions = np.stack([self.policy.get_action(s) for s in batch]).astype(np.float64)
+        if self.action_noise_std > 0:
+            actions = actions + self.rng.normal(0.0, self.action_noise_std, actions.shape)
+        actions = np.clip(actions, -1.0, 1.0).astype(np.float32)
+        return actions[0] if states.ndim == 1 else actions
+
+    __call__ = act
+
+
+class RandomActions:
+    """Uniform random actions held for a few steps each, so the arm wanders visibly instead of jittering."""
+
+    def __init__(self, rng: np.random.Generator, action_dim: int = 4, hold_steps: tuple[int, int] = (3, 10)) -> None:
+        self.rng = rng
+        self.action_dim = action_dim
+        self.hold_steps = hold_steps
+        self._action = np.zeros(action_dim, np.float32)
+        self._left = 0
+
+    def next(self) -> np.ndarray:
+        if self._left <= 0:
+            self._action = self.rng.uniform(-1.0, 1.0, self.action_dim).astype(np.float32)
+            self._left = int(self.rng.integers(self.hold_steps[0], self.hold_steps[1] + 1))
+        self._left -= 1
+        return self._action.copy()
+
+
+def record_episode(
+    env: MetaWorldEnv,
+    kind: str,
+    seed: int,
+    task_id: int,
+    expert_noise_std: float = 0.1,
+    perturb_steps: tuple[int, int] = (15, 40),
+) -> Episode:
+    """Run one episode in env 0 of ``env`` (``num_envs`` must be 1) and return it with every frame.
+
+    ``seed`` fixes all randomness (noise, perturbation segment, random actions), so the same
+    arguments give the same episode. Perturbed episodes replace the expert's actions by random
+    ones for ``perturb_steps`` (range) steps starting in the first 60% of the episode.
+    """
+    if kind not in EPISODE_KINDS:
+        raise ValueError(f"episode kind must be one of {EPISODE_KINDS}, got {kind!r}")
+    if env.num_envs != 1:
+        raise ValueError(f"record_episode needs an env with num_envs=1, got {env.num_envs}")
+    rng = np.random.default_rng(seed)
+    expert = ExpertPolicy(env.task, expert_noise_std, rng)
+    random_actions = RandomActions(rng)
+    horizon = env.max_episode_steps
+    segment = range(0)
+    if kind == "perturbed":
+        start = int(rng.integers(0, max(1, int(0.6 * horizon))))
+        segment = range(start, start + int(rng.integers(perturb_steps[0], perturb_steps[1] + 1)))
+
+    obs = env.reset(ids=[task_id])
+    frames, states, actions, rewards, dones = [obs.images[0]], [], [], [], []
+    for t in range(horizon):
+        state = env.raw_states()[0]
+        if kind == "random" or t in segment:
+            action = random_actions.next()
+        else:
+            action = expert.act(state)
+        step = env.chunk_step(action[None, None, :])
+        states.append(state.astype(np.float32))
+        actions.append(action)
+        rewards.append(float(step.rewards[0, 0]))
+        dones.append(bool(step.terminated[0, 0]))
+        frames.append(step.obs.images[0])
+        if step.done[0]:
+            break
+    success = bool(step.info["success"][0])
+    return Episode(
+        frames=np.stack(frames),
+        actions=np.stack(actions).astype(np.float32),
+        rewards=np.asarray(rewards, np.float32),
+        dones=np.asarray(dones, bool),
+        success=success,
+        instruction=env.instruction,
+        task=env.task,
+        seed=int(seed),
+        states=np.stack(states),
+        attrs={"kind": kind, "task_id": int(env.task_ids[0])},
+    )

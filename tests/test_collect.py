@@ -1,0 +1,136 @@
+"""Collection runner: tiny collections read back, resume after interruption, config validation, Ray."""
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+from hydra import compose, initialize_config_dir
+
+from rlinf_wm.config.env_schemas import CollectConfig, MetaWorldEnvConfig
+from rlinf_wm.config.validate import ConfigError, validate
+from rlinf_wm.data.statistics import ActionStatistics
+from rlinf_wm.data.trajectories import load_episodes
+from rlinf_wm.data.windows import TrajectoryWindows, initial_states
+from rlinf_wm.runners.collect import plan_episodes, run_collection, shard_path
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "examples/embodiment/config")
+
+
+def tiny_config(output_dir, num_workers: int = 0, **overrides) -> CollectConfig:
+    env = MetaWorldEnvConfig(env_type="metaworld", task="drawer-open-v3", image_size=[32, 32], max_episode_steps=8)
+    values = dict(task="drawer-open-v3", artifacts_dir=str(output_dir), env=env, output_dir=str(output_dir),
+                  num_episodes=4, episodes_per_shard=2, num_workers=num_workers, num_cpus_per_worker=1.0,
+                  expert_noise_std=0.1, perturbed_fraction=0.25, random_fraction=0.25, seed=3, progress_bar=False)
+    values.update(overrides)
+    cfg = CollectConfig(**values)
+    cfg.check("")
+    return cfg
+
+
+def assert_same_episodes(dir_a, dir_b):
+    a, b = load_episodes(dir_a), load_episodes(dir_b)
+    assert len(a) == len(b)
+    for x, y in zip(a, b):
+        assert x.seed == y.seed
+        np.testing.assert_array_equal(x.actions, y.actions)
+        np.testing.assert_array_equal(x.frames, y.frames)
+
+
+@pytest.fixture(scope="module")
+def reference(tmp_path_factory):
+    """An uninterrupted tiny collection: 2 shards x 2 episodes."""
+    out = tmp_path_factory.mktemp("reference")
+    summary = run_collection(tiny_config(out))
+    return out, summary
+
+
+def test_plan_is_deterministic_and_mixes_kinds():
+    cfg = tiny_config("/unused", num_episodes=40, episodes_per_shard=7, perturbed_fraction=0.2, random_fraction=0.1)
+    shards = plan_episodes(cfg)
+    assert [len(s) for s in shards] == [7, 7, 7, 7, 7, 5]
+    plans = [p for s in shards for p in s]
+    assert [p.global_index for p in plans] == list(range(40))
+    assert len({p.seed for p in plans}) == 40
+    kinds = [p.kind for p in plans]
+    assert kinds.count("random") == 4 and kinds.count("perturbed") == 8  # shares hold exactly here
+    assert plans == [p for s in plan_episodes(cfg) for p in s]
+
+
+def test_collection_reads_back_into_windows(reference):
+    out, summary = reference
+    assert sorted(p.name for p in out.glob("*.hdf5")) == ["shard_00000.hdf5", "shard_00001.hdf5"]
+    episodes = load_episodes(out)
+    assert [e.seed for e in episodes] == [3_000_000 + i for i in range(4)]
+    assert all(e.frames.shape[1:] == (32, 32, 3) and len(e.frames) == e.length + 1 for e in episodes)
+    assert all(e.states.shape == (e.length, 39) for e in episodes)
+    assert all(e.length == 8 and not e.success for e in episodes)  # 8 steps cannot open the drawer
+    assert summary["episodes"] == 4 and summary["steps"] == 32
+    assert sum(row["episodes"] for row in summary["by_kind"].values()) == 4
+    assert set(summary["by_kind"]) == {"expert", "perturbed", "random"}
+    stats = ActionStatistics.load(out / "dataset_statistics.json")
+    all_actions = np.concatenate([e.actions for e in episodes])
+    np.testing.assert_allclose(stats.mean, all_actions.mean(0), atol=1e-6)
+    assert json.loads((out / "collection_summary.json").read_text())["episodes"] == 4
+    windows = TrajectoryWindows(episodes, num_cond_frames=2, chunk_size=4)
+    assert len(windows) == 32
+    window = windows[9]
+    assert window["episode"] == 1 and window["start"] == 1
+    np.testing.assert_array_equal(window["future_frames"], episodes[1].frames[2:6])
+    assert initial_states(episodes, 2)[0][0].shape == (2, 32, 32, 3)
+
+
+def test_resume_after_interruption_equals_uninterrupted(reference, tmp_path):
+    class Interrupt(Exception):
+        pass
+
+    def crash_after_first_shard(shard, path):
+        raise Interrupt
+
+    cfg = tiny_config(tmp_path)
+    with pytest.raises(Interrupt):
+        run_collection(cfg, on_shard_written=crash_after_first_shard)
+    assert [p.name for p in tmp_path.iterdir()] == ["shard_00000.hdf5"]  # no partial or temp files
+    written = []
+    run_collection(cfg, on_shard_written=lambda shard, path: written.append(shard))
+    assert written == [1]  # the complete shard was skipped
+    assert_same_episodes(reference[0], tmp_path)
+
+    # A lost shard is recollected identically; the others are left alone.
+    shard_path(tmp_path, 0).unlink()
+    written.clear()
+    run_collection(cfg, on_shard_written=lambda shard, path: written.append(shard))
+    assert written == [0]
+    assert_same_episodes(reference[0], tmp_path)
+
+
+def test_resume_with_other_settings_fails(reference, tmp_path):
+    run_collection(tiny_config(tmp_path, num_episodes=2))
+    with pytest.raises(ValueError, match=r"shard_00000\.hdf5 was collected with different settings.*expert_noise_std"):
+        run_collection(tiny_config(tmp_path, num_episodes=2, expert_noise_std=0.5))
+
+
+def test_collect_config_composes_and_validates():
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        raw = compose("collect_metaworld_drawer_open", overrides=["num_episodes=12"])
+        cfg = validate(raw, CollectConfig)
+        assert cfg.output_dir == "outputs/drawer-open-v3/data" and cfg.env.camera == "corner3"
+        assert cfg.num_episodes == 12 and cfg.env.task == cfg.task
+        bad = [("env.task=door-open-v3", "env.task"), ("random_fraction=0.9", "random_fraction"),
+               ("env.num_envs=4", "env.num_envs"), ("+extra=1", "extra")]
+        for override, key in bad:
+            with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+                validate(compose("collect_metaworld_drawer_open", overrides=[override]), CollectConfig)
+
+
+@pytest.mark.ray
+def test_ray_collection_matches_in_process(reference, tmp_path, monkeypatch):
+    ray = pytest.importorskip("ray")
+    monkeypatch.setenv("RAY_AUTH_MODE", "disabled")
+    ray.init(num_cpus=2, include_dashboard=False)
+    try:
+        summary = run_collection(tiny_config(tmp_path, num_workers=2))
+    finally:
+        ray.shutdown()
+    assert summary["episodes"] == 4
+    assert_same_episodes(reference[0], tmp_path)

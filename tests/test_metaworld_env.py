@@ -1,0 +1,163 @@
+"""The real Meta-World ChunkEnv: shapes, upright images, success/truncation flags, seeding, bad input."""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from rlinf_wm.config.env_schemas import ENV_SCHEMAS, MetaWorldEnvConfig
+from rlinf_wm.config.validate import ConfigError, validate
+from rlinf_wm.envs import make_env
+from rlinf_wm.envs.experts import ExpertPolicy, record_episode
+from rlinf_wm.envs.metaworld_env import MetaWorldEnv, instruction_for
+
+ENV_YAML = Path(__file__).resolve().parents[1] / "examples/embodiment/config/env/metaworld_drawer_open.yaml"
+
+
+@pytest.fixture(scope="module")
+def env():
+    with MetaWorldEnv("drawer-open-v3", num_envs=2, max_episode_steps=150, include_states=True) as env:
+        yield env
+
+
+def red_rows(image: np.ndarray) -> float:
+    """Mean row of the (red) robot arm's pixels."""
+    image = image.astype(int)
+    mask = (image[..., 0] > 100) & (image[..., 1] < 60) & (image[..., 2] < 60)
+    assert mask.sum() > 20, "robot arm not visible"
+    return float(np.nonzero(mask)[0].mean())
+
+
+def test_reset_shapes_and_instruction(env):
+    obs = env.reset(ids=[0, 1])
+    assert obs.images.shape == (2, 64, 64, 3) and obs.images.dtype == np.uint8
+    assert obs.instructions == ["open the drawer", "open the drawer"]
+    assert obs.states.shape == (2, 39) and obs.states.dtype == np.float32
+    # The goal, hidden by ML1, is filled in for the experts.
+    assert np.abs(env.raw_states()[:, -3:]).sum() > 0
+    assert env.num_initial_states == 50
+
+
+def test_images_are_upright(env):
+    obs = env.reset(ids=[0, 0])
+    # corner3 is defined upside down in Meta-World's scene; the env rotates its render by 180 degrees.
+    raw_env = env._envs[0]
+    raw_env.mujoco_renderer._get_viewer("rgb_array").make_context_current()
+    np.testing.assert_array_equal(obs.images[0], raw_env.render()[::-1, ::-1])
+    up_down = np.zeros((2, 15, 4), np.float32)
+    up_down[0, :, 2], up_down[1, :, 2] = 1.0, -1.0  # env 0 lifts the hand, env 1 lowers it
+    images = env.chunk_step(up_down).obs.images
+    # Moving up in the world moves the arm up in the image (smaller row index).
+    assert red_rows(images[0]) < red_rows(images[1]) - 0.5
+
+
+def test_expert_opens_the_drawer_with_success_once_reward():
+    with MetaWorldEnv("drawer-open-v3", num_envs=1, max_episode_steps=150) as env:
+        episode = record_episode(env, "expert", seed=0, task_id=7, expert_noise_std=0.0)
+    assert episode.success
+    assert episode.length < 150
+    assert episode.rewards.sum() == 1.0 and episode.rewards[-1] == 1.0
+    assert episode.dones[-1] and not episode.dones[:-1].any()
+    assert len(episode.frames) == episode.length + 1
+
+
+def test_done_envs_are_not_stepped(env):
+    env.reset(ids=[3, 3])
+    expert = ExpertPolicy("drawer-open-v3")
+    for _ in range(150):
+        actions = np.zeros((2, 1, 4), np.float32)
+        actions[0, 0] = expert.act(env.raw_states()[0])  # env 1 stays still and never succeeds
+        step = env.chunk_step(actions)
+        if step.terminated[0, 0]:
+            break
+    assert step.info["success"].tolist() == [True, False]
+    length = step.info["episode_length"][0]
+    image = step.obs.images[0].copy()
+    again = env.chunk_step(np.ones((2, 3, 4), np.float32))
+    assert again.terminated[0].all() and not again.terminated[1].any()
+    assert again.rewards[0].sum() == 0
+    assert again.info["episode_length"][0] == length  # not stepped
+    np.testing.assert_array_equal(again.obs.images[0], image)
+    assert again.info["episode_length"][1] == step.info["episode_length"][1] + 3
+
+
+def test_truncation_at_max_episode_steps():
+    with MetaWorldEnv("drawer-open-v3", num_envs=2, max_episode_steps=5) as env:
+        env.reset(ids=[0, 1])
+        step = env.chunk_step(np.zeros((2, 8, 4), np.float32))
+        assert not step.truncated[:, :4].any() and step.truncated[:, 4:].all()
+        assert not step.terminated.any() and step.rewards.sum() == 0
+        assert step.info["episode_length"].tolist() == [5, 5]
+        assert step.done.all()
+        again = env.chunk_step(np.zeros((2, 2, 4), np.float32))
+        assert again.truncated.all() and again.info["episode_length"].tolist() == [5, 5]
+
+
+def test_reset_is_reproducible(env):
+    a = env.reset(seed=3)
+    ids_a = env.task_ids
+    b = env.reset(seed=3)
+    np.testing.assert_array_equal(a.images, b.images)
+    np.testing.assert_array_equal(ids_a, env.task_ids)
+    # ids wrap modulo the 50 initial states; different ids give different scenes.
+    np.testing.assert_array_equal(env.reset(ids=[1, 2]).images, env.reset(ids=[51, 52]).images)
+    c = env.reset(ids=[1, 2])
+    assert not np.array_equal(c.images[0], c.images[1])
+    # Stepping is deterministic too.
+    actions = np.random.default_rng(0).uniform(-1, 1, (2, 4, 4)).astype(np.float32)
+    first = env.chunk_step(actions).obs.images
+    env.reset(ids=[1, 2])
+    np.testing.assert_array_equal(first, env.chunk_step(actions).obs.images)
+
+
+def test_bad_actions_raise(env):
+    env.reset(ids=[0, 0])
+    with pytest.raises(ValueError, match="shape"):
+        env.chunk_step(np.zeros((2, 4), np.float32))
+    with pytest.raises(ValueError, match="A=4"):
+        env.chunk_step(np.zeros((2, 1, 7), np.float32))
+    bad = np.zeros((2, 1, 4), np.float32)
+    bad[1, 0, 2] = np.nan
+    with pytest.raises(ValueError, match="NaN"):
+        env.chunk_step(bad)
+    with pytest.raises(ValueError, match="num_envs=2"):
+        env.reset(ids=[0])
+
+
+def test_bad_construction_raises():
+    with pytest.raises(ValueError, match="unknown Meta-World task 'drawer-opn-v3'"):
+        MetaWorldEnv("drawer-opn-v3")
+    with pytest.raises(ValueError, match="image_size"):
+        MetaWorldEnv("drawer-open-v3", image_size=[64])
+    with MetaWorldEnv("drawer-open-v3") as env, pytest.raises(RuntimeError, match="before reset"):
+        env.chunk_step(np.zeros((1, 1, 4), np.float32))
+
+
+def test_instructions():
+    assert instruction_for("door-open-v3") == "open the door"
+    assert instruction_for("stick-pull-v3") == "pull the stick"  # generated fallback
+    assert instruction_for("disassemble-v3") == "complete the disassemble"
+
+
+def test_env_yaml_builds_the_env_through_the_registry():
+    cfg = validate(OmegaConf.load(ENV_YAML), ENV_SCHEMAS["metaworld"], "env")
+    assert isinstance(cfg, MetaWorldEnvConfig) and cfg.camera == "corner3"
+    kwargs = {k: v for k, v in vars(cfg).items() if k != "env_type"}
+    env = make_env(cfg.env_type, **kwargs)
+    try:
+        assert isinstance(env, MetaWorldEnv)
+        assert env.reset().images.shape == (1, 64, 64, 3)
+    finally:
+        env.close()
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [({"num_envs": 0}, "env.num_envs"), ({"image_size": [64, 0]}, "env.image_size"),
+     ({"camera": "front"}, "env.camera"), ({"task": "drawer-open"}, "env.task"), ({"fps": 3}, "env.fps")],
+)
+def test_env_schema_rejects_bad_values(override, key):
+    cfg = OmegaConf.merge(OmegaConf.load(ENV_YAML), override)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(cfg, MetaWorldEnvConfig, "env")
