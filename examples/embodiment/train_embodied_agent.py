@@ -47,7 +47,7 @@ def main(cfg: DictConfig) -> None:
     from rlinf_wm.runners.embodied_runner import EmbodiedRunner
     from rlinf_wm.runners.ray_setup import init_ray
 
-    print(f"[train_embodied_agent] {init_ray(run_cfg.cluster)}; log_dir={run_cfg.runner.log_dir}")
+    print(f"[train_embodied_agent] {init_ray(run_cfg)}; log_dir={run_cfg.runner.log_dir}")
     try:
         metrics = EmbodiedRunner(run_cfg, resolved).run()
     except RuntimeError as error:

@@ -26,8 +26,9 @@ class RunnerConfig:
     log_dir: str = "logs/embodied"  # run_embodiment.sh sets a fresh timestamped directory
     max_iterations: int = 100
     eval_interval: int = 10  # evaluate in the real simulator every N iterations (and after the last); 0 = never
-    eval_episodes: int = 20
-    eval_workers: int = 1  # Ray actors running evaluation episodes (0 = inside the driver process)
+    eval_episodes: int = 20  # deterministic episodes from initial states 0..N-1 (the same every time)
+    eval_workers: int = 1  # Ray actors running them, cluster.env.num_cpus each (0 = in the driver process)
+    eval_videos: int = 2  # episodes recorded per evaluation under <log_dir>/eval/iter_N
     save_interval: int = 10  # checkpoint every N iterations (and after the last); 0 = only after the last
     seed: int = 0  # every reset id, reset seed and sampling seed derives from (seed, iteration, ...)
     resume_dir: str | None = None  # a checkpoints/iter_N directory, or a previous run's log_dir (latest)
@@ -38,10 +39,9 @@ class RunnerConfig:
     progress_bar: bool = True
 
     def check(self, path: str) -> None:
-        for name in ("max_iterations", "eval_episodes", "max_worker_restarts"):
-            value = getattr(self, name)
-            require(value >= (0 if name == "max_worker_restarts" else 1), f"{path}.{name}", f"must be >= 1, got {value}")
-        for name in ("eval_interval", "save_interval", "eval_workers"):
+        for name in ("max_iterations", "eval_episodes"):
+            require(getattr(self, name) >= 1, f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")
+        for name in ("eval_interval", "save_interval", "eval_workers", "eval_videos", "max_worker_restarts"):
             require(getattr(self, name) >= 0, f"{path}.{name}", f"must be >= 0, got {getattr(self, name)}")
 
 

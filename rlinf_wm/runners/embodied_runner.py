@@ -55,6 +55,7 @@ class EmbodiedRunner:
     # --- entry ------------------------------------------------------------------------------
     def run(self) -> dict[str, float]:
         cfg = self.cfg
+        self.log_dir.mkdir(parents=True, exist_ok=True)
         resume_state, resume_policy = self._load_resume()
         self.workers = WorkerGroup(cfg, self.policy_cfg, resume_policy)
         metric_logger = MetricLogger(self.log_dir, cfg.runner.logger, self.resolved_config,
@@ -247,11 +248,41 @@ class EmbodiedRunner:
 
     # --- evaluation and checkpoints --------------------------------------------------------
     def _evaluate(self) -> dict[str, float]:
-        from rlinf_wm.runners.embodied_eval import evaluate_in_simulator
+        """Deterministic episodes in the real simulator (``env.eval``) with the current weights.
 
-        directory = self.log_dir / "eval_policy"
-        self._actor_call("save_policy", str(directory))
-        return evaluate_in_simulator(self.cfg, directory, iteration=self.iteration)
+        The same initial states every time (ids 0..eval_episodes-1), so evaluations are comparable.
+        """
+        from rlinf_wm.config.policy_schema import EvalConfig, EvalEnvGroup, EvalRunConfig
+        from rlinf_wm.runners.evaluate import run_evaluation
+
+        cfg = self.cfg
+        policy_dir = self.log_dir / "eval_policy"
+        self._actor_call("save_policy", str(policy_dir))
+        eval_cfg = EvalConfig(
+            num_episodes=cfg.runner.eval_episodes, num_workers=cfg.runner.eval_workers,
+            cpus_per_worker=max(cfg.cluster.env.num_cpus, 0.01), seed=cfg.runner.seed, deterministic=True,
+            num_videos=cfg.runner.eval_videos, output_dir=str(self.log_dir / "eval" / f"iter_{self.iteration}"),
+        )
+        if eval_cfg.num_workers:
+            needed = eval_cfg.num_workers * eval_cfg.cpus_per_worker
+            free = ray.available_resources().get("CPU", 0.0)
+            if free < needed:
+                raise RuntimeError(
+                    f"runner.eval_workers={eval_cfg.num_workers} evaluation workers need {needed:g} CPUs "
+                    f"(cluster.env.num_cpus each) but the Ray cluster has {free:g} free besides the training "
+                    "workers; lower runner.eval_workers (0 runs evaluation in the driver) or add CPUs"
+                )
+        run = EvalRunConfig(task=cfg.task, artifacts_dir=cfg.artifacts_dir, policy_path=str(policy_dir),
+                            env=EvalEnvGroup(eval=cfg.env.eval), eval=eval_cfg)
+        summary = run_evaluation(run, show_progress=False)
+        low, high = summary["success_rate_ci95"]
+        return {
+            "eval/success_rate": summary["success_rate"],
+            "eval/success_rate_lower": low,
+            "eval/success_rate_upper": high,
+            "eval/episode_len": summary["mean_episode_length"],
+            "eval/num_episodes": float(summary["num_episodes"]),
+        }
 
     def _save_checkpoint(self) -> Path:
         directory = checkpoint_dir(self.log_dir, self.iteration)

@@ -84,9 +84,9 @@ class ActorWorker:
         return directory
 
     def state_dict(self) -> dict[str, Any]:
-        """Learner state for a checkpoint (the weights go to the policy directory)."""
+        """Learner state for a checkpoint (the weights go to the policy directory); a copy, not live tensors."""
         return {
-            "optimizer": self.optimizer.state_dict(),
+            "optimizer": copy.deepcopy(self.optimizer.state_dict()),
             "torch_rng": torch.get_rng_state(),
             "consecutive_nonfinite": self.guard.consecutive,
             "total_skipped": self.guard.total_skipped,

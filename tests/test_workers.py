@@ -1,0 +1,272 @@
+"""Workers in-process (no Ray): the learner's update, guards, offloading and state; rollout sampling;
+the env worker; trajectory building; placement bundles."""
+
+import dataclasses
+import math
+
+import numpy as np
+import pytest
+import torch
+
+from rlinf_wm.algorithms import NonFiniteLossError
+from rlinf_wm.config.algorithm_schema import AlgorithmConfig
+from rlinf_wm.config.embodied_schema import ActorConfig, EmbodiedConfig
+from rlinf_wm.config.policy_schema import TinyVLAConfig
+from rlinf_wm.config.validate import validate
+from rlinf_wm.envs import Obs
+from rlinf_wm.models.policy import TinyVLA
+from rlinf_wm.runners.worker_group import placement_bundles
+from rlinf_wm.utils.checkpoint import save_model_atomic
+from rlinf_wm.workers.actor_worker import ActorWorker
+from rlinf_wm.workers.env_worker import EnvWorker
+from rlinf_wm.workers.rollout_worker import RolloutWorker
+from rlinf_wm.workers.seeding import derive_seed
+from rlinf_wm.workers.trajectory import TrajectoryBatch, TrajectoryBuilder
+
+IMAGE = 16
+K, A = 2, 4
+INSTRUCTION = "open the drawer"
+
+
+@pytest.fixture(scope="module")
+def policy_dir(tmp_path_factory):
+    torch.manual_seed(0)
+    config = TinyVLAConfig(chunk_size=K, num_bins=8, encoder_channels=[4], image_grid=2, hidden_dim=16, num_layers=1,
+                           num_heads=2, mlp_ratio=2, image_size=IMAGE, action_dim=A, action_q01=[-1.0] * A,
+                           action_q99=[1.0] * A)
+    path = tmp_path_factory.mktemp("policy") / "policy"
+    save_model_atomic(TinyVLA(config), path)
+    return str(path)
+
+
+def policy_cfg(path):
+    return {"path": path, "model": {}, "temperature": 1.0}
+
+
+def make_batch(policy_dir, success, chunks=3, seed=0, group_ids=None):
+    """Trajectories acted by the policy itself (ratio 1 at the first step); episodes end in the last chunk."""
+    policy = RolloutWorker(policy_cfg(policy_dir))
+    rng = np.random.default_rng(seed)
+    b = len(success)
+    images = rng.integers(0, 256, (b, chunks, IMAGE, IMAGE, 3), dtype=np.uint8)
+    outputs = [policy.act(Obs(images[:, n], [INSTRUCTION] * b), seed=seed * 100 + n) for n in range(chunks)]
+    terminated = np.zeros((b, chunks, K), bool)
+    truncated = np.zeros((b, chunks, K), bool)
+    terminated[np.asarray(success), -1, -1] = True
+    truncated[~np.asarray(success), -1, -1] = True
+    rewards = np.zeros((b, chunks, K), np.float32)
+    rewards[np.asarray(success), -1, -1] = 1.0
+    values = np.stack([o.values for o in outputs], axis=1)
+    return TrajectoryBatch(
+        images=images, instructions=[INSTRUCTION] * b,
+        tokens=np.stack([o.tokens for o in outputs], axis=1), logprobs=np.stack([o.logprobs for o in outputs], axis=1),
+        rewards=rewards, terminated=terminated, truncated=truncated, success=np.asarray(success, bool),
+        group_ids=np.asarray(group_ids if group_ids is not None else np.arange(b) // 2, np.int64),
+        values=values, next_values=np.concatenate([values[:, 1:], np.zeros((b, 1), np.float32)], axis=1),
+    )
+
+
+def weights(worker):
+    return {k: v.clone() for k, v in worker.policy.state_dict().items()}
+
+
+def changed(before, after):
+    return any(not torch.equal(before[k], after[k]) for k in before)
+
+
+# --- the learner ------------------------------------------------------------------------------
+def test_grpo_update_moves_the_policy_and_reports_metrics(policy_dir):
+    actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2, minibatch_size=4), ActorConfig(lr=1e-2), 0)
+    before = weights(actor)
+    metrics = actor.update(make_batch(policy_dir, [True, False, True, False]), iteration=0)
+    assert changed(before, weights(actor))
+    assert metrics["train/actor/num_samples"] == 12  # 4 trajectories x 3 valid chunks
+    assert metrics["train/actor/num_updates"] == 3  # ceil(12 / 4) minibatches, 1 epoch
+    assert metrics["rollout/zero_variance_groups"] == 0
+    assert metrics["train/actor/ratio_mean"] == pytest.approx(1.0, abs=0.05)
+    assert all(math.isfinite(v) for v in metrics.values())
+    assert actor.reference is None  # kl_coef == 0: no reference policy is held
+
+
+def test_zero_variance_groups_are_filtered_out_of_the_update(policy_dir):
+    actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2), ActorConfig(lr=1e-2), 0)
+    before = weights(actor)
+    metrics = actor.update(make_batch(policy_dir, [False] * 4), iteration=0)
+    assert metrics["train/actor/num_samples"] == 0 and metrics["train/actor/num_updates"] == 0
+    assert not changed(before, weights(actor))
+
+
+def test_ppo_uses_a_separate_value_learning_rate_and_trains_the_value_head(policy_dir):
+    algorithm = AlgorithmConfig(name="ppo", group_size=1, zero_variance_groups="keep", value_lr=3e-3, minibatch_size=6)
+    actor = ActorWorker(policy_cfg(policy_dir), algorithm, ActorConfig(lr=1e-4), 0)
+    assert {g["name"]: g["lr"] for g in actor.optimizer.param_groups} == {"policy": 1e-4, "value": 3e-3}
+    before = weights(actor)
+    metrics = actor.update(make_batch(policy_dir, [True, False, False, True]), iteration=0)
+    assert "train/critic/value_loss" in metrics and metrics["train/critic/lr"] == 3e-3
+    assert any(not torch.equal(before[k], v) for k, v in actor.policy.state_dict().items() if k.startswith("value_head."))
+
+
+def test_kl_penalty_holds_a_frozen_reference_policy(policy_dir):
+    actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2, kl_coef=0.1), ActorConfig(lr=1e-2), 0)
+    reference = {k: v.clone() for k, v in actor.reference.state_dict().items()}
+    metrics = actor.update(make_batch(policy_dir, [True, False, True, False]), iteration=0)
+    assert "train/actor/kl_ref" in metrics
+    assert not changed(reference, actor.reference.state_dict())
+    assert changed(reference, actor.policy.state_dict())
+
+
+def test_nonfinite_losses_are_skipped_then_stop_the_run(policy_dir):
+    algorithm = AlgorithmConfig(group_size=2, minibatch_size=6, max_consecutive_nonfinite=3)
+    actor = ActorWorker(policy_cfg(policy_dir), algorithm, ActorConfig(lr=1e-2), 0)
+    batch = make_batch(policy_dir, [True, False, True, False])
+    batch.logprobs[:] = np.nan
+    before = weights(actor)
+    metrics = actor.update(batch, iteration=0)  # 12 samples / 6 = 2 minibatches, both NaN: skipped
+    assert metrics["train/actor/skipped_nonfinite"] == 2 and metrics["train/actor/num_updates"] == 0
+    assert not changed(before, weights(actor))
+    with pytest.raises(NonFiniteLossError, match="max_consecutive_nonfinite"):
+        actor.update(batch, iteration=1)  # the third NaN in a row
+
+
+def test_offload_moves_state_to_cpu_and_blocks_updates_until_onload(policy_dir):
+    actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2), ActorConfig(lr=1e-2), 0)
+    batch = make_batch(policy_dir, [True, False, True, False])
+    actor.update(batch, iteration=0)
+    moments = {i: s["exp_avg"].clone() for i, s in enumerate(actor.optimizer.state.values())}
+    actor.offload()
+    assert actor.placement() == {"offloaded": True, "policy_device": "cpu", "optimizer_devices": ["cpu"],
+                                 "compute_device": "cpu"}
+    with pytest.raises(RuntimeError, match="offloaded"):
+        actor.update(batch, iteration=1)
+    actor.onload()
+    assert not actor.placement()["offloaded"]
+    assert all(torch.equal(moments[i], s["exp_avg"]) for i, s in enumerate(actor.optimizer.state.values()))
+    actor.update(batch, iteration=1)
+
+
+def test_learner_state_round_trip_continues_identically(policy_dir, tmp_path):
+    algorithm, actor_cfg = AlgorithmConfig(group_size=2, minibatch_size=4), ActorConfig(lr=1e-2)
+    first = ActorWorker(policy_cfg(policy_dir), algorithm, actor_cfg, 7)
+    first.update(make_batch(policy_dir, [True, False, True, False], seed=1), iteration=0)
+    first.save_policy(str(tmp_path / "policy"))
+    resumed = ActorWorker(policy_cfg(policy_dir), algorithm, actor_cfg, 7, resume_policy_dir=str(tmp_path / "policy"))
+    resumed.load_state_dict(first.state_dict())
+    batch = make_batch(policy_dir, [False, True, True, False], seed=2)
+    untimed = lambda metrics: {k: v for k, v in metrics.items() if not k.startswith("time/")}  # noqa: E731
+    assert untimed(first.update(batch, iteration=1)) == untimed(resumed.update(batch, iteration=1))
+    assert not changed(weights(first), weights(resumed))
+
+
+# --- rollout and env workers ------------------------------------------------------------------
+def test_rollout_sampling_is_fixed_by_the_seed_and_follows_synced_weights(policy_dir):
+    worker = RolloutWorker(policy_cfg(policy_dir))
+    obs = Obs(np.random.default_rng(0).integers(0, 256, (3, IMAGE, IMAGE, 3), dtype=np.uint8), [INSTRUCTION] * 3)
+    first, again, other = worker.act(obs, seed=5), worker.act(obs, seed=5), worker.act(obs, seed=6)
+    assert np.array_equal(first.tokens, again.tokens) and not np.array_equal(first.tokens, other.tokens)
+    new_weights = {k: torch.randn_like(v) if v.is_floating_point() else v for k, v in worker.policy.state_dict().items()}
+    worker.set_weights(new_weights, version=3)
+    assert worker.weights_version == 3 and not np.array_equal(worker.act(obs, seed=5).logprobs, first.logprobs)
+    assert worker.take_busy_seconds() > 0 and worker.take_busy_seconds() == 0
+    worker.offload()
+    with pytest.raises(RuntimeError, match="offloaded"):
+        worker.act(obs, seed=5)
+
+
+def test_env_worker_wraps_a_chunk_env_by_env_type():
+    env_cfg = dict(env_type="metaworld", task="drawer-open-v3", num_envs=2, image_size=[IMAGE, IMAGE], max_episode_steps=3)
+    worker = EnvWorker(env_cfg, worker_index=1)
+    try:
+        assert worker.spec() == {"num_envs": 2, "action_dim": 4, "max_episode_steps": 3, "num_initial_states": 50}
+        with pytest.raises(ValueError, match="env worker 1: got 3 reset ids for 2 envs"):
+            worker.reset([0, 0, 1])
+        obs = worker.reset([4, 4], seed=0)
+        assert obs.images.shape == (2, IMAGE, IMAGE, 3) and np.array_equal(obs.images[0], obs.images[1])
+        next_obs, record = worker.chunk_step(np.zeros((2, 2, 4), np.float32))
+        assert record["rewards"].shape == (2, 2) and record["info"]["success"].shape == (2,)
+        _, record = worker.chunk_step(np.zeros((2, 2, 4), np.float32))
+        assert record["truncated"][:, 0].all()  # step 3 of max 3
+        assert worker.take_busy_seconds() > 0 and worker.take_busy_seconds() == 0
+    finally:
+        worker.close()
+
+
+# --- trajectories -----------------------------------------------------------------------------
+def _obs(b, value):
+    return Obs(np.full((b, 2, 2, 3), value, np.uint8), ["x"] * b)
+
+
+def _output(b, value):
+    from rlinf_wm.models.policy import PolicyOutput
+
+    return PolicyOutput(actions=np.zeros((b, 1, 1), np.float32), tokens=np.full((b, 1, 1), value),
+                        logprobs=np.full((b, 1, 1), -float(value), np.float32))
+
+
+def test_builder_tracks_episode_ends_success_and_padding():
+    builder = TrajectoryBuilder(np.array([7, 7]), ["x", "x"])
+    steps = [  # env 0 succeeds in chunk 0; env 1 is truncated in chunk 1
+        (np.array([[True], [False]]), np.zeros((2, 1), bool), [True, False]),
+        (np.array([[True], [False]]), np.array([[False], [True]]), [True, True]),
+    ]
+    for n, (terminated, truncated, success) in enumerate(steps):
+        builder.add_action(_obs(2, n), _output(2, n))
+        builder.add_step({"rewards": np.zeros((2, 1), np.float32), "terminated": terminated, "truncated": truncated,
+                          "info": {"success": np.array(success)}})
+    assert builder.finished
+    batch = builder.build()
+    assert batch.success.tolist() == [True, True]
+    assert batch.alive().tolist() == [[True, False], [True, True]]
+    assert batch.episode_lengths().tolist() == [1, 2]
+    short = TrajectoryBuilder(np.array([8]), ["y"])
+    short.add_action(_obs(1, 9), _output(1, 9))
+    short.add_step({"rewards": np.ones((1, 1), np.float32), "terminated": np.ones((1, 1), bool),
+                    "truncated": np.zeros((1, 1), bool), "info": {"success": np.array([True])}})
+    joined = TrajectoryBatch.concatenate([batch, short.build()])
+    assert joined.tokens.shape == (3, 2, 1, 1) and joined.group_ids.tolist() == [7, 7, 8]
+    assert joined.alive()[2].tolist() == [True, False] and joined.rewards[2, 1].sum() == 0
+    assert joined.select(np.array([2])).instructions == ["y"]
+
+
+def test_builder_ignores_success_reported_after_an_episode_ended():
+    builder = TrajectoryBuilder(np.array([0]), ["x"])
+    for success, truncated in ((False, True), (True, True)):
+        builder.add_action(_obs(1, 0), _output(1, 0))
+        builder.add_step({"rewards": np.zeros((1, 1), np.float32), "terminated": np.zeros((1, 1), bool),
+                          "truncated": np.full((1, 1), truncated), "info": {"success": np.array([success])}})
+    assert builder.build().success.tolist() == [False]
+
+
+def test_derived_seeds_are_stable_and_distinct():
+    assert derive_seed(0, "act", 1, 2) == derive_seed(0, "act", 1, 2)
+    assert len({derive_seed(0, "act", i, b) for i in range(20) for b in range(5)}) == 100
+    assert 0 <= derive_seed(123, "x") < 2**31
+
+
+# --- placement --------------------------------------------------------------------------------
+def _cfg(cluster):
+    env = dict(env_type="metaworld", task="drawer-open-v3", num_envs=4)
+    return validate({"task": "drawer-open-v3", "artifacts_dir": "out", "env": {"train": env, "eval": env},
+                     "policy": {"path": "p"}, "algorithm": {"group_size": 2}, "cluster": cluster}, EmbodiedConfig)
+
+
+def test_colocated_placement_is_one_bundle_with_every_workers_resources():
+    cluster = {"mode": "colocated", "env": {"num_workers": 2, "num_cpus": 0.5}, "rollout": {"num_cpus": 0.25, "num_gpus": 0.5},
+               "actor": {"num_cpus": 1, "num_gpus": 0.5}}
+    bundles, index, strategy = placement_bundles(_cfg(cluster))
+    assert bundles == [{"CPU": 2.25, "GPU": 1.0}] and strategy == "STRICT_PACK" and set(index.values()) == {0}
+
+
+def test_disaggregated_placement_gives_each_worker_its_own_bundle_and_resources():
+    cluster = {"mode": "disaggregated", "env": {"num_workers": 2, "num_cpus": 1, "resources": {"env_node": 1}},
+               "rollout": {"num_cpus": 1, "resources": {"env_node": 1}}, "actor": {"num_cpus": 2, "resources": {"actor_node": 1}}}
+    bundles, index, _ = placement_bundles(_cfg(cluster))
+    assert bundles[index[("actor", 0)]] == {"CPU": 2.0, "actor_node": 1.0}
+    assert [bundles[index[("env", i)]] for i in range(2)] == [{"CPU": 1.0, "env_node": 1.0}] * 2
+    assert len(set(index.values())) == 4
+
+
+def test_config_dataclasses_are_picklable_for_ray():
+    import pickle
+
+    cfg = _cfg({})
+    assert pickle.loads(pickle.dumps(cfg)) == cfg and dataclasses.is_dataclass(cfg.algorithm)
