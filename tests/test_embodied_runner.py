@@ -1,0 +1,221 @@
+"""The embodied RL runner end to end on Ray with the real Meta-World simulator, at toy scale:
+GRPO and PPO runs, resume, crashed workers, and config errors that stop a run before Ray starts."""
+
+import importlib.util
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+import ray
+import torch
+from hydra import compose, initialize_config_dir
+from safetensors.torch import load_file
+
+from rlinf_wm.config.policy_schema import TinyVLAConfig
+from rlinf_wm.config.validate import ConfigError
+from rlinf_wm.models.policy import TinyVLA
+from rlinf_wm.runners import embodied_runner
+from rlinf_wm.runners.embodied_runner import EmbodiedRunner
+from rlinf_wm.runners.metric_logger import read_metrics
+from rlinf_wm.utils.checkpoint import save_model_atomic
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "examples" / "embodiment" / "config"
+ENTRY = ROOT / "examples" / "embodiment" / "train_embodied_agent.py"
+GRPO = "metaworld_drawer_open_grpo_tinyvla_realsim"
+PPO = "metaworld_drawer_open_ppo_tinyvla"
+IMAGE = 16
+
+
+def _load_entry_point():
+    spec = importlib.util.spec_from_file_location("train_embodied_agent", ENTRY)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+prepare = _load_entry_point().prepare
+
+
+@pytest.fixture(scope="module")
+def policy_path(tmp_path_factory):
+    """A freshly initialised tiny policy (the SFT checkpoint stand-in)."""
+    torch.manual_seed(0)
+    config = TinyVLAConfig(chunk_size=4, num_bins=16, encoder_channels=[8], image_grid=2, hidden_dim=16, num_layers=1,
+                           num_heads=2, mlp_ratio=2, image_size=IMAGE, action_dim=4, action_q01=[-1.0] * 4,
+                           action_q99=[1.0] * 4)
+    path = tmp_path_factory.mktemp("sft") / "model"
+    save_model_atomic(TinyVLA(config), path)
+    return str(path)
+
+
+def tiny_overrides(policy_path, log_dir, iterations=2, group_size=2):
+    """2 env workers x 2 envs, 12-step episodes (3 chunks), 16x16 images."""
+    return [
+        f"algorithm.group_size={group_size}",
+        f"policy.path={policy_path}", f"runner.log_dir={log_dir}", f"runner.max_iterations={iterations}",
+        "runner.progress_bar=false", "env.train.num_envs=4", "env.eval.num_envs=2",
+        f"env.train.image_size=[{IMAGE},{IMAGE}]", f"env.eval.image_size=[{IMAGE},{IMAGE}]",
+        "env.train.max_episode_steps=12", "env.eval.max_episode_steps=12", "algorithm.minibatch_size=8",
+        "runner.eval_interval=0", "runner.save_interval=1",
+    ]
+
+
+def compose_config(name, overrides):
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        return prepare(compose(name, overrides=overrides))
+
+
+def untimed(rows):
+    return [{k: v for k, v in row.items() if not k.startswith("time/")} for row in rows]
+
+
+# --- config errors: before any worker (or Ray) starts -----------------------------------------
+def test_bad_override_fails_before_ray_starts_and_names_the_key(tmp_path, policy_path):
+    overrides = tiny_overrides(policy_path, tmp_path / "run") + ["algorithm.group_size=3"]
+    result = subprocess.run([sys.executable, str(ENTRY), "--config-name", GRPO, *overrides,
+                             f"hydra.run.dir={tmp_path}/hydra"], capture_output=True, text=True, cwd=ROOT,
+                            env={**os.environ, "RAY_ADDRESS": "", "PYTHONPATH": str(ROOT)}, timeout=300)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert "config error: env.train.num_envs: 4 envs over 2 env workers gives 2 per worker, not divisible by " \
+           "algorithm.group_size=3" in result.stderr
+    assert "Ray" not in result.stdout + result.stderr
+    assert not (tmp_path / "run" / "config.yaml").exists()
+
+
+@pytest.mark.parametrize("override, message", [
+    ("+runner.max_iteration=3", "runner.max_iteration: unknown key for RunnerConfig"),
+    ("runner.max_iterations=many", "runner.max_iterations: expected int, got str 'many'"),
+    ("+cluster.env.num_gpu=1", "cluster.env.num_gpu: unknown key"),
+    ("cluster.rollout.num_workers=3", "cluster.rollout.num_workers: 3 rollout workers would leave some idle"),
+    ("env.eval.camera=nowhere", "env.eval.camera: 'nowhere' is not one of"),
+    ("env.train.task=door-open-v3", "env.train.task: 'door-open-v3' differs from task='drawer-open-v3'"),
+])
+def test_config_errors_name_the_full_key_path(tmp_path, policy_path, override, message):
+    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+        compose_config(GRPO, tiny_overrides(policy_path, tmp_path) + [override])
+
+
+def test_missing_policy_checkpoint_is_reported_with_its_key(tmp_path, policy_path):
+    with pytest.raises(ConfigError, match="policy.path: no policy checkpoint at"):
+        compose_config(GRPO, tiny_overrides(policy_path, tmp_path) + [f"policy.path={tmp_path}/nothing"])
+
+
+def test_every_embodied_config_names_its_entry_point_and_composes(tmp_path, policy_path):
+    names = [p.stem for p in CONFIG_DIR.glob("*.yaml") if "train_embodied_agent" in p.read_text()]
+    assert {GRPO, PPO, "metaworld_drawer_open_grpo_tinyvla"} <= set(names)
+    for name in (GRPO, PPO):
+        cfg, _ = compose_config(name, tiny_overrides(policy_path, tmp_path / name, group_size=1 if name == PPO else 2))
+        assert cfg.task == "drawer-open-v3" and cfg.env.eval.env_type == "metaworld"
+
+
+# --- runs on Ray ------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def local_ray():
+    if ray.is_initialized():
+        ray.shutdown()
+    # Logical CPUs: the colocated bundle (2) plus one evaluation worker; the workers mostly take turns.
+    ray.init(address="local", include_dashboard=False, num_cpus=4, log_to_driver=False)
+    yield
+    ray.shutdown()
+
+
+def run(name, overrides):
+    cfg, resolved = compose_config(name, overrides)
+    last = EmbodiedRunner(cfg, resolved).run()
+    log_dir = Path(cfg.runner.log_dir)
+    return read_metrics(log_dir), log_dir, last
+
+
+@pytest.mark.ray
+def test_grpo_realsim_run_logs_metrics_checkpoints_and_evaluates(local_ray, policy_path, tmp_path):
+    overrides = tiny_overrides(policy_path, tmp_path / "run") + [
+        "runner.eval_interval=2", "runner.eval_episodes=2", "runner.eval_workers=1",
+        "runner.eval_videos=1"]
+    rows, log_dir, _ = run(GRPO, overrides)
+    assert [r["iteration"] for r in rows] == [1, 2]
+    for row in rows:
+        for key in ("env/success_once", "env/episode_len", "rollout/num_groups", "train/actor/num_samples",
+                    "time/env", "time/rollout", "time/actor", "time/sync", "time/iteration", "time/overlap_ratio"):
+            assert key in row, key
+        assert row["env/num_trajectories"] == 4 and row["rollout/num_groups"] == 2
+        assert 0 < row["env/episode_len"] <= 12
+    assert "eval/success_rate" not in rows[0]
+    assert rows[1]["eval/num_episodes"] == 2
+    assert rows[1]["eval/success_rate_lower"] <= rows[1]["eval/success_rate"] <= rows[1]["eval/success_rate_upper"]
+    assert "calibration/imagined_minus_real_success" not in rows[1]  # the train env is real
+    for n in (1, 2):
+        assert (log_dir / f"checkpoints/iter_{n}/state.pt").is_file()
+        assert (log_dir / f"checkpoints/iter_{n}/policy/config.json").is_file()
+    assert (log_dir / "eval/iter_2/summary.json").is_file()
+    assert "num_envs: 4" in (log_dir / "config.yaml").read_text()
+    assert list((log_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert json.loads((log_dir / "summary.json").read_text())["iterations"] == 2
+
+
+PPO_ITERATIONS = 2
+
+
+@pytest.fixture(scope="module")
+def ppo_run(local_ray, policy_path, tmp_path_factory):
+    log_dir = tmp_path_factory.mktemp("ppo") / "run"
+    return run(PPO, tiny_overrides(policy_path, log_dir, PPO_ITERATIONS, group_size=1))
+
+
+@pytest.mark.ray
+def test_ppo_run_trains_policy_and_value_head(ppo_run, policy_path):
+    rows, log_dir, _ = ppo_run
+    assert len(rows) == PPO_ITERATIONS
+    assert all(r["train/actor/num_updates"] > 0 and "train/critic/value_loss" in r for r in rows)
+    start = load_file(f"{policy_path}/model.safetensors")
+    final = load_file(log_dir / f"checkpoints/iter_{PPO_ITERATIONS}/policy/model.safetensors")
+    assert any(not torch.equal(start[k], final[k]) for k in start)
+    assert any(not torch.equal(start[k], final[k]) for k in start if k.startswith("value_head."))
+
+
+@pytest.mark.ray
+def test_resume_repeats_the_uninterrupted_run(ppo_run, policy_path, tmp_path):
+    rows, log_dir, _ = ppo_run
+    overrides = tiny_overrides(policy_path, tmp_path / "resumed", PPO_ITERATIONS, group_size=1) + [
+        f"runner.resume_dir={log_dir}/checkpoints/iter_1"]
+    resumed_rows, resumed_dir, _ = run(PPO, overrides)
+    assert [r["iteration"] for r in resumed_rows] == [2]
+    assert untimed(resumed_rows) == untimed(rows[1:])
+    final = f"checkpoints/iter_{PPO_ITERATIONS}/policy/model.safetensors"
+    expected, got = load_file(log_dir / final), load_file(resumed_dir / final)
+    assert all(torch.equal(expected[k], got[k]) for k in expected)
+
+
+@pytest.mark.ray
+def test_killed_env_and_rollout_workers_are_restarted_and_the_iteration_redone(
+        ppo_run, policy_path, tmp_path, monkeypatch):
+    real_collect_round = embodied_runner.collect_round
+    calls = []
+
+    def collect_round_with_kills(env_workers, rollout_workers, reset_ids, group_ids, reset_seeds, act_seed,
+                                 max_chunks, **kwargs):
+        # Calls: 0 = iteration 1, 1 = its redo, 2 = iteration 2, 3 = its redo.
+        victim = {0: env_workers[1], 2: rollout_workers[0]}.get(len(calls))
+        calls.append(victim)
+
+        def act_seed_killing(batch, chunk):
+            if victim is not None and (batch, chunk) == (0, 1):  # mid-episode, after a chunk was stepped
+                ray.kill(victim.handle)
+            return act_seed(batch, chunk)
+
+        return real_collect_round(env_workers, rollout_workers, reset_ids, group_ids, reset_seeds, act_seed_killing,
+                                  max_chunks, **kwargs)
+
+    monkeypatch.setattr(embodied_runner, "collect_round", collect_round_with_kills)
+    rows, log_dir, _ = run(PPO, tiny_overrides(policy_path, tmp_path / "run", PPO_ITERATIONS, group_size=1))
+    summary = json.loads((log_dir / "summary.json").read_text())
+    assert summary["iterations"] == PPO_ITERATIONS and summary["worker_restarts"] == 2
+    messages = " | ".join(summary["events"])
+    assert "iteration 1: env worker 1 died" in messages and "iteration 2: rollout worker 0 died" in messages
+    assert "killed by `ray.kill`" in messages
+    assert len(calls) == 4
+    # Redone rounds replay the same resets and samples: the run matches the undisturbed one.
+    assert untimed(rows) == untimed(ppo_run[0])
