@@ -270,3 +270,35 @@ def test_config_dataclasses_are_picklable_for_ray():
 
     cfg = _cfg({})
     assert pickle.loads(pickle.dumps(cfg)) == cfg and dataclasses.is_dataclass(cfg.algorithm)
+
+
+# --- DAPO dynamic sampling --------------------------------------------------------------------
+def _episodes(success, group_ids):
+    b = len(success)
+    done = np.ones((b, 1, 1), bool)
+    return TrajectoryBatch(
+        images=np.zeros((b, 1, 2, 2, 3), np.uint8), instructions=["x"] * b, tokens=np.zeros((b, 1, 1, 1), np.int64),
+        logprobs=np.zeros((b, 1, 1, 1), np.float32), rewards=np.zeros((b, 1, 1), np.float32),
+        terminated=done & np.asarray(success)[:, None, None], truncated=done & ~np.asarray(success)[:, None, None],
+        success=np.asarray(success, bool), group_ids=np.asarray(group_ids, np.int64))
+
+
+def test_resampling_replaces_zero_variance_groups_with_informative_ones():
+    from rlinf_wm.runners.embodied_runner import resample_zero_variance_groups
+
+    algorithm = AlgorithmConfig(group_size=2, zero_variance_groups="resample", max_resample_rounds=3)
+    base = _episodes([True, False, False, False, True, True], [0, 0, 1, 1, 2, 2])  # only group 0 informative
+    extra_rounds = [_episodes([False, True, False, False, False, False], [10, 10, 11, 11, 12, 12]),
+                    _episodes([True, False, True, False, True, True], [20, 20, 21, 21, 22, 22])]
+    batch, rounds = resample_zero_variance_groups(algorithm, base, lambda k: extra_rounds[k])
+    assert rounds == 2  # after round 1: groups 0, 10 informative (< 3), after round 2: 0, 10, 20, 21
+    assert batch.group_ids.tolist() == [0, 0, 10, 10, 20, 20]
+
+
+def test_resampling_stops_after_max_rounds_and_keeps_the_batch_size():
+    from rlinf_wm.runners.embodied_runner import resample_zero_variance_groups
+
+    algorithm = AlgorithmConfig(group_size=2, zero_variance_groups="resample", max_resample_rounds=1)
+    base = _episodes([False] * 4, [0, 0, 1, 1])
+    batch, rounds = resample_zero_variance_groups(algorithm, base, lambda k: _episodes([True, False, True, True], [5, 5, 6, 6]))
+    assert rounds == 1 and batch.group_ids.tolist() == [0, 0, 5, 5]  # informative 5, then base group 0 as filler

@@ -18,7 +18,7 @@ import math
 import time
 from dataclasses import asdict
 from pathlib import Path
-from typing import Any
+from typing import Any, Callable
 
 import numpy as np
 import ray
@@ -26,6 +26,7 @@ import torch
 from tqdm import tqdm
 
 from rlinf_wm.algorithms import compute_advantages
+from rlinf_wm.config.algorithm_schema import AlgorithmConfig
 from rlinf_wm.config.embodied_schema import IMAGINED_ENV_TYPES, EmbodiedConfig
 from rlinf_wm.runners.metric_logger import MetricLogger
 from rlinf_wm.runners.rollout_collection import WorkerFailure, WorkerRef, collect_round, first_line
@@ -211,30 +212,9 @@ class EmbodiedRunner:
         self.workers.wait_ready()
 
     def _resample(self, iteration: int, base: TrajectoryBatch, timing: dict[str, float]) -> tuple[TrajectoryBatch, int]:
-        """DAPO dynamic sampling: swap zero-variance groups for informative ones from extra rounds."""
-        algo = self.cfg.algorithm
-        target = len(np.unique(base.group_ids))
-        pool, extra_rounds = base, 0
-        while extra_rounds < algo.max_resample_rounds:
-            informative = self._informative_groups(pool)
-            if len(informative) >= target:
-                break
-            extra_rounds += 1
-            round_batch = self._collect_round(iteration, algo.rollout_epochs + extra_rounds - 1, timing)
-            pool = TrajectoryBatch.concatenate([pool, round_batch])
-        informative = self._informative_groups(pool)
-        rest = [g for g in dict.fromkeys(base.group_ids.tolist()) if g not in set(informative)]
-        keep = (informative + rest)[:target]
-        return pool.select(np.flatnonzero(np.isin(pool.group_ids, keep))), extra_rounds
-
-    def _informative_groups(self, batch: TrajectoryBatch) -> list[int]:
-        result = compute_advantages(
-            self.cfg.algorithm, rewards=torch.from_numpy(batch.rewards), terminated=torch.from_numpy(batch.terminated),
-            truncated=torch.from_numpy(batch.truncated), success=torch.from_numpy(batch.success),
-            group_id=torch.from_numpy(batch.group_ids),
-        )
-        zero = set(result.zero_variance_group_ids.tolist())
-        return [g for g in dict.fromkeys(batch.group_ids.tolist()) if g not in zero]
+        first_extra = self.cfg.algorithm.rollout_epochs
+        return resample_zero_variance_groups(
+            self.cfg.algorithm, base, lambda extra: self._collect_round(iteration, first_extra + extra, timing))
 
     @staticmethod
     def _env_metrics(batch: TrajectoryBatch) -> dict[str, float]:
@@ -332,3 +312,35 @@ class EmbodiedRunner:
         logger.warning(message) if "died" in message else logger.info(message)
         with open(self.log_dir / "events.log", "a", encoding="utf-8") as handle:
             handle.write(json.dumps({"time": time.time(), "iteration": self.iteration, "message": message}) + "\n")
+
+
+def informative_groups(algorithm: AlgorithmConfig, batch: TrajectoryBatch) -> list[int]:
+    """GRPO group ids whose episodes did not all get the same return, in order of appearance."""
+    result = compute_advantages(
+        algorithm, rewards=torch.from_numpy(batch.rewards), terminated=torch.from_numpy(batch.terminated),
+        truncated=torch.from_numpy(batch.truncated), success=torch.from_numpy(batch.success),
+        group_id=torch.from_numpy(batch.group_ids),
+    )
+    zero = set(result.zero_variance_group_ids.tolist())
+    return [g for g in dict.fromkeys(batch.group_ids.tolist()) if g not in zero]
+
+
+def resample_zero_variance_groups(
+    algorithm: AlgorithmConfig, base: TrajectoryBatch, collect_round: Callable[[int], TrajectoryBatch]
+) -> tuple[TrajectoryBatch, int]:
+    """DAPO dynamic sampling (Yu et al. 2025): replace zero-variance groups by informative ones.
+
+    Collects up to ``algorithm.max_resample_rounds`` extra rounds (``collect_round(k)`` for the
+    k-th, with fresh group ids) while the pool holds fewer informative groups than ``base`` has
+    groups. Returns a batch of as many groups as ``base`` (informative first, in collection order,
+    then ``base``'s zero-variance ones, which the loss masks out) and the number of extra rounds.
+    """
+    target = len(np.unique(base.group_ids))
+    pool, extra_rounds = base, 0
+    while extra_rounds < algorithm.max_resample_rounds and len(informative_groups(algorithm, pool)) < target:
+        pool = TrajectoryBatch.concatenate([pool, collect_round(extra_rounds)])
+        extra_rounds += 1
+    informative = informative_groups(algorithm, pool)
+    fallback = [g for g in dict.fromkeys(base.group_ids.tolist()) if g not in set(informative)]
+    keep = (informative + fallback)[:target]
+    return pool.select(np.flatnonzero(np.isin(pool.group_ids, keep))), extra_rounds
