@@ -1,37 +1,101 @@
-"""Initial states for world-model resets: conditioning frames + instruction taken from recorded trajectories."""
+"""Initial states for world-model resets: conditioning frames + instruction taken from recorded trajectories.
+
+File layout (HDF5, written atomically by :meth:`InitialStates.save`)::
+
+    frames        uint8 [N, F, H, W, 3]   the F frames before the first action, oldest first
+    instructions  str [N]
+    tasks         str [N]                 (optional)
+    reset_ids     int64 [N]               (optional) the simulator reset id each state was recorded from
+                                          (Meta-World: the ML1 train-task index), -1 when unknown
+
+``F`` is the number of video frames behind the world model's conditioning latents. Nothing precedes a
+reset, so a recorded state is its episode's first frame repeated ``F`` times, exactly as the DiT's training
+windows pad an episode start. ``reset_ids`` let a benchmark start the real simulator in the same scene as
+an imagined episode (same id -> same object and goal positions).
+"""
 
 from __future__ import annotations
 
 import os
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Sequence
 
 import h5py
 import numpy as np
 
-from rlinf_wm.data.trajectories import load_episodes
+from rlinf_wm.data.trajectories import Episode, load_episodes
 from rlinf_wm.data.windows import initial_states as episode_initial_states
 from rlinf_wm.utils.io import atomic_path
+
+# Inside a world-model directory (world_model_pipeline writes it there).
+INITIAL_STATES_FILE = "initial_states.hdf5"
+
+
+def _strings(dataset) -> list[str]:
+    return [s.decode() if isinstance(s, bytes) else str(s) for s in dataset[()]]
 
 
 @dataclass
 class InitialStates:
-    frames: np.ndarray  # uint8 [N, C, H, W, 3]
+    frames: np.ndarray  # uint8 [N, F, H, W, 3]
     instructions: list[str]
-    tasks: list[str]
+    tasks: list[str] = field(default_factory=list)
+    reset_ids: np.ndarray | None = None  # int64 [N], -1 = unknown
+
+    def __post_init__(self) -> None:
+        self.frames = np.asarray(self.frames)
+        n = len(self.frames)
+        if self.frames.ndim != 5 or self.frames.shape[-1] != 3 or self.frames.dtype != np.uint8:
+            raise ValueError(f"initial-state frames must be uint8 [N, F, H, W, 3], got {self.frames.dtype} {self.frames.shape}")
+        if n == 0:
+            raise ValueError("initial states are empty: at least one state is needed")
+        if len(self.instructions) != n:
+            raise ValueError(f"{len(self.instructions)} instructions for {n} initial states")
+        if not self.tasks:
+            self.tasks = [""] * n
+        if len(self.tasks) != n:
+            raise ValueError(f"{len(self.tasks)} tasks for {n} initial states")
+        self.reset_ids = np.full(n, -1, np.int64) if self.reset_ids is None else np.asarray(self.reset_ids, np.int64)
+        if self.reset_ids.shape != (n,):
+            raise ValueError(f"reset_ids must have shape [{n}], got {self.reset_ids.shape}")
 
     def __len__(self) -> int:
         return len(self.frames)
 
+    @property
+    def num_frames(self) -> int:
+        return self.frames.shape[1]
+
+    @property
+    def image_size(self) -> tuple[int, int]:
+        return self.frames.shape[2], self.frames.shape[3]
+
     @classmethod
-    def from_episodes(cls, episodes, num_cond_frames: int) -> "InitialStates":
-        states = episode_initial_states(episodes, num_cond_frames)
-        if not states:
-            raise ValueError("no episodes to take initial states from")
+    def from_episodes(cls, episodes: Sequence[Episode], num_frames: int) -> "InitialStates":
+        """One state per episode: its first frame repeated ``num_frames`` times (see the module docstring)."""
+        states = episode_initial_states(episodes, num_frames)
         return cls(
             frames=np.stack([frames for frames, _, _ in states]),
             instructions=[instruction for _, instruction, _ in states],
             tasks=[task for _, _, task in states],
+            reset_ids=np.array([int(ep.attrs.get("task_id", -1)) for ep in episodes], np.int64),
+        )
+
+    @classmethod
+    def from_frames(
+        cls, first_frames: np.ndarray, instructions: Sequence[str], num_frames: int = 1,
+        tasks: Sequence[str] | None = None, reset_ids: Sequence[int] | None = None,
+    ) -> "InitialStates":
+        """States from reset frames ``uint8 [N, H, W, 3]`` (e.g. rendered by the real simulator)."""
+        first_frames = np.asarray(first_frames)
+        if first_frames.ndim != 4:
+            raise ValueError(f"first_frames must be uint8 [N, H, W, 3], got {first_frames.shape}")
+        return cls(
+            frames=np.repeat(first_frames[:, None], num_frames, axis=1),
+            instructions=list(instructions),
+            tasks=list(tasks) if tasks is not None else [],
+            reset_ids=None if reset_ids is None else np.asarray(reset_ids, np.int64),
         )
 
     def save(self, path: str | os.PathLike) -> None:
@@ -40,26 +104,35 @@ class InitialStates:
                 f.create_dataset("frames", data=self.frames, compression="gzip", compression_opts=1)
                 f.create_dataset("instructions", data=np.array(self.instructions, dtype=h5py.string_dtype()))
                 f.create_dataset("tasks", data=np.array(self.tasks, dtype=h5py.string_dtype()))
+                f.create_dataset("reset_ids", data=self.reset_ids)
 
     @classmethod
-    def load(cls, path: str | os.PathLike, num_cond_frames: int | None = None) -> "InitialStates":
-        """Load a file written by :meth:`save`, or derive the states from a directory of trajectories."""
+    def load(cls, path: str | os.PathLike) -> "InitialStates":
+        """Load a file written by :meth:`save`; a directory means its ``initial_states.hdf5`` or, when it has
+        none, its trajectory files (one state per episode, first frame only)."""
         path = Path(path)
         if path.is_dir():
-            if num_cond_frames is None:
-                raise ValueError(f"{path} is a trajectory directory: num_cond_frames is needed to build initial states")
-            return cls.from_episodes(load_episodes(path), num_cond_frames)
+            if (path / INITIAL_STATES_FILE).is_file():
+                return cls.load(path / INITIAL_STATES_FILE)
+            try:
+                episodes = load_episodes(path)
+            except Exception as error:
+                raise ValueError(f"{path}: no {INITIAL_STATES_FILE} and no readable trajectories ({error})") from error
+            return cls.from_episodes(episodes, 1)
         if not path.is_file():
             raise FileNotFoundError(f"initial states not found: {path}")
-        with h5py.File(path, "r") as f:
-            for key in ("frames", "instructions"):
-                if key not in f:
-                    raise KeyError(f"{path}: initial-state file has no '{key}'")
-            frames = np.asarray(f["frames"])
-            instructions = [s.decode() if isinstance(s, bytes) else str(s) for s in f["instructions"][()]]
-            tasks = [s.decode() if isinstance(s, bytes) else str(s) for s in f["tasks"][()]] if "tasks" in f else [""] * len(frames)
-        if frames.ndim != 5 or frames.shape[-1] != 3 or frames.dtype != np.uint8:
-            raise ValueError(f"{path}: 'frames' must be uint8 [N, C, H, W, 3], got {frames.dtype} {frames.shape}")
-        if num_cond_frames is not None and frames.shape[1] != num_cond_frames:
-            raise ValueError(f"{path}: states hold {frames.shape[1]} conditioning frames, the env needs {num_cond_frames}")
-        return cls(frames=frames, instructions=instructions, tasks=tasks)
+        try:
+            with h5py.File(path, "r") as f:
+                for key in ("frames", "instructions"):
+                    if key not in f:
+                        raise KeyError(f"{path}: initial-state file has no '{key}' dataset")
+                frames = np.asarray(f["frames"])
+                instructions = _strings(f["instructions"])
+                tasks = _strings(f["tasks"]) if "tasks" in f else []
+                reset_ids = np.asarray(f["reset_ids"]) if "reset_ids" in f else None
+        except OSError as error:
+            raise ValueError(f"{path} is not a readable HDF5 initial-state file: {error}") from error
+        try:
+            return cls(frames=frames, instructions=instructions, tasks=tasks, reset_ids=reset_ids)
+        except ValueError as error:
+            raise ValueError(f"{path}: {error}") from error

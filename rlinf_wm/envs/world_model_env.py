@@ -1,19 +1,36 @@
 """The learned world model as a batched :class:`ChunkEnv`: imagined environments for RL.
 
-One ``chunk_step`` runs ONE batched sampler pass over every env still running (every solver step is one
-DiT call for the whole micro-batch, CFG branches included), decodes only the frames that are consumed
-(the policy's next observation and the frames the reward model scores), and scores success with the
-reward model. The conditioning window slides in latent space: the newest generated latent frames
-condition the next chunk, so decoded pixels are never re-encoded (unless ``reencode_context``).
+One ``chunk_step`` over ``B`` envs:
+
+1. the still-running envs are cut into micro-batches of ``batch_size``; each gets ONE sampler run: every solver
+   step is one DiT call for the whole micro-batch (classifier-free guidance doubles that call's batch, and is
+   skipped when ``guidance == 0``). Finished envs cost nothing.
+2. Only the frames that are consumed are decoded: with ``reward_frames="last"`` the frame the policy sees next
+   (plus the few earlier frames a multi-frame reward model stacks); with ``"all"`` every generated frame, so
+   success is found at the exact step.
+3. The reward model scores the decoded frames; success terminates the env (``success_once``: reward 1 at that
+   step; ``relative``: each scored frame earns the change in success probability since the previous one, so an
+   episode's return is ``p_final - p_reset``). ``max_episode_steps`` truncates.
+4. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
+   so decoded pixels are never re-encoded (unless ``reencode_context``).
+
+Settings not given (``None``) come from ``world_model.json`` in ``world_model_dir`` - the values the world model
+was trained with (window sizes, action scaler, sampler) - so one file is the source of truth; given values override
+it (a warning names any that differ from training).
+
+Randomness: every env has its own noise stream, seeded from ``(seed, env index)``; ``reset(seed=s)`` re-seeds all
+of them. An env's rollout therefore depends only on its seed, its initial state and its actions - not on the
+micro-batch it shares or on which other envs are still running. Envs of one GRPO group (same reset id) differ
+because their streams differ.
 """
 
 from __future__ import annotations
 
-import json
 import logging
-from dataclasses import dataclass, field
+import time
+from dataclasses import dataclass
 from pathlib import Path
-from typing import Literal
+from typing import Any, Literal
 
 import numpy as np
 import torch
@@ -27,88 +44,153 @@ from rlinf_wm.models.reward_model import RewardModel
 from rlinf_wm.models.samplers import FlowSampler
 from rlinf_wm.models.tokenizer import VideoTokenizer
 from rlinf_wm.utils.checkpoint import load_model
+from rlinf_wm.utils.io import read_json
 
 logger = logging.getLogger(__name__)
 
-
-@dataclass
-class SamplerSettings:
-    solver: str = "2ab"
-    num_steps: int = 10
-    guidance: float = 7.0
-    sigma_min: float = 0.01
-    sigma_max: float = 200.0
-    rho: float = 7.0
+WORLD_MODEL_FILE = "world_model.json"
+# Where world_model_pipeline puts each part inside world_model_dir (used when world_model.json has no "paths").
+DEFAULT_PATHS = {
+    "tokenizer": "tokenizer/model",
+    "dit": "dit/model",
+    "reward_model": "reward_model/model",
+    "dataset_statistics": "dataset_statistics.json",
+    "initial_states": "initial_states.hdf5",
+}
+SAMPLER_KEYS = ("solver", "num_steps", "guidance", "sigma_min", "sigma_max", "rho")
+REWARD_TYPES = ("success_once", "relative")
+REWARD_FRAMES = ("last", "all")
 
 
 @dataclass
 class StepTimings:
-    """Seconds spent per stage, accumulated over ``chunk_step`` calls (for benchmarks and metrics)."""
+    """Work done by ``chunk_step`` / ``reset``, accumulated until :meth:`clear` (benchmarks and metrics)."""
 
-    dit: float = 0.0
-    decode: float = 0.0
-    reward: float = 0.0
+    dit_seconds: float = 0.0  # the sampler runs (all DiT calls)
+    decode_seconds: float = 0.0
+    reward_seconds: float = 0.0
+    encode_seconds: float = 0.0  # initial states (cached per id) and reencode_context
     dit_calls: int = 0
-    extra: dict = field(default_factory=dict)
+    dit_rows: int = 0  # rows summed over DiT calls (CFG's doubled batch counts twice)
+    decoded_frames: int = 0
+    scored_frames: int = 0
+    env_steps: int = 0  # actions executed by running envs
+    chunks: int = 0
+
+    def clear(self) -> None:
+        for name, value in vars(StepTimings()).items():
+            setattr(self, name, value)
+
+    def as_dict(self) -> dict[str, float]:
+        return dict(vars(self))
+
+
+def resolve_model_dir(path: str | Path) -> Path:
+    """A ``save_pretrained`` directory, or a training run directory holding one in ``model/``."""
+    path = Path(path)
+    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
+        return path / "model"
+    return path
+
+
+class _CountingModel(torch.nn.Module):
+    """Forwards to the DiT and counts calls and rows (the cost the tests and benchmarks check)."""
+
+    def __init__(self, model: torch.nn.Module, timings: StepTimings) -> None:
+        super().__init__()
+        self.model = model
+        self.timings = timings
+
+    def forward(self, x, *args, **kwargs):
+        self.timings.dit_calls += 1
+        self.timings.dit_rows += x.shape[0]
+        return self.model(x, *args, **kwargs)
 
 
 @register_env("world_model")
 class WorldModelEnv(ChunkEnv):
-    """``num_envs`` imagined environments stepped together by action chunks.
+    """``num_envs`` imagined environments stepped together by action chunks (see the module docstring).
 
     Args:
-        task: task name (informational; initial states carry their instructions).
-        world_model_dir: the root the paths below are usually derived from (in the env YAML).
-        tokenizer_path, dit_path, reward_model_path: ``save_pretrained`` directories.
-        stats_path: ``dataset_statistics.json`` used to normalise actions exactly as in training.
-        initial_states_path: an initial-state file, or a directory of trajectory HDF5 files.
-        num_envs: B. chunk_size: K actions per ``chunk_step``. num_cond_frames: conditioning latent frames.
-        max_episode_steps: truncation, in env steps (actions).
-        action_scaler: multiplies normalised actions before the DiT (Cosmos Predict 2.5 uses 20).
-        sampler: solver / num_steps / guidance / Karras schedule.
-        batch_size: micro-batch of envs per DiT call.
-        reward_type: ``success_once`` (1 at the success step, then terminate) or ``relative``
-            (difference of success probabilities between consecutive scored frames; terminate on success).
-        reward_frames: ``last`` scores the chunk's last frame only (one decode per chunk);
-            ``all`` decodes and scores every generated frame (exact success step).
-        device, dtype: where the models run (``cuda`` + ``bfloat16`` on GPUs).
-        seed: seeds resets and generation; ``reset(seed=...)`` re-seeds.
+        world_model_dir: the trained world model (``world_model_pipeline``'s directory).
+        task: informational (initial states carry their instructions); checked against world_model.json.
+        tokenizer_path, dit_path, reward_model_path, stats_path, initial_states_path: override the parts
+            (``None``: world_model.json's paths, relative to ``world_model_dir``). Model paths may be run
+            directories holding ``model/``. ``initial_states_path`` may also be a trajectory directory.
+        num_envs: B.
+        chunk_size: K actions per ``chunk_step`` (a multiple of the DiT's actions per latent frame).
+        num_cond_latent_frames: latent frames conditioning each chunk.
+        max_episode_steps: truncation, in actions.
+        action_scaler: normalised actions (q01..q99 -> [-1, 1]) are multiplied by this before the DiT.
+        sampler: ``FlowSampler`` settings (solver, num_steps, guidance, sigma_min, sigma_max, rho); a missing or
+            ``None`` key takes the trained default.
+        batch_size: most envs per sampler run (CFG doubles each DiT call's batch internally).
+        reward_type: ``success_once`` or ``relative`` (module docstring).
+        reward_frames: ``last`` scores the last frame of each chunk; ``all`` every generated frame.
+        reward_threshold: success probability threshold (``None``: the reward model's own).
+        reencode_context: decode the new conditioning frames and encode them again (slower; only for
+            per-frame tokenizers) instead of sliding the generated latents.
+        device, dtype: where the models run; ``dtype`` applies to the DiT (``bfloat16`` on GPUs); the tokenizer
+            and the reward model stay float32.
+        seed: seeds the noise streams and the initial-state draws of ``reset(ids=None)``.
     """
 
     def __init__(
         self,
-        task: str,
         world_model_dir: str,
-        tokenizer_path: str,
-        dit_path: str,
-        reward_model_path: str,
-        stats_path: str,
-        initial_states_path: str,
+        task: str | None = None,
+        tokenizer_path: str | None = None,
+        dit_path: str | None = None,
+        reward_model_path: str | None = None,
+        stats_path: str | None = None,
+        initial_states_path: str | None = None,
         num_envs: int = 8,
-        chunk_size: int = 8,
-        num_cond_frames: int = 1,
-        max_episode_steps: int = 120,
-        action_scaler: float = 20.0,
-        sampler: dict | SamplerSettings | None = None,
+        chunk_size: int | None = None,
+        num_cond_latent_frames: int | None = None,
+        max_episode_steps: int = 150,
+        action_scaler: float | None = None,
+        sampler: dict[str, Any] | None = None,
         batch_size: int = 64,
         reward_type: Literal["success_once", "relative"] = "success_once",
         reward_frames: Literal["last", "all"] = "last",
+        reward_threshold: float | None = None,
         reencode_context: bool = False,
         device: str = "cpu",
         dtype: str = "float32",
         seed: int = 0,
     ) -> None:
-        if reward_type not in ("success_once", "relative"):
-            raise ValueError(f"reward_type must be 'success_once' or 'relative', got {reward_type!r}")
-        if reward_frames not in ("last", "all"):
-            raise ValueError(f"reward_frames must be 'last' or 'all', got {reward_frames!r}")
-        self.task = task
+        if reward_type not in REWARD_TYPES:
+            raise ValueError(f"reward_type must be one of {REWARD_TYPES}, got {reward_type!r}")
+        if reward_frames not in REWARD_FRAMES:
+            raise ValueError(f"reward_frames must be one of {REWARD_FRAMES}, got {reward_frames!r}")
+        for name, value in (("num_envs", num_envs), ("batch_size", batch_size), ("max_episode_steps", max_episode_steps)):
+            if int(value) < 1:
+                raise ValueError(f"{name} must be >= 1, got {value}")
+        if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
+            raise ValueError(f"dtype must be a torch dtype name like 'float32' or 'bfloat16', got {dtype!r}")
         self.world_model_dir = Path(world_model_dir)
+        if not self.world_model_dir.is_dir():
+            raise FileNotFoundError(f"world_model_dir {self.world_model_dir} does not exist; train the world model first")
+        trained = self._read_training_settings()
+        self.task = task if task is not None else trained.get("task", "")
+        if task is not None and trained.get("task") not in (None, task):
+            raise ValueError(f"task={task!r} but {self.world_model_dir / WORLD_MODEL_FILE} is for task {trained['task']!r}")
+
+        def setting(name: str, given, key: str | None = None):
+            key = key or name
+            if given is None:
+                if key not in trained:
+                    raise ValueError(f"{name} is not set and {self.world_model_dir / WORLD_MODEL_FILE} has no '{key}'")
+                return trained[key]
+            if key in trained and trained[key] != given:
+                logger.warning("world model was trained with %s=%s; the env uses %s", key, trained[key], given)
+            return given
+
         self.num_envs = int(num_envs)
-        self.chunk_size = int(chunk_size)
-        self.num_cond_frames = int(num_cond_frames)
+        self.chunk_size = int(setting("chunk_size", chunk_size))
+        self.num_cond_latent_frames = int(setting("num_cond_latent_frames", num_cond_latent_frames))
+        self.action_scaler = float(setting("action_scaler", action_scaler))
         self.max_episode_steps = int(max_episode_steps)
-        self.action_scaler = float(action_scaler)
         self.batch_size = int(batch_size)
         self.reward_type = reward_type
         self.reward_frames = reward_frames
@@ -116,67 +198,126 @@ class WorldModelEnv(ChunkEnv):
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.seed = int(seed)
+        if self.chunk_size < 1 or self.num_cond_latent_frames < 1:
+            raise ValueError(f"chunk_size and num_cond_latent_frames must be >= 1, got {self.chunk_size}, "
+                             f"{self.num_cond_latent_frames}")
 
-        settings = sampler if isinstance(sampler, SamplerSettings) else SamplerSettings(**(sampler or {}))
-        self.sampler = FlowSampler(**vars(settings))
-        self.stats = ActionStatistics.load(stats_path)
+        sampler = dict(sampler or {})
+        unknown = sorted(set(sampler) - set(SAMPLER_KEYS))
+        if unknown:
+            raise ValueError(f"unknown sampler keys {unknown}; valid: {list(SAMPLER_KEYS)}")
+        trained_sampler = trained.get("sampler", {})
+        self.sampler = FlowSampler(**{
+            key: sampler[key] if sampler.get(key) is not None else trained_sampler[key]
+            for key in SAMPLER_KEYS if sampler.get(key) is not None or key in trained_sampler
+        })
+
+        paths = {**DEFAULT_PATHS, **trained.get("paths", {})}
+
+        def part(given, key):
+            return Path(given) if given is not None else self.world_model_dir / paths[key]
+
+        self.stats = ActionStatistics.load(part(stats_path, "dataset_statistics"))
         self.action_dim = self.stats.action_dim
-        self.tokenizer = load_model(VideoTokenizer, tokenizer_path).eval()
-        self.dit = load_model(ActionDiT, dit_path).eval()
-        self.reward_model = load_model(RewardModel, reward_model_path).eval()
-        if self.dit.action_dim != self.action_dim:
-            raise ValueError(
-                f"{dit_path}: DiT action_dim={self.dit.action_dim} but {stats_path} has {self.action_dim} action dims"
-            )
-        if self.chunk_size % self.dit.actions_per_latent_frame:
-            raise ValueError(
-                f"chunk_size={self.chunk_size} must be a multiple of the DiT's actions_per_latent_frame="
-                f"{self.dit.actions_per_latent_frame}"
-            )
-        self._check_training_settings()
-        self.initial_states = InitialStates.load(initial_states_path, self.num_cond_frames)
-        self.num_initial_states = len(self.initial_states)
+        self.tokenizer = load_model(VideoTokenizer, resolve_model_dir(part(tokenizer_path, "tokenizer"))).eval()
+        self.dit = load_model(ActionDiT, resolve_model_dir(part(dit_path, "dit"))).eval()
+        self.reward_model = load_model(RewardModel, resolve_model_dir(part(reward_model_path, "reward_model"))).eval()
+        self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
+        self.initial_states = InitialStates.load(part(initial_states_path, "initial_states"))
+        self._check_parts()
+        self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
+        self._per_frame_tokenizer = self.tokenizer.temporal_compression == 1
+        if self.reencode_context and not self._per_frame_tokenizer:
+            raise ValueError("reencode_context needs a per-frame tokenizer (temporal_compression 1), got "
+                             f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")
+
+        self.timings = StepTimings()
+        self._counting_dit = _CountingModel(self.dit, self.timings)
         self._onloaded = True
         self._move_models(self.device)
 
-        self.timings = StepTimings()
-        self._generator = torch.Generator(device="cpu").manual_seed(self.seed)
-        self._rng = np.random.default_rng(self.seed)
-        self._context: torch.Tensor | None = None  # latents [B, C, Tc, h, w]
-        self._images = np.zeros((self.num_envs, 0, 0, 3), np.uint8)
-        self._instructions: list[str] = [""] * self.num_envs
-        self._steps = np.zeros(self.num_envs, np.int64)
-        self._done = np.ones(self.num_envs, bool)
-        self._success = np.zeros(self.num_envs, bool)
-        self._last_prob = np.zeros(self.num_envs, np.float32)
+        b = self.num_envs
+        height, width = self.initial_states.image_size
+        self._reset_ids = np.full(b, -1, np.int64)
+        self._context: torch.Tensor | None = None  # latents [B, C, Tc, h, w] (DiT dtype)
+        self._images = np.zeros((b, height, width, 3), np.uint8)
+        self._history = np.zeros((b, max(0, self.reward_model.num_frames - 1), height, width, 3), np.uint8)
+        self._instructions = [""] * b
+        self._steps = np.zeros(b, np.int64)
+        self._done = np.ones(b, bool)
+        self._success = np.zeros(b, bool)
+        self._last_prob = np.zeros(b, np.float32)
+        self._latent_cache: dict[int, torch.Tensor] = {}  # reset id -> context latents [C, Tc, h, w]
+        self._prob_cache: dict[int, float] = {}  # reset id -> success probability of the reset frame
+        self._seed_streams(self.seed)
 
-    # ------------------------------------------------------------------ setup helpers
-    def _check_training_settings(self) -> None:
-        """Warn when the env's settings differ from those the world model was trained with."""
-        meta_path = self.world_model_dir / "world_model.json"
-        if not meta_path.is_file():
-            return
-        trained = json.loads(meta_path.read_text())
-        for key, value in (("action_scaler", self.action_scaler), ("num_cond_frames", self.num_cond_frames)):
-            if key in trained and trained[key] != value:
-                logger.warning("world model was trained with %s=%s but the env uses %s", key, trained[key], value)
+    # ------------------------------------------------------------------ setup
+    def _read_training_settings(self) -> dict:
+        path = self.world_model_dir / WORLD_MODEL_FILE
+        return read_json(path) if path.is_file() else {}
+
+    def _check_parts(self) -> None:
+        tok, dit, rm, states = self.tokenizer, self.dit, self.reward_model, self.initial_states
+        problems = []
+        if dit.latent_channels != tok.latent_channels:
+            problems.append(f"DiT latent_channels={dit.latent_channels} but the tokenizer has {tok.latent_channels}")
+        if dit.action_dim != self.action_dim:
+            problems.append(f"DiT action_dim={dit.action_dim} but the action statistics have {self.action_dim} dims")
+        if dit.actions_per_latent_frame != tok.temporal_compression:
+            problems.append(f"DiT actions_per_latent_frame={dit.actions_per_latent_frame} but the tokenizer's "
+                            f"temporal compression is {tok.temporal_compression}")
+        if self.chunk_size % dit.actions_per_latent_frame:
+            problems.append(f"chunk_size={self.chunk_size} is not a multiple of the DiT's actions_per_latent_frame="
+                            f"{dit.actions_per_latent_frame}")
+        frames = self.num_cond_latent_frames + self.chunk_size // dit.actions_per_latent_frame
+        max_frames = self.dit.transformer.config.max_size[0]
+        if frames > max_frames:
+            problems.append(f"num_cond_latent_frames + chunk latent frames = {frames} exceeds the DiT's max_size[0]="
+                            f"{max_frames}")
+        size = (tok.image_size, tok.image_size)
+        if states.image_size != size:
+            problems.append(f"initial states are {states.image_size[0]}x{states.image_size[1]} frames but the "
+                            f"tokenizer expects {size[0]}x{size[1]}")
+        if rm.image_size != tok.image_size:
+            problems.append(f"reward model image_size={rm.image_size} but the tokenizer's is {tok.image_size}")
+        if problems:
+            raise ValueError(f"world model {self.world_model_dir} is inconsistent: " + "; ".join(problems))
+
+    def _seed_streams(self, seed: int) -> None:
+        self._rng = np.random.default_rng(seed)
+        # One noise stream per env, independent of the others (np SeedSequence spawns well-mixed child seeds).
+        children = np.random.SeedSequence(seed).spawn(self.num_envs)
+        self._generators = [torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0] >> 1)) for c in children]
+
+    @property
+    def num_initial_states(self) -> int:
+        return len(self.initial_states)
+
+    # ------------------------------------------------------------------ offloading
+    def _models(self) -> tuple[torch.nn.Module, ...]:
+        return self.tokenizer, self.dit, self.reward_model
 
     def _move_models(self, device: torch.device) -> None:
-        for model in (self.tokenizer, self.dit, self.reward_model):
-            model.to(device=device)
-        self.dit.to(dtype=self.dtype)
+        self.tokenizer.to(device=device, dtype=torch.float32)
+        self.reward_model.to(device=device, dtype=torch.float32)
+        self.dit.to(device=device, dtype=self.dtype)
+
+    def _move_state(self, device: torch.device) -> None:
+        if self._context is not None:
+            self._context = self._context.to(device)
+        self._latent_cache = {k: v.to(device) for k, v in self._latent_cache.items()}
 
     def offload(self) -> None:
-        """Move every parameter and buffer of the tokenizer, DiT and reward model (and the context) to CPU."""
+        """Move every parameter and buffer of tokenizer, DiT and reward model (and the latent state) to CPU."""
         self._move_models(torch.device("cpu"))
-        if self._context is not None:
-            self._context = self._context.cpu()
+        self._move_state(torch.device("cpu"))
         self._onloaded = False
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the freed blocks back, so another component can use them
 
     def onload(self) -> None:
         self._move_models(self.device)
-        if self._context is not None:
-            self._context = self._context.to(self.device)
+        self._move_state(self.device)
         self._onloaded = True
 
     @property
@@ -184,153 +325,220 @@ class WorldModelEnv(ChunkEnv):
         return self._onloaded
 
     def model_devices(self) -> set[str]:
-        """Devices holding any parameter or buffer of the three models (for offload bookkeeping)."""
-        devices = set()
-        for model in (self.tokenizer, self.dit, self.reward_model):
-            devices.update(str(t.device) for t in list(model.parameters()) + list(model.buffers()))
-        return devices
+        """Devices holding any parameter or buffer of the three models."""
+        return {str(t.device) for m in self._models() for t in (*m.parameters(), *m.buffers())}
+
+    def _require_ready(self, call: str) -> None:
+        if not self._onloaded:
+            raise RuntimeError(f"WorldModelEnv.{call} called while offloaded: call onload() first")
 
     # ------------------------------------------------------------------ ChunkEnv
-    def reset(self, ids=None, seed: int | None = None) -> Obs:
-        if not self._onloaded:
-            raise RuntimeError("WorldModelEnv.reset called while offloaded: call onload() first")
+    def reset(self, ids: list[int] | np.ndarray | None = None, seed: int | None = None) -> Obs:
+        """Start episodes; ``ids[b]`` picks initial state ``ids[b] % num_initial_states`` (random when ``None``).
+
+        ``seed`` re-seeds every env's noise stream and the draw of random ids; without it the streams go on.
+        """
+        self._require_ready("reset")
         if seed is not None:
-            self._generator.manual_seed(int(seed))
-            self._rng = np.random.default_rng(int(seed))
+            self._seed_streams(int(seed))
         if ids is None:
             ids = self._rng.integers(0, self.num_initial_states, size=self.num_envs)
-        ids = np.asarray(ids, dtype=np.int64) % self.num_initial_states
-        if ids.shape != (self.num_envs,):
-            raise ValueError(f"reset ids must have shape [num_envs={self.num_envs}], got {ids.shape}")
-        frames = self.initial_states.frames[ids]  # [B, C, H, W, 3]
+        ids = np.asarray(ids)
+        if ids.shape != (self.num_envs,) or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"reset ids must be {self.num_envs} integers (one per env), got {ids.dtype} {ids.shape}")
+        if (ids < 0).any():
+            raise ValueError(f"reset ids must be >= 0, got {ids.tolist()}")
+        ids = ids.astype(np.int64) % self.num_initial_states
         with torch.no_grad():
-            self._context = self._encode(frames)
+            self._context = torch.stack([self._initial_latents(int(i)) for i in ids])
+            if self.reward_type == "relative":
+                self._last_prob = np.array([self._initial_prob(int(i)) for i in ids], np.float32)
+        frames = self.initial_states.frames[ids]  # [B, F, H, W, 3]
         self._images = frames[:, -1].copy()
+        if self._history.shape[1]:
+            # Before the reset frame there is nothing: repeat it (as the reward model's training stacks do).
+            self._history = np.repeat(frames[:, -1:], self._history.shape[1], axis=1)
+        self._reset_ids = ids
         self._instructions = [self.initial_states.instructions[i] for i in ids.tolist()]
         self._steps[:] = 0
         self._done[:] = False
         self._success[:] = False
-        with torch.no_grad():
-            self._last_prob = self._success_prob(torch.from_numpy(self._images)).numpy()
         return self._obs()
 
     def chunk_step(self, actions) -> ChunkStep:
+        self._require_ready("chunk_step")
         if self._context is None:
             raise RuntimeError("WorldModelEnv.chunk_step called before reset()")
-        if not self._onloaded:
-            raise RuntimeError("WorldModelEnv.chunk_step called while offloaded: call onload() first")
         actions = validate_actions(actions, self.num_envs, self.action_dim)
         k = actions.shape[1]
         if k != self.chunk_size:
-            raise ValueError(f"actions must have K = chunk_size = {self.chunk_size} steps, got K = {k}")
+            raise ValueError(f"actions must have K = chunk_size = {self.chunk_size} steps per chunk, got shape "
+                             f"{tuple(actions.shape)}")
         rewards = np.zeros((self.num_envs, k), np.float32)
         terminated = np.zeros((self.num_envs, k), bool)
         truncated = np.zeros((self.num_envs, k), bool)
-        # Envs already finished keep their flags and cost nothing.
+        # Envs finished before this chunk keep their flags, get no reward and cost nothing.
         terminated[self._done & self._success] = True
         truncated[self._done & ~self._success] = True
         active = np.flatnonzero(~self._done)
+        scored_probs = np.full(self.num_envs, np.nan, np.float32)
         for start in range(0, len(active), self.batch_size):
             rows = active[start : start + self.batch_size]
             with torch.no_grad():
-                self._step_rows(rows, actions[rows], rewards, terminated, truncated)
-        info = {"success": self._success.copy(), "episode_length": self._steps.copy(), "num_active": len(active)}
+                self._step_rows(rows, actions[rows], rewards, terminated, truncated, scored_probs)
+        if len(active):
+            self.timings.chunks += 1
+        info = {
+            "success": self._success.copy(),
+            "episode_length": self._steps.copy(),
+            "reset_ids": self._reset_ids.copy(),
+            "success_prob": scored_probs,  # last scored probability of each env stepped now (NaN otherwise)
+            "num_active": int(len(active)),
+        }
         return ChunkStep(self._obs(), rewards, terminated, truncated, info)
 
     # ------------------------------------------------------------------ internals
     def _obs(self) -> Obs:
         return Obs(images=self._images.copy(), instructions=list(self._instructions))
 
-    def _encode(self, frames: np.ndarray) -> torch.Tensor:
-        """uint8 [B, C, H, W, 3] -> latents [B, C_lat, Tc, h, w] on the model device."""
-        latents = self.tokenizer.encode(torch.from_numpy(frames).to(self.device))
-        return latents.to(self.dtype)
+    def _initial_latents(self, state_id: int) -> torch.Tensor:
+        """Conditioning latents ``[C, Tc, h, w]`` of one initial state (encoded once, then cached)."""
+        if state_id not in self._latent_cache:
+            start = time.perf_counter()
+            frames = self.initial_states.frames[state_id]  # [F, H, W, 3]
+            if (frames == frames[:1]).all():
+                # A reset state is its first frame repeated: encode it once and repeat the latent, exactly as
+                # training pads an episode start (this also holds for causal video tokenizers).
+                frames = frames[:1]
+            latents = self.tokenizer.encode(torch.from_numpy(frames[None]).to(self.device))[0]  # [C, F', h, w]
+            tc = self.num_cond_latent_frames
+            if latents.shape[1] < tc:
+                pad = latents[:, :1].expand(-1, tc - latents.shape[1], -1, -1)
+                latents = torch.cat([pad, latents], dim=1)
+            self._latent_cache[state_id] = latents[:, -tc:].to(self.dtype).contiguous()
+            self.timings.encode_seconds += time.perf_counter() - start
+        return self._latent_cache[state_id]
 
-    def _success_prob(self, frames: torch.Tensor) -> torch.Tensor:
-        """uint8 [N, H, W, 3] -> success probability [N] (CPU float)."""
-        start = _now()
-        probs = self.reward_model.predict_proba(frames.to(self.device)).float().cpu()
-        self.timings.reward += _now() - start
+    def _initial_prob(self, state_id: int) -> float:
+        if state_id not in self._prob_cache:
+            frame = self.initial_states.frames[state_id, -1]
+            window = np.repeat(frame[None, None], self.reward_model.num_frames, axis=1)  # [1, nf, H, W, 3]
+            self._prob_cache[state_id] = float(self._score(torch.from_numpy(window))[0])
+        return self._prob_cache[state_id]
+
+    def _score(self, windows: torch.Tensor) -> np.ndarray:
+        """uint8 ``[N, nf, H, W, 3]`` -> success probabilities ``[N]``."""
+        start = time.perf_counter()
+        frames = windows[:, 0] if self.reward_model.num_frames == 1 else windows
+        probs = self.reward_model.predict_proba(frames.to(self.device)).float().cpu().numpy()
+        self.timings.reward_seconds += time.perf_counter() - start
+        self.timings.scored_frames += len(windows)
         return probs
 
-    def _step_rows(self, rows, actions, rewards, terminated, truncated) -> None:
-        n = len(rows)
-        k = self.chunk_size
-        num_new = k // self.dit.actions_per_latent_frame
-        context = self._context[rows]
-        tc = context.shape[2]
-        x_cond = torch.cat([context, context.new_zeros(n, context.shape[1], num_new, *context.shape[3:])], dim=2)
-        mask = torch.zeros(n, 1, tc + num_new, *context.shape[3:], dtype=self.dtype, device=self.device)
-        mask[:, :, :tc] = 1.0
-        scaled = torch.from_numpy(self.stats.normalize(actions) * self.action_scaler).to(self.device, self.dtype)
+    def _noise(self, rows: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
+        # Drawn per env from its own stream, so a row's noise never depends on its batch-mates.
+        noise = torch.stack([torch.randn(shape, generator=self._generators[r]) for r in rows.tolist()])
+        return noise.to(self.device, self.dtype)
 
-        start = _now()
-        counting = _CallCounter(self.dit)
-        sampled = self.sampler.sample(counting, x_cond, mask, scaled, generator=self._generator)
-        self.timings.dit += _now() - start
-        self.timings.dit_calls += counting.calls
-        new_latents = sampled[:, :, tc:]
+    def _decode(self, context: torch.Tensor, new: torch.Tensor, wanted: list[list[int]]) -> list[dict[int, np.ndarray]]:
+        """Decode chunk frames ``wanted[i]`` (indices 0..K-1, frame j = after action j) of each row ``i``.
 
-        start = _now()
-        if self.reward_frames == "all":
-            frames = self.tokenizer.decode_to_uint8(new_latents.float())  # [n, K', H, W, 3]
+        Per-frame tokenizers decode exactly the wanted latent frames, all rows in one batch; video tokenizers
+        decode each row's whole window (their latents only make sense in sequence) and keep the wanted frames.
+        """
+        start = time.perf_counter()
+        out: list[dict[int, np.ndarray]] = [{} for _ in wanted]
+        if self._per_frame_tokenizer:
+            pairs = [(i, j) for i, frames in enumerate(wanted) for j in frames]
+            if pairs:
+                rows = torch.tensor([i for i, _ in pairs], device=new.device)
+                index = torch.tensor([j for _, j in pairs], device=new.device)
+                latents = new[rows, :, index].unsqueeze(2).float()  # [N, C, 1, h, w]
+                frames = self.tokenizer.decode_to_uint8(latents)[:, 0].cpu().numpy()
+                for (i, j), frame in zip(pairs, frames):
+                    out[i][j] = frame
+                self.timings.decoded_frames += len(pairs)
         else:
-            frames = self.tokenizer.decode_to_uint8(new_latents[:, :, -1:].float())
-        self.timings.decode += _now() - start
-        last_frames = frames[:, -1]
+            frames = self.tokenizer.decode_to_uint8(torch.cat([context, new], dim=2).float())
+            frames = frames[:, -self.chunk_size :].cpu().numpy()  # the chunk's K frames
+            for i, wanted_frames in enumerate(wanted):
+                out[i] = {j: frames[i, j] for j in wanted_frames}
+            self.timings.decoded_frames += frames.shape[0] * frames.shape[1]
+        self.timings.decode_seconds += time.perf_counter() - start
+        return out
+
+    def _step_rows(self, rows, actions, rewards, terminated, truncated, scored_probs) -> None:
+        n, k, tc, p = len(rows), self.chunk_size, self.num_cond_latent_frames, self.num_pred_latent_frames
+        nf = self.reward_model.num_frames
+        context = self._context[rows]  # [n, C, Tc, h, w]
+        c, h, w = context.shape[1], context.shape[3], context.shape[4]
+        x_cond = torch.cat([context, context.new_zeros(n, c, p, h, w)], dim=2)
+        mask = torch.zeros(n, 1, tc + p, h, w, dtype=self.dtype, device=self.device)
+        mask[:, :, :tc] = 1.0
+        scaled = torch.from_numpy(self.stats.normalize(actions) * np.float32(self.action_scaler))
+        noise = self._noise(rows, (c, tc + p, h, w))
+
+        start = time.perf_counter()
+        sampled = self.sampler.sample(self._counting_dit, x_cond, mask, scaled.to(self.device, self.dtype), noise=noise)
+        self.timings.dit_seconds += time.perf_counter() - start
+        new = sampled[:, :, tc:]  # [n, C, P, h, w]
+
+        # Steps of this chunk each env executes (fewer only when max_episode_steps ends it early).
+        ends = np.minimum(k, self.max_episode_steps - self._steps[rows])
+        if self.reward_frames == "all":
+            scored = [list(range(int(e))) for e in ends]
+        else:
+            scored = [[int(e) - 1] for e in ends]
+        # A multi-frame reward model also needs the nf - 1 frames before each scored one.
+        wanted = [sorted({i for j in js for i in range(max(0, j - nf + 1), j + 1)}) for js in scored]
         if self.reencode_context:
-            new_latents = self.tokenizer.encode(frames).to(self.dtype)
-        self._context[rows] = torch.cat([context, new_latents], dim=2)[:, :, -tc:]
+            wanted = [sorted(set(ws) | set(range(max(0, k - tc), k))) for ws in wanted]
+        decoded = self._decode(context, new, wanted)
 
-        scored = frames.flatten(0, 1)
-        probs = self._success_prob(scored).reshape(n, -1).numpy()  # [n, F]
-        hits = probs >= self.reward_model.threshold
-        # Scored frame f ends env step step_index[f] of the chunk.
-        step_index = np.linspace(0, k - 1, num=probs.shape[1] + 1)[1:].round().astype(int) if probs.shape[1] > 1 else np.array([k - 1])
-        if probs.shape[1] == k:
-            step_index = np.arange(k)
-        for row_pos, row in enumerate(rows):
-            steps_left = self.max_episode_steps - self._steps[row]
-            end = min(k, steps_left)  # steps of this chunk that happen before truncation
-            first_hit = next((f for f in range(probs.shape[1]) if hits[row_pos, f] and step_index[f] < end), None)
-            if self.reward_type == "relative":
-                previous = self._last_prob[row]
-                for f in range(probs.shape[1]):
-                    if step_index[f] >= end or (first_hit is not None and f > first_hit):
-                        break
-                    rewards[row, step_index[f]] = probs[row_pos, f] - previous
-                    previous = probs[row_pos, f]
-                self._last_prob[row] = previous
-            if first_hit is not None:
-                step = step_index[first_hit]
-                if self.reward_type == "success_once":
-                    rewards[row, step] = 1.0
-                terminated[row, step:] = True
-                self._success[row] = True
+        windows, owners = [], []
+        for i, js in enumerate(scored):
+            history = list(self._history[rows[i]])  # frames before this chunk, oldest first
+            for j in js:
+                stack = [decoded[i][t] if t >= 0 else history[len(history) + t] for t in range(j - nf + 1, j + 1)]
+                windows.append(np.stack(stack))
+                owners.append((i, j))
+        probs = self._score(torch.from_numpy(np.stack(windows)))
+
+        new_context = torch.cat([context, new], dim=2)[:, :, -tc:]
+        if self.reencode_context:
+            fresh = min(tc, p)
+            frames = np.stack([[decoded[i][t] for t in range(k - fresh, k)] for i in range(n)])
+            start = time.perf_counter()
+            encoded = self.tokenizer.encode(torch.from_numpy(frames).to(self.device)).to(self.dtype)
+            self.timings.encode_seconds += time.perf_counter() - start
+            new_context = torch.cat([new_context[:, :, : tc - fresh], encoded], dim=2)
+        self._context[rows] = new_context
+
+        by_row: dict[int, list[tuple[int, float]]] = {}
+        for (i, j), prob in zip(owners, probs.tolist()):
+            by_row.setdefault(i, []).append((j, prob))
+        for i, row in enumerate(rows.tolist()):
+            end = int(ends[i])
+            last_step, previous = end - 1, self._last_prob[row]
+            for j, prob in by_row[i]:
+                if self.reward_type == "relative":
+                    rewards[row, j] = prob - previous
+                previous = prob
+                if prob >= self.reward_threshold:
+                    last_step = j
+                    if self.reward_type == "success_once":
+                        rewards[row, j] = 1.0
+                    terminated[row, j:] = True
+                    self._success[row] = self._done[row] = True
+                    break
+            self._last_prob[row] = previous
+            scored_probs[row] = previous
+            self._steps[row] += last_step + 1
+            self.timings.env_steps += last_step + 1
+            if not self._done[row] and self._steps[row] >= self.max_episode_steps:
+                truncated[row, last_step:] = True
                 self._done[row] = True
-                self._steps[row] += step + 1
-            else:
-                self._steps[row] += end
-                if self._steps[row] >= self.max_episode_steps:
-                    truncated[row, end - 1 :] = True
-                    self._done[row] = True
-            self._images[row] = last_frames[row_pos].cpu().numpy()
-
-
-class _CallCounter(torch.nn.Module):
-    """Wraps the DiT to count forward calls (the number of network passes per chunk)."""
-
-    def __init__(self, model: torch.nn.Module) -> None:
-        super().__init__()
-        self.model = model
-        self.calls = 0
-
-    def forward(self, *args, **kwargs):
-        self.calls += 1
-        return self.model(*args, **kwargs)
-
-
-def _now() -> float:
-    import time
-
-    return time.perf_counter()
+            self._images[row] = decoded[i][last_step]
+            if nf > 1:
+                seen = list(self._history[row]) + [decoded[i].get(t) for t in range(last_step + 1)]
+                self._history[row] = np.stack(seen[-(nf - 1):])

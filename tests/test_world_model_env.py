@@ -1,0 +1,361 @@
+"""WorldModelEnv with tiny random models: grouping, seeding, rewards, skipping finished envs, offload, errors."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from omegaconf import OmegaConf
+from world_model_fixtures import CHUNK, COND, INSTRUCTIONS, NUM_STATES, NUM_STEPS, SIZE, make_world_model
+
+from rlinf_wm.data.initial_states import InitialStates
+from rlinf_wm.data.trajectories import Episode, write_episodes
+from rlinf_wm.envs import make_env
+from rlinf_wm.envs.world_model_env import WorldModelEnv
+
+B = 4
+NEVER = 1.01  # a success threshold no probability reaches
+ALWAYS = 0.0
+
+
+@pytest.fixture(scope="module")
+def wm_dir(tmp_path_factory) -> Path:
+    torch.set_num_threads(1)
+    return make_world_model(tmp_path_factory.mktemp("wm") / "world_model")
+
+
+def make(wm_dir, **kwargs) -> WorldModelEnv:
+    kwargs.setdefault("num_envs", B)
+    kwargs.setdefault("reward_threshold", NEVER)
+    return WorldModelEnv(world_model_dir=str(wm_dir), **kwargs)
+
+
+def actions(seed=0, batch=B, k=CHUNK):
+    return np.random.default_rng(seed).uniform(-1, 1, (batch, k, 4)).astype(np.float32)
+
+
+def rollout(env, ids, seed, chunks=2):
+    obs = [env.reset(ids=ids, seed=seed).images]
+    for c in range(chunks):
+        obs.append(env.chunk_step(actions(c, env.num_envs)).obs.images)
+    return np.stack(obs)
+
+
+class ScriptedScores:
+    """Replaces the reward model's scores: call ``i`` returns ``probs[i]`` (one per scored window, in row order)."""
+
+    def __init__(self, env, probs):
+        self.env, self.probs, self.windows = env, list(probs), []
+
+    def __call__(self, windows):
+        self.windows.append(windows.numpy())
+        self.env.timings.scored_frames += len(windows)
+        return np.asarray(self.probs.pop(0), np.float32)
+
+
+def test_settings_come_from_world_model_json(wm_dir):
+    env = make(wm_dir)
+    assert (env.chunk_size, env.num_cond_latent_frames, env.action_scaler) == (CHUNK, COND, 20.0)
+    assert env.sampler.num_steps == NUM_STEPS and env.sampler.guidance == 0.0
+    assert env.task == "drawer-open-v3" and env.num_initial_states == NUM_STATES
+    override = make(wm_dir, sampler={"num_steps": 1, "solver": "euler"}, action_scaler=10.0)
+    assert override.sampler.num_steps == 1 and override.sampler.solver == "euler" and override.action_scaler == 10.0
+    assert override.sampler.sigma_max == 200.0  # untouched keys keep the trained value
+    with pytest.raises(ValueError, match="unknown sampler keys"):
+        make(wm_dir, sampler={"steps": 3})
+
+
+def test_reset_ids_pick_states_and_groups_repeat_them(wm_dir):
+    env = make(wm_dir)
+    states = InitialStates.load(wm_dir / "initial_states.hdf5")
+    obs = env.reset(ids=[1, 1, 2, 2 + NUM_STATES], seed=0)  # ids wrap around
+    np.testing.assert_array_equal(obs.images[0], states.frames[1, -1])
+    np.testing.assert_array_equal(obs.images[0], obs.images[1])
+    np.testing.assert_array_equal(obs.images[2], obs.images[3])
+    assert not np.array_equal(obs.images[1], obs.images[2])
+    assert obs.instructions == [INSTRUCTIONS[1], INSTRUCTIONS[1], INSTRUCTIONS[2], INSTRUCTIONS[2]]
+    # a group shares its start but not its noise: the same actions give different imagined futures
+    step = env.chunk_step(np.repeat(actions(0, 1), B, axis=0))
+    assert not np.array_equal(step.obs.images[0], step.obs.images[1])
+    np.testing.assert_array_equal(step.info["reset_ids"], [1, 1, 2, 2])
+
+
+def test_reset_rejects_bad_ids(wm_dir):
+    env = make(wm_dir)
+    with pytest.raises(ValueError, match="one per env"):
+        env.reset(ids=[0, 1])
+    with pytest.raises(ValueError, match=">= 0"):
+        env.reset(ids=[0, -1, 0, 0])
+
+
+def test_same_seed_same_rollout_different_seed_different(wm_dir):
+    env = make(wm_dir)
+    first = rollout(env, [0, 0, 1, 2], seed=7)
+    again = rollout(env, [0, 0, 1, 2], seed=7)
+    other = rollout(env, [0, 0, 1, 2], seed=8)
+    np.testing.assert_array_equal(first, again)
+    assert not np.array_equal(first[1:], other[1:])
+    np.testing.assert_array_equal(first[0], other[0])  # same reset frames
+    # random ids are reproducible from the seed too
+    assert env.reset(seed=3).images.tobytes() == env.reset(seed=3).images.tobytes()
+
+
+def test_rollout_does_not_depend_on_micro_batching(wm_dir):
+    whole = make(wm_dir, batch_size=B)
+    single = make(wm_dir, batch_size=1)
+    a, b = rollout(whole, [0, 1, 2, 0], seed=1), rollout(single, [0, 1, 2, 0], seed=1)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 1  # float summation order only
+    torch.testing.assert_close(whole._context, single._context, atol=1e-4, rtol=1e-4)
+
+
+def test_context_slides_in_latent_space(wm_dir):
+    env = make(wm_dir)
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    before = env._context.clone()
+    obs = env.chunk_step(actions()).obs
+    # with CHUNK == COND the whole window is new; the newest latent is what the policy sees
+    assert not torch.equal(env._context, before)
+    decoded = env.tokenizer.decode_to_uint8(env._context[:, :, -1:].float())[:, 0].numpy()
+    np.testing.assert_array_equal(decoded, obs.images)
+    reencoded = make(wm_dir, reencode_context=True)
+    reencoded.reset(ids=[0, 1, 2, 0], seed=0)
+    reencoded.chunk_step(actions())
+    expected = env.tokenizer.encode(torch.from_numpy(np.stack([obs.images] * 1, 1)))[:, :, -1]
+    torch.testing.assert_close(reencoded._context[:, :, -1], expected)
+
+
+def test_success_terminates_with_reward_one_at_the_scored_step(wm_dir):
+    env = make(wm_dir, reward_threshold=ALWAYS)
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    step = env.chunk_step(actions())
+    # reward_frames="last": the chunk's last frame is scored
+    np.testing.assert_array_equal(step.rewards, np.tile([0.0, 1.0], (B, 1)))
+    np.testing.assert_array_equal(step.terminated, np.tile([False, True], (B, 1)))
+    assert not step.truncated.any() and step.info["success"].all()
+    np.testing.assert_array_equal(step.info["episode_length"], [CHUNK] * B)
+    calls = env.timings.dit_calls
+    after = env.chunk_step(actions(1))
+    assert after.terminated.all() and not after.rewards.any() and env.timings.dit_calls == calls
+    every = make(wm_dir, reward_threshold=ALWAYS, reward_frames="all")
+    every.reset(ids=[0, 1, 2, 0], seed=0)
+    step = every.chunk_step(actions())
+    np.testing.assert_array_equal(step.rewards, np.tile([1.0, 0.0], (B, 1)))
+    assert step.terminated.all() and (step.info["episode_length"] == 1).all()
+
+
+def test_truncation_at_max_episode_steps_mid_chunk(wm_dir):
+    env = make(wm_dir, max_episode_steps=3)
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    first = env.chunk_step(actions(0))
+    assert not first.done.any()
+    second = env.chunk_step(actions(1))
+    # one step of the second chunk remains: truncated at step 0, flags stay set
+    np.testing.assert_array_equal(second.truncated, np.ones((B, CHUNK), bool))
+    assert not second.terminated.any() and not second.rewards.any()
+    np.testing.assert_array_equal(second.info["episode_length"], [3] * B)
+    # the observation is the frame after the last executed step (chunk frame 0, decoded alone)
+    assert env.timings.decoded_frames == 2 * B
+    calls = env.timings.dit_calls
+    env.chunk_step(actions(2))
+    assert env.timings.dit_calls == calls
+
+
+def test_finished_envs_cost_nothing(wm_dir):
+    env = make(wm_dir, reward_threshold=0.5)
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    env._score = ScriptedScores(env, [[0.9, 0.1, 0.9, 0.1], [0.1, 0.1], [0.9, 0.9]])
+    env.timings.clear()
+    step = env.chunk_step(actions(0))
+    np.testing.assert_array_equal(step.done, [True, False, True, False])
+    assert (env.timings.dit_calls, env.timings.dit_rows) == (NUM_STEPS, NUM_STEPS * B)
+    env.timings.clear()
+    step = env.chunk_step(actions(1))
+    # only the two running envs reach the DiT and the decoder
+    assert (env.timings.dit_calls, env.timings.dit_rows) == (NUM_STEPS, NUM_STEPS * 2)
+    assert env.timings.decoded_frames == 2
+    assert step.terminated[[0, 2]].all() and not step.rewards[[0, 2]].any()
+    env.timings.clear()
+    step = env.chunk_step(actions(2))
+    assert step.done.all() and step.info["success"].all()
+    env.timings.clear()
+    env.chunk_step(actions(3))
+    assert env.timings.dit_calls == 0 and env.timings.decoded_frames == 0 and env.timings.scored_frames == 0
+
+
+def test_micro_batches_split_dit_calls(wm_dir):
+    env = make(wm_dir, batch_size=3)
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    env.timings.clear()
+    env.chunk_step(actions())
+    assert (env.timings.dit_calls, env.timings.dit_rows) == (2 * NUM_STEPS, NUM_STEPS * B)
+
+
+@pytest.mark.parametrize("guidance, rows_per_call", [(0.0, B), (2.0, 2 * B)])
+def test_cfg_runs_both_branches_in_one_call(wm_dir, guidance, rows_per_call):
+    env = make(wm_dir, sampler={"guidance": guidance, "num_steps": 3})
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    env.timings.clear()
+    env.chunk_step(actions())
+    assert env.timings.dit_calls == 3
+    assert env.timings.dit_rows == 3 * rows_per_call
+
+
+def test_relative_rewards_sum_to_the_change_in_success_probability(wm_dir):
+    env = make(wm_dir, reward_type="relative", reward_frames="all", max_episode_steps=4)
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    start = np.array([env._initial_prob(i) for i in (0, 1, 2, 0)])
+    total = np.zeros(B)
+    for c in range(2):
+        step = env.chunk_step(actions(c))
+        total += step.rewards.sum(1)
+    assert step.truncated[:, -1].all()
+    np.testing.assert_allclose(total, step.info["success_prob"] - start, atol=1e-6)
+    assert np.abs(total).max() > 0
+
+
+def test_multi_frame_reward_model_stacks_previous_frames(tmp_path):
+    root = make_world_model(tmp_path / "wm2", reward_frames=2)
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER)
+    reset = env.reset(ids=[0, 1], seed=0)
+    scores = ScriptedScores(env, [[0.1, 0.1], [0.1, 0.1]])
+    env._score = scores
+    first = env.chunk_step(actions(0, 2)).obs
+    second = env.chunk_step(actions(1, 2)).obs
+    # "last" scores chunk frame K-1 stacked with frame K-2 (CHUNK = 2: both generated)
+    assert scores.windows[0].shape == (2, 2, SIZE, SIZE, 3)
+    np.testing.assert_array_equal(scores.windows[0][:, 1], first.images)
+    np.testing.assert_array_equal(scores.windows[1][:, 1], second.images)
+    all_frames = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, reward_frames="all")
+    all_frames.reset(ids=[0, 1], seed=0)
+    scores = ScriptedScores(all_frames, [[0.1] * 4])
+    all_frames._score = scores
+    all_frames.chunk_step(actions(0, 2))
+    # the first generated frame is stacked after the reset frame
+    np.testing.assert_array_equal(scores.windows[0][0::2, 0], reset.images)
+
+
+def test_offload_round_trip(wm_dir):
+    env = make(wm_dir)
+    expected = rollout(env, [0, 1, 2, 0], seed=4)
+    env.reset(ids=[0, 1, 2, 0], seed=4)
+    env.offload()
+    assert not env.is_onloaded and env.model_devices() == {"cpu"}
+    assert env._context.device.type == "cpu"
+    with pytest.raises(RuntimeError, match="offloaded"):
+        env.chunk_step(actions(0))
+    with pytest.raises(RuntimeError, match="offloaded"):
+        env.reset(ids=[0, 1, 2, 0])
+    env.onload()
+    assert env.is_onloaded
+    got = [env.chunk_step(actions(c)).obs.images for c in range(2)]
+    np.testing.assert_array_equal(np.stack(got), expected[1:])
+
+
+@pytest.mark.parametrize(
+    "bad, message",
+    [
+        (np.zeros((B, CHUNK)), "shape"),
+        (np.zeros((B + 1, CHUNK, 4)), "shape"),
+        (np.zeros((B, CHUNK, 3)), "shape"),
+        (np.full((B, CHUNK, 4), np.nan), "NaN"),
+        (np.zeros((B, CHUNK + 1, 4)), "chunk_size"),
+    ],
+)
+def test_bad_actions_are_rejected(wm_dir, bad, message):
+    env = make(wm_dir)
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    with pytest.raises(ValueError, match=message):
+        env.chunk_step(bad)
+
+
+def test_step_before_reset_and_inconsistent_parts_fail_clearly(wm_dir, tmp_path):
+    with pytest.raises(RuntimeError, match="before reset"):
+        make(wm_dir).chunk_step(actions())
+    with pytest.raises(ValueError, match="multiple of|exceeds"):
+        make(wm_dir, chunk_size=20)
+    from rlinf_wm.data.statistics import ActionStatistics
+
+    ActionStatistics.from_actions(np.zeros((4, 3))).save(tmp_path / "stats3.json")
+    with pytest.raises(ValueError, match="action_dim=4 but the action statistics have 3"):
+        make(wm_dir, stats_path=str(tmp_path / "stats3.json"))
+    with pytest.raises(FileNotFoundError, match="train the world model first"):
+        make(tmp_path / "missing")
+
+
+def test_initial_states_file_round_trip_and_trajectory_directory(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 6, SIZE, SIZE, 3), dtype=np.uint8)
+    episodes = [
+        Episode(frames=frames[i], actions=np.zeros((5, 4), np.float32), rewards=np.zeros(5, np.float32),
+                dones=np.zeros(5, bool), success=False, instruction=f"task {i}", task="t", attrs={"task_id": 7 + i})
+        for i in range(2)
+    ]
+    states = InitialStates.from_episodes(episodes, 3)
+    assert states.frames.shape == (2, 3, SIZE, SIZE, 3) and (states.frames[:, 2] == frames[:, 0]).all()
+    np.testing.assert_array_equal(states.reset_ids, [7, 8])
+    states.save(tmp_path / "states.hdf5")
+    loaded = InitialStates.load(tmp_path / "states.hdf5")
+    np.testing.assert_array_equal(loaded.frames, states.frames)
+    assert loaded.instructions == ["task 0", "task 1"] and loaded.tasks == ["t", "t"]
+    np.testing.assert_array_equal(loaded.reset_ids, [7, 8])
+    write_episodes(tmp_path / "data" / "shard_0.hdf5", episodes)
+    from_dir = InitialStates.load(tmp_path / "data")
+    assert from_dir.frames.shape == (2, 1, SIZE, SIZE, 3) and from_dir.instructions == ["task 0", "task 1"]
+    (tmp_path / "bad.hdf5").write_bytes(b"not hdf5")
+    with pytest.raises(ValueError, match="bad.hdf5"):
+        InitialStates.load(tmp_path / "bad.hdf5")
+    with pytest.raises(FileNotFoundError):
+        InitialStates.load(tmp_path / "none.hdf5")
+    with pytest.raises(ValueError, match="uint8"):
+        InitialStates(frames=np.zeros((1, 1, 4, 4, 3), np.float32), instructions=["x"])
+
+
+def test_env_yaml_derives_every_path_from_world_model_dir_and_builds(wm_dir):
+    from rlinf_wm.config.validate import validate
+    from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig
+
+    yaml_path = Path(__file__).resolve().parents[1] / "examples/embodiment/config/env/wm_metaworld_drawer_open.yaml"
+    env_yaml = OmegaConf.load(yaml_path)
+    root = OmegaConf.create({"task": "drawer-open-v3", "artifacts_dir": "outputs/x", "env": {"train": env_yaml, "eval": env_yaml}})
+    for section in ("train", "eval"):
+        resolved = OmegaConf.to_container(root.env[section], resolve=True)
+        assert resolved["world_model_dir"] == "outputs/x/world_model"
+        for key in ("tokenizer_path", "dit_path", "reward_model_path", "stats_path", "initial_states_path"):
+            assert resolved[key].startswith("outputs/x/world_model/"), key
+    # command-line style overrides of the sampler and window keys
+    overrides = OmegaConf.from_dotlist([
+        f"env.train.world_model_dir={wm_dir}", "env.train.sampler.num_steps=1", "env.train.sampler.guidance=1.5",
+        "env.train.num_envs=2", "env.train.batch_size=2", "env.train.reward_threshold=1.01",
+    ])
+    merged = OmegaConf.merge(root, overrides)
+    cfg = validate(merged.env.train, WorldModelEnvConfig, "env.train")
+    assert cfg.sampler.num_steps == 1 and cfg.sampler.guidance == 1.5
+    kwargs = cfg.env_kwargs()
+    env = make_env(kwargs.pop("env_type"), **kwargs)
+    assert env.sampler.num_steps == 1 and env.chunk_size == CHUNK and env.num_envs == 2
+    env.reset(ids=[0, 1], seed=0)
+    env.timings.clear()
+    env.chunk_step(actions(0, 2))
+    assert (env.timings.dit_calls, env.timings.dit_rows) == (1, 4)
+
+
+def test_schema_rejects_bad_values():
+    from rlinf_wm.config.validate import ConfigError, validate
+    from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig
+
+    base = {"env_type": "world_model", "world_model_dir": "x"}
+    for key, value, match in [
+        ("reward_type", "dense", "reward_type"),
+        ("num_envs", 0, "num_envs"),
+        ("sampler", {"num_steps": 0}, "sampler.num_steps"),
+        ("sampler", {"solver": "rk4"}, "sampler.solver"),
+        ("chunk_size", 0, "chunk_size"),
+        ("dtype", "float64x", "dtype"),
+    ]:
+        with pytest.raises(ConfigError, match=match):
+            validate({**base, key: value}, WorldModelEnvConfig, "env.train")
+    ok = validate(base, WorldModelEnvConfig, "env.train")
+    assert json.dumps(ok.env_kwargs())  # plain data, passable to a Ray actor
