@@ -1,0 +1,281 @@
+"""Top-level schema of the world-model configs (``examples/embodiment/config/world_model_*.yaml``).
+
+Composes the tokenizer and reward-model sections (:mod:`rlinf_wm.config.world_model_schema`) with the DiT,
+its training, the sampler and the evaluation. Layout of a composed config::
+
+    task, artifacts_dir, data_dir, world_model_dir     paths (derived from one root in the YAML)
+    stage, force, seed, holdout_fraction, ...          what to run
+    tokenizer:     TokenizerConfig      (model/wm_tokenizer_*.yaml)
+    reward_model:  RewardModelConfig    (model/wm_reward_*.yaml)
+    dit:           DiTConfig            (model/wm_dit_*.yaml)
+    train.tokenizer / train.reward / train.dit         how each part is trained
+    sampler:       SamplerConfig        (defaults written to world_model.json for the env)
+    eval:          EvalConfig
+
+One split for everything: episodes are held out with ``split_episodes(episodes, fraction, seed)``, whose held-out
+set for a fraction is a prefix of the one for a larger fraction (same seed). So the DiT and evaluation hold out
+``holdout_fraction`` of the episodes, and the tokenizer and reward model, which must use the same seed and at
+least that fraction, never train on an episode the evaluation scores.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import Literal
+
+from rlinf_wm.config.validate import require
+from rlinf_wm.config.world_model_schema import (
+    RewardModelConfig,
+    RewardTrainConfig,
+    TokenizerConfig,
+    TokenizerTrainConfig,
+)
+
+STAGES = ("tokenizer", "encode", "dit", "reward", "all")
+
+
+def _at(path: str):
+    return (lambda key: f"{path}.{key}") if path else (lambda key: key)
+
+
+@dataclass
+class DiTConfig:
+    """``model/wm_dit_*.yaml``: the :class:`rlinf_wm.models.dit.ActionDiT` constructor arguments.
+
+    ``latent_channels``, ``action_dim`` and ``actions_per_latent_frame`` follow from the tokenizer and the data;
+    leave them ``null`` and :meth:`resolved` fills them (set, they must agree).
+    """
+
+    latent_channels: int | None = None
+    action_dim: int | None = None
+    actions_per_latent_frame: int | None = None
+    num_layers: int = 4
+    num_attention_heads: int = 4
+    attention_head_dim: int = 48
+    mlp_ratio: float = 4.0
+    adaln_lora_dim: int = 64
+    text_embed_dim: int = 32
+    patch_size: list[int] = field(default_factory=lambda: [1, 2, 2])
+    max_size: list[int] = field(default_factory=lambda: [32, 64, 64])
+    rope_scale: list[float] = field(default_factory=lambda: [1.0, 1.0, 1.0])
+    extra_pos_embed_type: str | None = None
+    action_hidden_dim: int | None = None
+    condition_frame_timestep: float = 0.0
+    timestep_scale: float = 1.0
+
+    def check(self, path: str) -> None:
+        at = _at(path)
+        for name in ("num_layers", "num_attention_heads", "attention_head_dim", "adaln_lora_dim", "text_embed_dim"):
+            require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
+        for name in ("latent_channels", "action_dim", "actions_per_latent_frame", "action_hidden_dim"):
+            value = getattr(self, name)
+            require(value is None or value >= 1, at(name), f"must be >= 1 (or null), got {value}")
+        for name in ("patch_size", "max_size", "rope_scale"):
+            require(len(getattr(self, name)) == 3, at(name), f"needs 3 entries (T, H, W), got {getattr(self, name)}")
+        require(self.patch_size[0] == 1, at("patch_size"), f"the temporal patch must be 1, got {self.patch_size}")
+        require(self.extra_pos_embed_type in (None, "learnable"), at("extra_pos_embed_type"),
+                f"must be null or 'learnable', got {self.extra_pos_embed_type!r}")
+        require(self.mlp_ratio > 0, at("mlp_ratio"), f"must be > 0, got {self.mlp_ratio}")
+
+    @property
+    def hidden_size(self) -> int:
+        return self.num_attention_heads * self.attention_head_dim
+
+    def resolved(self, tokenizer: TokenizerConfig, action_dim: int | None, path: str = "dit") -> "DiTConfig":
+        """A copy with the tokenizer- and data-derived fields filled; mismatches raise naming the key."""
+        from dataclasses import replace
+
+        derived = {
+            "latent_channels": tokenizer.latent_channels,
+            "actions_per_latent_frame": tokenizer.temporal_compression,
+            "action_dim": action_dim,
+        }
+        values = {}
+        for name, value in derived.items():
+            current = getattr(self, name)
+            if current is not None and value is not None:
+                require(current == value, f"{path}.{name}",
+                        f"is {current} but the {'data' if name == 'action_dim' else 'tokenizer'} gives {value}")
+            values[name] = current if value is None else value
+        require(values["action_dim"] is not None, f"{path}.action_dim", "unknown: set it or provide dataset statistics")
+        return replace(self, **values)
+
+
+@dataclass
+class DiTTrainConfig:
+    """How the DiT is trained on pre-encoded latents (``train_dit``)."""
+
+    # a window: num_cond_latent_frames clean latent frames, then num_pred_latent_frames to predict, driven by
+    # num_pred_latent_frames * actions_per_latent_frame actions (the world model's chunk size)
+    num_cond_latent_frames: int = 2
+    num_pred_latent_frames: int = 4
+    # normalised actions (q01..q99 -> [-1, 1]) are multiplied by this before the DiT (Cosmos Predict 2.5: 20)
+    action_scaler: float = 20.0
+    steps: int = 3000
+    batch_size: int = 32
+    lr: float = 5e-4
+    min_lr: float = 1e-5
+    warmup_steps: int = 100
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    ema_decay: float | None = 0.999  # null: no EMA (the final weights are the raw ones)
+    # flow-time distribution (shifted logit-normal) and condition dropout, see flow_matching_loss
+    logit_mean: float = 0.0
+    logit_std: float = 1.0
+    shift: float = 1.0
+    action_dropout: float = 0.1
+    # Gaussian noise added to the conditioning latents during training: at rollout time the model conditions on
+    # its own (imperfect) predictions, so it should not rely on pixel-exact conditioning
+    cond_noise_std: float = 0.0
+    # windows whose conditioning starts before the episode (first frame repeated, as at a reset) / whose future
+    # runs past the end (last frame repeated with zero actions)
+    pad_start: bool = True
+    pad_end: bool = True
+    log_every: int = 25
+    eval_every: int = 250  # held-out loss at fixed noise
+    sample_every: int = 500  # generated-vs-real strip in TensorBoard (needs the tokenizer)
+    sample_steps: int = 10
+    checkpoint_every: int = 250
+    keep_checkpoints: int = 2
+    max_minutes: float | None = None  # stop early (finishing cleanly) after this long; null = no limit
+    seed: int = 0
+    num_threads: int = 0  # torch threads; 0 = torch's default
+
+    def check(self, path: str) -> None:
+        at = _at(path)
+        for name in ("num_cond_latent_frames", "num_pred_latent_frames", "steps", "batch_size", "log_every",
+                     "eval_every", "sample_every", "sample_steps", "checkpoint_every", "keep_checkpoints"):
+            require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
+        require(self.action_scaler > 0, at("action_scaler"), f"must be > 0, got {self.action_scaler}")
+        require(self.lr > 0, at("lr"), f"must be > 0, got {self.lr}")
+        require(0 <= self.min_lr <= self.lr, at("min_lr"), f"must be in [0, lr={self.lr}], got {self.min_lr}")
+        require(self.warmup_steps >= 0, at("warmup_steps"), f"must be >= 0, got {self.warmup_steps}")
+        require(self.ema_decay is None or 0.0 < self.ema_decay < 1.0, at("ema_decay"),
+                f"must be in (0, 1) or null, got {self.ema_decay}")
+        require(self.logit_std > 0, at("logit_std"), f"must be > 0, got {self.logit_std}")
+        require(self.shift > 0, at("shift"), f"must be > 0, got {self.shift}")
+        require(0.0 <= self.action_dropout < 1.0, at("action_dropout"), f"must be in [0, 1), got {self.action_dropout}")
+        require(self.cond_noise_std >= 0, at("cond_noise_std"), f"must be >= 0, got {self.cond_noise_std}")
+        require(self.max_minutes is None or self.max_minutes > 0, at("max_minutes"), "must be > 0 or null")
+
+
+@dataclass
+class SamplerConfig:
+    """:class:`rlinf_wm.models.samplers.FlowSampler` arguments (the env's defaults, written to world_model.json)."""
+
+    solver: Literal["2ab", "euler", "unipc"] = "2ab"
+    num_steps: int = 10
+    guidance: float = 0.0
+    sigma_min: float = 0.01
+    sigma_max: float = 200.0
+    rho: float = 7.0
+
+    def check(self, path: str) -> None:
+        at = _at(path)
+        require(self.num_steps >= 1, at("num_steps"), f"must be >= 1, got {self.num_steps}")
+        require(self.guidance >= 0, at("guidance"), f"must be >= 0, got {self.guidance}")
+        require(0 < self.sigma_min < self.sigma_max, at("sigma_min"),
+                f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
+        require(self.rho > 0, at("rho"), f"must be > 0, got {self.rho}")
+
+
+@dataclass
+class TrainSection:
+    tokenizer: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
+    reward: RewardTrainConfig = field(default_factory=RewardTrainConfig)
+    dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
+    # probability that a reward-model training frame is replaced by its tokenizer reconstruction (the blur of
+    # generated frames); 0 trains on real frames only
+    reward_reconstruction_prob: float = 0.5
+
+    def check(self, path: str) -> None:
+        require(0.0 <= self.reward_reconstruction_prob <= 1.0, f"{path}.reward_reconstruction_prob",
+                f"must be in [0, 1], got {self.reward_reconstruction_prob}")
+
+
+@dataclass
+class EvalConfig:
+    """Open-loop evaluation on held-out episodes (``eval_world_model``)."""
+
+    output_dir: str = "outputs/world_model_eval"
+    num_chunks: int = 9  # autoregressive chunks per rollout (horizon = chunks x chunk frames)
+    horizons: list[int] = field(default_factory=lambda: [8, 16, 24, 36])  # frames at which metrics are reported
+    start_stride: int = 24  # frames between rollout starts within an episode
+    # also start one rollout per successful episode so that its horizon ends where success is first reached
+    # (these rollouts change outcome within the horizon - the reward model must notice)
+    success_aligned_starts: bool = True
+    max_rollouts: int = 96
+    batch_size: int = 16
+    # a pixel "moves" when some channel of the real frames changes by more than this (0..1 scale) over the horizon
+    moving_threshold: float = 0.1
+    ssim_window: int = 7
+    ssim_sigma: float = 1.5
+    num_videos: int = 4  # rollouts in the side-by-side video and image grid
+    video_fps: int = 8
+    seed: int = 0
+    num_threads: int = 0
+    # sampler overrides for the evaluation (null: the sampler section's values)
+    num_steps: int | None = None
+    guidance: float | None = None
+
+    def check(self, path: str) -> None:
+        at = _at(path)
+        for name in ("num_chunks", "start_stride", "max_rollouts", "batch_size", "video_fps"):
+            require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
+        require(len(self.horizons) >= 1, at("horizons"), "needs at least one horizon")
+        for i, horizon in enumerate(self.horizons):
+            require(horizon >= 1, f"{at('horizons')}[{i}]", f"must be >= 1, got {horizon}")
+        require(self.horizons == sorted(set(self.horizons)), at("horizons"), f"must be increasing, got {self.horizons}")
+        require(0 < self.moving_threshold < 1, at("moving_threshold"), f"must be in (0, 1), got {self.moving_threshold}")
+        require(self.ssim_window >= 3 and self.ssim_window % 2 == 1, at("ssim_window"),
+                f"must be an odd number >= 3, got {self.ssim_window}")
+        require(self.ssim_sigma > 0, at("ssim_sigma"), f"must be > 0, got {self.ssim_sigma}")
+        require(self.num_videos >= 0, at("num_videos"), f"must be >= 0, got {self.num_videos}")
+        require(self.num_steps is None or self.num_steps >= 1, at("num_steps"), "must be >= 1 or null")
+        require(self.guidance is None or self.guidance >= 0, at("guidance"), "must be >= 0 or null")
+
+
+@dataclass
+class WorldModelConfig:
+    """``world_model_<task>.yaml``: train and evaluate the world model of one task."""
+
+    task: str
+    artifacts_dir: str
+    data_dir: str
+    world_model_dir: str
+    tokenizer: TokenizerConfig
+    reward_model: RewardModelConfig
+    dit: DiTConfig
+    train: TrainSection = field(default_factory=TrainSection)
+    sampler: SamplerConfig = field(default_factory=SamplerConfig)
+    eval: EvalConfig = field(default_factory=EvalConfig)
+    stage: Literal["tokenizer", "encode", "dit", "reward", "all"] = "all"
+    force: bool = False  # re-run stages whose outputs exist
+    seed: int = 0
+    holdout_fraction: float = 0.1  # episodes held out from DiT training and scored by the evaluation
+    progress: bool = True
+
+    def check(self, path: str) -> None:
+        at = _at(path)
+        require(0.0 < self.holdout_fraction < 1.0, at("holdout_fraction"), f"must be in (0, 1), got {self.holdout_fraction}")
+        for part in ("tokenizer", "reward"):
+            train = getattr(self.train, part)
+            require(train.seed == self.seed, at(f"train.{part}.seed"),
+                    f"is {train.seed} but seed={self.seed}: the held-out episodes come from the seed, so they must agree")
+            require(train.holdout_fraction >= self.holdout_fraction, at(f"train.{part}.holdout_fraction"),
+                    f"{train.holdout_fraction} < holdout_fraction={self.holdout_fraction}: it would train on episodes "
+                    "the evaluation holds out")
+        require(self.reward_model.image_size == self.tokenizer.image_size, at("reward_model.image_size"),
+                f"{self.reward_model.image_size} differs from tokenizer.image_size={self.tokenizer.image_size}")
+        self.dit.resolved(self.tokenizer, self.dit.action_dim or 1, path=at("dit"))
+        latent_size = self.tokenizer.image_size // self.tokenizer.spatial_compression
+        for axis, name in ((1, "H"), (2, "W")):
+            require(latent_size % self.dit.patch_size[axis] == 0, at("dit.patch_size"),
+                    f"latent {name}={latent_size} is not divisible by the patch {self.dit.patch_size}")
+        window = self.train.dit.num_cond_latent_frames + self.train.dit.num_pred_latent_frames
+        require(window <= self.dit.max_size[0], at("dit.max_size"),
+                f"{self.dit.max_size[0]} latent frames < the training window of {window}")
+        chunk_frames = self.train.dit.num_pred_latent_frames * self.tokenizer.temporal_compression
+        horizon = self.eval.num_chunks * chunk_frames
+        require(self.eval.horizons[-1] <= horizon, at("eval.horizons"),
+                f"{self.eval.horizons[-1]} frames exceed eval.num_chunks x chunk = {horizon} frames")

@@ -1,0 +1,544 @@
+"""Open-loop evaluation of the world model on held-out episodes (the episodes the DiT never trained on).
+
+A rollout starts at a recorded frame ``f0`` of a held-out episode: the DiT conditions on the recorded latents up to
+``f0`` and generates ``num_chunks`` chunks driven by the episode's recorded actions; from the second chunk on, the
+newest generated latent frames are its conditioning (autoregressive, as in the world-model env). The generated
+frames are compared with the recorded ones ``f0 + 1 .. f0 + horizon``.
+
+Methods scored side by side (same conditioning, same noise):
+
+- ``model``: the world model with the recorded actions;
+- ``shuffled_actions``: the same model driven by the actions of a rollout from another episode - the gap to
+  ``model`` is what following the actions is worth;
+- ``repeat``: the last real conditioning frame repeated (a world where nothing moves);
+- ``reconstruction``: the tokenizer's encode/decode of the real frames (the ceiling any generated frame can reach).
+
+Metrics per horizon ``h`` (frames after ``f0``): PSNR and SSIM of frame ``h`` and their means over frames
+``1..h``, over whole frames and over *moving pixels* only (pixels where some real frame ``1..h`` differs from the
+conditioning frame by more than ``moving_threshold``). PSNR is capped at 60 dB (identical frames).
+
+The reward model is scored on the real held-out frames (accuracy, AUC) and on each rollout's final frame:
+agreement of its success prediction with the true success of the recorded frame, overall and on the rollouts whose
+true success changes within the horizon.
+
+Outputs in ``output_dir``: ``eval_summary.json``, ``rollouts.gif`` (and ``.mp4`` when an ffmpeg plugin is
+installed) with real | generated side by side, and ``rollouts_grid.png`` (per rollout: real row, generated row).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import math
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from rlinf_wm.config.world_model_config import WorldModelConfig
+from rlinf_wm.data.statistics import ActionStatistics
+from rlinf_wm.data.trajectories import Episode, load_episodes
+from rlinf_wm.utils.io import atomic_path, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+PSNR_CAP_DB = 60.0
+METHODS = ("model", "shuffled_actions", "repeat", "reconstruction")
+
+
+# ------------------------------------------------------------------------------------------ image metrics
+def gaussian_window(size: int, sigma: float) -> torch.Tensor:
+    """``[1, 1, size, size]`` normalised 2D Gaussian."""
+    coords = torch.arange(size, dtype=torch.float64) - (size - 1) / 2
+    g = torch.exp(-(coords**2) / (2 * sigma**2))
+    g = g / g.sum()
+    return (g[:, None] * g[None, :]).float()[None, None]
+
+
+def ssim_map(a: torch.Tensor, b: torch.Tensor, window: torch.Tensor, data_range: float = 1.0) -> torch.Tensor:
+    """Per-pixel SSIM (Wang et al. 2004; K1 = 0.01, K2 = 0.03) of ``[N, C, H, W]`` images, averaged over channels:
+    ``[N, H, W]``. Local statistics use the Gaussian ``window`` with reflect padding, so the map aligns with pixels."""
+    n, c, h, w = a.shape
+    pad = window.shape[-1] // 2
+    kernel = window.to(a.dtype).expand(c, 1, *window.shape[-2:])
+
+    def blur(x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(F.pad(x, (pad,) * 4, mode="reflect"), kernel, groups=c)
+
+    c1, c2 = (0.01 * data_range) ** 2, (0.03 * data_range) ** 2
+    mu_a, mu_b = blur(a), blur(b)
+    var_a = blur(a * a) - mu_a**2
+    var_b = blur(b * b) - mu_b**2
+    cov = blur(a * b) - mu_a * mu_b
+    ssim = ((2 * mu_a * mu_b + c1) * (2 * cov + c2)) / ((mu_a**2 + mu_b**2 + c1) * (var_a + var_b + c2))
+    return ssim.mean(1)
+
+
+def psnr_from_mse(mse: torch.Tensor, peak: float = 255.0) -> torch.Tensor:
+    return (10.0 * torch.log10(peak**2 / mse.clamp_min(1e-12))).clamp(max=PSNR_CAP_DB)
+
+
+class FrameErrors:
+    """Per-pixel squared error and SSIM maps of predicted vs real frames ``uint8 [R, H, 64, 64, 3]``."""
+
+    def __init__(self, predicted: np.ndarray, real: np.ndarray, window: torch.Tensor, chunk: int = 64) -> None:
+        if predicted.shape != real.shape:
+            raise ValueError(f"predicted frames {predicted.shape} and real frames {real.shape} differ in shape")
+        r, t = real.shape[:2]
+        sq, ss = [], []
+        flat_p = predicted.reshape(-1, *real.shape[2:])
+        flat_r = real.reshape(-1, *real.shape[2:])
+        for s in range(0, len(flat_r), chunk):
+            p = torch.from_numpy(flat_p[s : s + chunk]).float().permute(0, 3, 1, 2)
+            q = torch.from_numpy(flat_r[s : s + chunk]).float().permute(0, 3, 1, 2)
+            sq.append((p - q).pow(2).mean(1))
+            ss.append(ssim_map(p / 255.0, q / 255.0, window))
+        self.squared_error = torch.cat(sq).reshape(r, t, *real.shape[2:4])  # [R, T, H, W], 0..255 units
+        self.ssim = torch.cat(ss).reshape(r, t, *real.shape[2:4])
+
+    def at(self, frame: int, mask: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Per-rollout (PSNR, SSIM) of ``frame`` (0-based), over ``mask`` ``[R, H, W]`` pixels if given (NaN where
+        a rollout's mask is empty)."""
+        sq, ss = self.squared_error[:, frame], self.ssim[:, frame]
+        if mask is None:
+            return psnr_from_mse(sq.flatten(1).mean(1)), ss.flatten(1).mean(1)
+        m = mask.float().flatten(1)
+        count = m.sum(1)
+        mse = (sq.flatten(1) * m).sum(1) / count.clamp_min(1)
+        ssim = (ss.flatten(1) * m).sum(1) / count.clamp_min(1)
+        empty = count == 0
+        return psnr_from_mse(mse).masked_fill(empty, math.nan), ssim.masked_fill(empty, math.nan)
+
+
+def moving_masks(real: np.ndarray, reference: np.ndarray, threshold: float) -> torch.Tensor:
+    """bool ``[R, T, H, W]``: pixel changed (some channel by > ``threshold`` of the range) from ``reference``
+    ``[R, H, W, 3]`` in any real frame up to and including ``t``."""
+    diff = np.abs(real.astype(np.int16) - reference[:, None].astype(np.int16)).max(-1) > threshold * 255
+    return torch.from_numpy(np.maximum.accumulate(diff, axis=1))
+
+
+def _nanmean(x: torch.Tensor) -> float | None:
+    x = x[~torch.isnan(x)]
+    return float(x.mean()) if x.numel() else None
+
+
+def horizon_metrics(errors: FrameErrors, masks: torch.Tensor, horizons: Sequence[int]) -> dict:
+    """``{str(h): {psnr, ssim, psnr_mean, ssim_mean, psnr_moving, ssim_moving, psnr_moving_mean, ssim_moving_mean}}``."""
+    out = {}
+    for h in horizons:
+        frame = h - 1
+        psnr, ssim = errors.at(frame)
+        psnr_m, ssim_m = errors.at(frame, masks[:, frame])
+        upto = [errors.at(t) for t in range(h)]
+        upto_m = [errors.at(t, masks[:, frame]) for t in range(h)]
+        out[str(h)] = {
+            "psnr": float(psnr.mean()),
+            "ssim": float(ssim.mean()),
+            "psnr_mean": float(torch.stack([p for p, _ in upto]).mean()),
+            "ssim_mean": float(torch.stack([s for _, s in upto]).mean()),
+            "psnr_moving": _nanmean(psnr_m),
+            "ssim_moving": _nanmean(ssim_m),
+            "psnr_moving_mean": _nanmean(torch.stack([p for p, _ in upto_m]).mean(0)),
+            "ssim_moving_mean": _nanmean(torch.stack([s for _, s in upto_m]).mean(0)),
+            "rollouts_with_moving_pixels": int((masks[:, frame].flatten(1).any(1)).sum()),
+        }
+    return out
+
+
+# ----------------------------------------------------------------------------------------------- rollouts
+@dataclasses.dataclass(frozen=True)
+class RolloutPlan:
+    episode: int  # index into the held-out episode list
+    start_latent: int  # latent index of the last conditioning frame
+    start_frame: int  # frame index of the last conditioning frame (= start_latent * temporal compression)
+    success_aligned: bool
+
+
+def first_success_frame(episode: Episode) -> int | None:
+    """Index of the first frame showing success (the frame after the step that reached it), None if never."""
+    from rlinf_wm.models.reward_model import success_step
+
+    step = success_step(episode.rewards, episode.dones, episode.success)
+    return None if step < 0 else step + 1
+
+
+def plan_rollouts(
+    episodes: Sequence[Episode], horizon_frames: int, compression: int, stride: int, success_aligned: bool,
+    max_rollouts: int, seed: int,
+) -> list[RolloutPlan]:
+    """Evenly strided starts in every held-out episode, plus (optionally) one start per successful episode whose
+    horizon covers the moment success is reached. Every rollout's horizon lies inside its episode."""
+    regular, aligned = [], []
+    for number, ep in enumerate(episodes):
+        last_start = min(len(ep.frames) - 1, len(ep.actions)) - horizon_frames  # frames and actions must exist
+        if last_start < 0:
+            continue
+        starts = set(range(0, last_start + 1, stride * compression))
+        for start in sorted(starts):
+            start -= start % compression
+            regular.append(RolloutPlan(number, start // compression, start, False))
+        success = first_success_frame(ep)
+        if success_aligned and success is not None:
+            # the horizon ends a quarter horizon after success (or at the episode end), so success happens inside
+            end = min(success + horizon_frames // 4, last_start + horizon_frames)
+            start = end - horizon_frames
+            start -= start % compression
+            if 0 <= start < success:
+                aligned.append(RolloutPlan(number, start // compression, start, True))
+    rng = np.random.default_rng(seed)
+    room = max(0, max_rollouts - len(aligned))
+    if len(regular) > room:
+        regular = [regular[i] for i in sorted(rng.choice(len(regular), room, replace=False))]
+    plans = aligned[:max_rollouts] + regular
+    if not plans:
+        raise ValueError(
+            f"no held-out episode is long enough for a {horizon_frames}-frame rollout; lower eval.num_chunks"
+        )
+    return plans
+
+
+def shuffled_partner(episode_of: Sequence[int]) -> tuple[np.ndarray, float]:
+    """For each rollout, another rollout whose actions it gets; from another episode whenever possible.
+
+    Rollouts sorted by episode are shifted by the largest per-episode count, which moves each into a different
+    episode's block as long as no episode holds more than half of them. Returns (partner index, fraction from
+    another episode)."""
+    episode_of = np.asarray(episode_of)
+    n = len(episode_of)
+    if n < 2:
+        raise ValueError("the shuffled-actions baseline needs at least 2 rollouts")
+    order = np.argsort(episode_of, kind="stable")
+    shift = max(1, int(np.bincount(episode_of).max()))
+    shift = shift if shift < n else 1
+    partner = np.empty(n, np.int64)
+    partner[order] = order[(np.arange(n) + shift) % n]
+    return partner, float((episode_of[partner] != episode_of).mean())
+
+
+@torch.no_grad()
+def autoregressive_rollout(
+    model, sampler, cond_latents: torch.Tensor, actions: torch.Tensor, num_chunks: int, num_pred: int,
+    actions_per_latent_frame: int, noise: Sequence[torch.Tensor], guidance: float | None = None,
+) -> torch.Tensor:
+    """Generate ``num_chunks * num_pred`` latent frames after ``cond_latents`` ``[B, C, Tc, h, w]``.
+
+    ``actions`` ``[B, num_chunks * num_pred * actions_per_latent_frame, A]`` (scaled); ``noise[j]`` is chunk j's
+    initial noise ``[B, C, Tc + num_pred, h, w]``. Each chunk conditions on the newest ``Tc`` latent frames.
+    """
+    batch, channels, num_cond, height, width = cond_latents.shape
+    window = cond_latents
+    mask = torch.zeros(batch, 1, num_cond + num_pred, height, width)
+    mask[:, :, :num_cond] = 1.0
+    per_chunk = num_pred * actions_per_latent_frame
+    generated = []
+    for j in range(num_chunks):
+        x = torch.cat([window, torch.zeros(batch, channels, num_pred, height, width)], dim=2)
+        out = sampler.sample(model, x, mask, actions[:, j * per_chunk : (j + 1) * per_chunk], noise=noise[j],
+                             guidance=guidance)
+        new = out[:, :, num_cond:]
+        generated.append(new)
+        window = torch.cat([window, new], dim=2)[:, :, -num_cond:]
+    return torch.cat(generated, dim=2)
+
+
+def _decode_horizon(tokenizer, cond: torch.Tensor, generated: torch.Tensor, horizon_frames: int) -> np.ndarray:
+    """uint8 ``[B, horizon, H, W, 3]`` frames after the conditioning. A causal video tokenizer decodes the generated
+    latents after their conditioning (its first latent frame is a single video frame)."""
+    if tokenizer.temporal_compression == 1:
+        return tokenizer.decode_to_uint8(generated).numpy()[:, :horizon_frames]
+    frames = tokenizer.decode_to_uint8(torch.cat([cond, generated], dim=2)).numpy()
+    return frames[:, -horizon_frames:]
+
+
+# ------------------------------------------------------------------------------------------------ outputs
+def _upscale(frames: np.ndarray, factor: int) -> np.ndarray:
+    return frames.repeat(factor, axis=-3).repeat(factor, axis=-2) if factor > 1 else frames
+
+
+def side_by_side_frames(real: np.ndarray, generated: np.ndarray, cond: np.ndarray, factor: int = 3) -> np.ndarray:
+    """uint8 ``[1 + T, rows * H', 2 * W' + gap, 3]``: per rollout row, real | generated; frame 0 is the conditioning."""
+    gap = 4
+    real = np.concatenate([cond[:, None], real], axis=1)
+    generated = np.concatenate([cond[:, None], generated], axis=1)
+    real, generated = _upscale(real, factor), _upscale(generated, factor)
+    r, t, h, w, _ = real.shape
+    canvas = np.full((t, r * (h + gap) - gap, 2 * w + gap, 3), 255, np.uint8)
+    for i in range(r):
+        y = i * (h + gap)
+        canvas[:, y : y + h, :w] = real[i]
+        canvas[:, y : y + h, w + gap :] = generated[i]
+    return canvas
+
+
+def image_grid(real: np.ndarray, generated: np.ndarray, cond: np.ndarray, every: int, factor: int = 2) -> np.ndarray:
+    """uint8 image: per rollout a real row above a generated row, at the conditioning frame and every ``every``
+    frames up to the horizon."""
+    gap = 4
+    index = list(range(every - 1, real.shape[1], every))
+    if index[-1] != real.shape[1] - 1:
+        index.append(real.shape[1] - 1)
+    rows = []
+    for i in range(len(real)):
+        for source in (real, generated):
+            tiles = [cond[i]] + [source[i, t] for t in index]
+            tiles = [np.pad(_upscale(tile, factor), ((0, 0), (0, 2), (0, 0)), constant_values=255) for tile in tiles]
+            rows.append(np.concatenate(tiles, axis=1))
+        rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
+    return np.concatenate(rows[:-1], axis=0)
+
+
+def write_video(path: Path, frames: np.ndarray, fps: int) -> list[str]:
+    """GIF always (Pillow); MP4 too when imageio has an ffmpeg plugin. Returns the paths written."""
+    import imageio.v3 as iio
+
+    written = []
+    with atomic_path(path.with_suffix(".gif"), suffix=".gif") as tmp:
+        iio.imwrite(tmp, list(frames), extension=".gif", duration=1000 / fps, loop=0)
+    written.append(str(path.with_suffix(".gif")))
+    try:
+        with atomic_path(path.with_suffix(".mp4"), suffix=".mp4") as tmp:
+            iio.imwrite(tmp, frames, extension=".mp4", fps=fps)
+        written.append(str(path.with_suffix(".mp4")))
+    except Exception as error:  # no imageio-ffmpeg / pyav: the GIF is enough
+        logger.info("no MP4 written (%s); install imageio-ffmpeg for MP4", type(error).__name__)
+    return written
+
+
+def write_png(path: Path, image: np.ndarray) -> None:
+    import imageio.v3 as iio
+
+    with atomic_path(path, suffix=".png") as tmp:
+        iio.imwrite(tmp, image, extension=".png")
+
+
+# ------------------------------------------------------------------------------------------------- driver
+def evaluate_world_model(
+    cfg: WorldModelConfig,
+    episodes: Sequence[Episode] | None = None,
+    output_dir: str | Path | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Run the evaluation described in the module docstring; returns the summary also written to
+    ``<output_dir>/eval_summary.json``. ``episodes`` may be given instead of reading ``cfg.data_dir``."""
+    from rlinf_wm.models.dit import ActionDiT
+    from rlinf_wm.models.reward_model import RewardModel, success_frame_labels, success_step
+    from rlinf_wm.models.samplers import FlowSampler
+    from rlinf_wm.models.tokenizer import VideoTokenizer
+    from rlinf_wm.runners.train_dit import scale_actions
+    from rlinf_wm.runners.train_reward import classification_metrics, label_episodes, predict_probs
+    from rlinf_wm.runners.train_tokenizer import load_encoded_dataset
+    from rlinf_wm.runners.world_model_pipeline import Layout, heldout_indices, load_world_model_settings
+    from rlinf_wm.utils.checkpoint import load_model
+
+    ecfg = cfg.eval
+    progress = cfg.progress if progress is None else progress
+    output_dir = Path(output_dir or ecfg.output_dir)
+    output_dir.mkdir(parents=True, exist_ok=True)
+    if ecfg.num_threads > 0:
+        torch.set_num_threads(ecfg.num_threads)
+    started = time.time()
+    layout = Layout(Path(cfg.world_model_dir))
+    settings = load_world_model_settings(layout.root)
+    tokenizer = load_model(VideoTokenizer, layout.tokenizer_model).eval()
+    model = load_model(ActionDiT, layout.dit_model).eval()
+    reward_model = load_model(RewardModel, layout.reward_model).eval()
+    statistics = ActionStatistics.load(layout.statistics)
+    sampler_kwargs = dataclasses.asdict(cfg.sampler)
+    sampler_kwargs.update({k: v for k, v in (("num_steps", ecfg.num_steps), ("guidance", ecfg.guidance)) if v is not None})
+    sampler = FlowSampler(**sampler_kwargs)
+
+    num_cond, num_pred = settings["num_cond_latent_frames"], settings["num_pred_latent_frames"]
+    compression = settings["temporal_compression"]
+    action_scaler = settings["action_scaler"]
+    chunk_frames = num_pred * compression
+    horizon_frames = ecfg.num_chunks * chunk_frames
+    horizons = [h for h in ecfg.horizons if h <= horizon_frames]
+
+    all_episodes = list(episodes) if episodes is not None else load_episodes(cfg.data_dir)
+    latent_episodes, _ = load_encoded_dataset(layout.latents)
+    if len(latent_episodes) != len(all_episodes):
+        raise ValueError(
+            f"{layout.latents} holds {len(latent_episodes)} episodes but {cfg.data_dir} has {len(all_episodes)}: "
+            "rerun the encode stage (force=true)"
+        )
+    _, held_idx = heldout_indices(len(all_episodes), cfg.holdout_fraction, cfg.seed)
+    held = [all_episodes[i] for i in held_idx]
+    held_latents = [latent_episodes[i] for i in held_idx]
+    plans = plan_rollouts(held, horizon_frames, compression, ecfg.start_stride, ecfg.success_aligned_starts,
+                          ecfg.max_rollouts, ecfg.seed)
+    partner, partner_other_episode = shuffled_partner([p.episode for p in plans])
+    logger.info("evaluating %d rollouts of %d frames on %d held-out episodes", len(plans), horizon_frames, len(held))
+
+    def cond_latents_of(plan: RolloutPlan) -> torch.Tensor:
+        latents = torch.from_numpy(held_latents[plan.episode].latents)  # [C, T', h, w]
+        index = np.clip(np.arange(plan.start_latent - num_cond + 1, plan.start_latent + 1), 0, None)
+        return latents[:, index]
+
+    def actions_of(plan: RolloutPlan) -> torch.Tensor:
+        raw = held[plan.episode].actions[plan.start_frame : plan.start_frame + horizon_frames]
+        return torch.from_numpy(scale_actions(raw, statistics, action_scaler))
+
+    def real_latents_of(plan: RolloutPlan) -> torch.Tensor:
+        latents = torch.from_numpy(held_latents[plan.episode].latents)
+        return latents[:, plan.start_latent + 1 : plan.start_latent + 1 + ecfg.num_chunks * num_pred]
+
+    real = np.stack([held[p.episode].frames[p.start_frame + 1 : p.start_frame + 1 + horizon_frames] for p in plans])
+    cond_frames = np.stack([held[p.episode].frames[p.start_frame] for p in plans])
+    predicted = {m: np.empty_like(real) for m in METHODS}
+    predicted["repeat"][:] = cond_frames[:, None]
+    generator = torch.Generator().manual_seed(ecfg.seed)
+    batches = [np.arange(s, min(s + ecfg.batch_size, len(plans))) for s in range(0, len(plans), ecfg.batch_size)]
+    for rows in tqdm(batches, desc="rollouts", disable=not progress, dynamic_ncols=True):
+        cond = torch.stack([cond_latents_of(plans[i]) for i in rows])
+        actions = torch.stack([actions_of(plans[i]) for i in rows])
+        shuffled = torch.stack([actions_of(plans[partner[i]]) for i in rows])
+        noise = [torch.randn(len(rows), *cond.shape[1:2], num_cond + num_pred, *cond.shape[3:], generator=generator)
+                 for _ in range(ecfg.num_chunks)]
+        # model and shuffled-actions rollouts in one batch, with the same noise
+        generated = autoregressive_rollout(
+            model, sampler, torch.cat([cond, cond]), torch.cat([actions, shuffled]), ecfg.num_chunks, num_pred,
+            compression, [torch.cat([n, n]) for n in noise],
+        )
+        frames = _decode_horizon(tokenizer, torch.cat([cond, cond]), generated, horizon_frames)
+        predicted["model"][rows] = frames[: len(rows)]
+        predicted["shuffled_actions"][rows] = frames[len(rows) :]
+        with torch.no_grad():
+            recon_latents = torch.stack([real_latents_of(plans[i]) for i in rows])
+            predicted["reconstruction"][rows] = _decode_horizon(tokenizer, cond, recon_latents, horizon_frames)
+    generation_seconds = time.time() - started
+
+    # ---- frame metrics
+    window = gaussian_window(ecfg.ssim_window, ecfg.ssim_sigma)
+    masks = moving_masks(real, cond_frames, ecfg.moving_threshold)
+    metrics = {m: horizon_metrics(FrameErrors(predicted[m], real, window), masks, horizons) for m in METHODS}
+    gaps = {
+        str(h): {
+            f"model_minus_{base}_{key}": (
+                None if metrics["model"][str(h)][key] is None or metrics[base][str(h)][key] is None
+                else metrics["model"][str(h)][key] - metrics[base][str(h)][key]
+            )
+            for base in ("repeat", "shuffled_actions")
+            for key in ("psnr", "psnr_mean", "psnr_moving", "ssim", "ssim_moving")
+        }
+        for h in horizons
+    }
+
+    # ---- reward model
+    k = reward_model.num_frames
+
+    def final_inputs(source: np.ndarray) -> np.ndarray:
+        """uint8 [R, k, H, W, 3]: the last k frames ending at the horizon (conditioning frames before the rollout)."""
+        history = []
+        for i, plan in enumerate(plans):
+            before = held[plan.episode].frames[max(0, plan.start_frame - k + 1) : plan.start_frame + 1]
+            seq = np.concatenate([before, source[i]])
+            seq = np.concatenate([np.repeat(seq[:1], max(0, k - len(seq)), axis=0), seq])
+            history.append(seq[-k:])
+        return np.stack(history)
+
+    truth_end, truth_start = [], []
+    for plan in plans:
+        ep = held[plan.episode]
+        labels = success_frame_labels(len(ep.frames), success_step(ep.rewards, ep.dones, ep.success))
+        truth_end.append(labels[plan.start_frame + horizon_frames])
+        truth_start.append(labels[plan.start_frame])
+    truth_end, truth_start = np.array(truth_end), np.array(truth_start)
+    changed = truth_end != truth_start
+    held_frames = label_episodes(held, k)
+    reward = {
+        "real_heldout_frames": classification_metrics(
+            held_frames.labels, predict_probs(reward_model, held_frames), reward_model.threshold
+        ),
+        "rollouts": int(len(plans)),
+        "changed_outcome_rollouts": int(changed.sum()),
+        "final_frame_success_rate": float(truth_end.mean()),
+    }
+    for name, source in (("real", real), *((m, predicted[m]) for m in METHODS)):
+        probs = reward_model.predict_proba(final_inputs(source)).numpy()
+        agree = (probs >= reward_model.threshold) == truth_end
+        reward[f"agreement_{name}"] = float(agree.mean())
+        reward[f"agreement_{name}_changed"] = float(agree[changed].mean()) if changed.any() else None
+
+    # ---- video and image grid: changed-outcome rollouts first
+    shown = (list(np.flatnonzero(changed)[: max(1, ecfg.num_videos // 2)]) if changed.any() else [])
+    shown += [i for i in np.linspace(0, len(plans) - 1, ecfg.num_videos).round().astype(int) if i not in shown]
+    shown = shown[: ecfg.num_videos]
+    media = {}
+    if shown:
+        video = side_by_side_frames(real[shown], predicted["model"][shown], cond_frames[shown])
+        media["video"] = write_video(output_dir / "rollouts", video, ecfg.video_fps)
+        grid = image_grid(real[shown], predicted["model"][shown], cond_frames[shown], every=max(1, chunk_frames))
+        write_png(output_dir / "rollouts_grid.png", grid)
+        media["grid"] = str(output_dir / "rollouts_grid.png")
+
+    summary = {
+        "task": cfg.task,
+        "world_model_dir": str(layout.root),
+        "heldout_episodes": len(held),
+        "rollouts": len(plans),
+        "success_aligned_rollouts": int(sum(p.success_aligned for p in plans)),
+        "horizon_frames": horizon_frames,
+        "chunk_frames": chunk_frames,
+        "num_chunks": ecfg.num_chunks,
+        "num_cond_latent_frames": num_cond,
+        "action_scaler": action_scaler,
+        "sampler": sampler_kwargs,
+        "moving_threshold": ecfg.moving_threshold,
+        "shuffled_partner_other_episode_fraction": partner_other_episode,
+        "metrics": metrics,
+        "gaps": gaps,
+        "reward": reward,
+        "shown_rollouts": [dataclasses.asdict(plans[i]) for i in shown],
+        "media": media,
+        "generation_seconds": generation_seconds,
+        "wall_seconds": time.time() - started,
+    }
+    write_json_atomic(output_dir / "eval_summary.json", _finite(summary))
+    return summary
+
+
+def _finite(value):
+    """NaN/inf -> None so the JSON is standard."""
+    if isinstance(value, dict):
+        return {k: _finite(v) for k, v in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_finite(v) for v in value]
+    if isinstance(value, (float, np.floating)):
+        return float(value) if math.isfinite(value) else None
+    if isinstance(value, np.integer):
+        return int(value)
+    if isinstance(value, np.bool_):
+        return bool(value)
+    return value
+
+
+def headline(summary: dict) -> dict:
+    """The numbers worth a glance: PSNR/SSIM of the model and both baselines per horizon, gaps, reward agreement."""
+    metrics, reward = summary["metrics"], summary["reward"]
+    per_horizon = {}
+    for h in metrics["model"]:
+        row = {}
+        for method in METHODS:
+            row[f"{method}_psnr"] = _round(metrics[method][h]["psnr"])
+            row[f"{method}_psnr_moving"] = _round(metrics[method][h]["psnr_moving"])
+        row["model_ssim"] = _round(metrics["model"][h]["ssim"])
+        row.update({k: _round(v) for k, v in summary["gaps"][h].items() if k.endswith(("_psnr", "_psnr_moving"))})
+        per_horizon[h] = row
+    return {
+        "rollouts": summary["rollouts"],
+        "horizons": per_horizon,
+        "reward_real_accuracy": _round(reward["real_heldout_frames"]["accuracy"], 4),
+        "reward_real_auc": _round(reward["real_heldout_frames"]["auc"], 4),
+        "reward_agreement_generated": _round(reward["agreement_model"], 4),
+        "reward_agreement_generated_changed": _round(reward["agreement_model_changed"], 4),
+        "changed_outcome_rollouts": reward["changed_outcome_rollouts"],
+        "wall_seconds": _round(summary["wall_seconds"], 1),
+    }
+
+
+def _round(value, digits: int = 2):
+    return None if value is None or (isinstance(value, float) and not math.isfinite(value)) else round(float(value), digits)

@@ -1,0 +1,357 @@
+"""Train the action-conditioned DiT on pre-encoded latents (``encode_dataset``'s file).
+
+A training window at latent index ``s`` of an episode (``c`` = the tokenizer's temporal compression, 1 for the
+per-frame VAE, 4 for Wan)::
+
+    conditioning   latent frames s - C + 1 .. s        (before the episode start: frame 0 repeated, as at a reset)
+    predicted      latent frames s + 1 .. s + P        (past the end: the last frame repeated)
+    actions        c * s .. c * (s + P) - 1            (past the end: zero actions, which hold the arm still)
+
+Latent frame ``k >= 1`` shows the frames produced by actions ``c (k - 1) .. c k - 1``. Actions are normalised
+with the dataset statistics (q01..q99 -> [-1, 1]) and multiplied by ``action_scaler`` (Cosmos Predict 2.5: 20).
+
+Run directory (``out_dir``)::
+
+    model/                     the trained DiT (EMA weights when enabled): config.json + model.safetensors
+    checkpoints/step_0000250/  model/ (raw weights) + state.pt (optimizer, scheduler, EMA, step, RNG)
+    tensorboard/               loss, lr, grad norm, held-out loss, generated-vs-real sample strips
+    train_config.json, metrics.json
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import random
+import time
+from pathlib import Path
+from typing import Sequence
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rlinf_wm.config.world_model_config import DiTConfig, DiTTrainConfig
+from rlinf_wm.data.statistics import ActionStatistics
+from rlinf_wm.models.dit import ActionDiT
+from rlinf_wm.models.flow_matching import flow_matching_loss
+from rlinf_wm.models.samplers import FlowSampler
+from rlinf_wm.runners.train_tokenizer import (
+    CheckpointManager,
+    LatentEpisode,
+    make_summary_writer,
+    restore_training_state,
+    resume_latest,
+    training_state,
+    warmup_cosine,
+)
+from rlinf_wm.utils.checkpoint import save_model_atomic
+from rlinf_wm.utils.io import read_json, write_json_atomic
+
+# Training settings that change what a window means; resuming with different values would mix two tasks.
+_WINDOW_KEYS = ("num_cond_latent_frames", "num_pred_latent_frames", "action_scaler")
+
+
+def scale_actions(actions: np.ndarray, statistics: ActionStatistics, action_scaler: float) -> np.ndarray:
+    """Raw env actions -> what the DiT sees: q01..q99 normalised to [-1, 1], times ``action_scaler``."""
+    return statistics.normalize(actions) * np.float32(action_scaler)
+
+
+class LatentWindows:
+    """All training windows of a set of latent episodes (see the module docstring); batches are torch tensors."""
+
+    def __init__(
+        self,
+        episodes: Sequence[LatentEpisode],
+        num_cond: int,
+        num_pred: int,
+        temporal_compression: int,
+        statistics: ActionStatistics,
+        action_scaler: float,
+        pad_start: bool = True,
+        pad_end: bool = True,
+    ) -> None:
+        if not episodes:
+            raise ValueError("LatentWindows needs at least one episode")
+        self.num_cond, self.num_pred, self.compression = int(num_cond), int(num_pred), int(temporal_compression)
+        self.latents: list[torch.Tensor] = []  # per episode [T', C, h, w] (frame-major for indexing)
+        self.actions: list[torch.Tensor] = []  # per episode [c (T' - 1 + P), A], scaled, zero-padded at the end
+        zero_action = scale_actions(np.zeros((1, statistics.action_dim), np.float32), statistics, action_scaler)
+        index = []
+        for number, ep in enumerate(episodes):
+            if ep.latents.ndim != 4:
+                raise ValueError(f"latent episode {number}: latents must be [C, T', h, w], got {ep.latents.shape}")
+            if ep.actions.ndim != 2 or ep.actions.shape[1] != statistics.action_dim:
+                raise ValueError(
+                    f"latent episode {number}: actions {ep.actions.shape} do not match the statistics' "
+                    f"action_dim={statistics.action_dim}"
+                )
+            latents = torch.from_numpy(np.ascontiguousarray(ep.latents, np.float32)).permute(1, 0, 2, 3).contiguous()
+            num_latents = latents.shape[0]
+            needed = self.compression * (num_latents - 1 + self.num_pred)
+            scaled = scale_actions(ep.actions[: self.compression * (num_latents - 1)], statistics, action_scaler)
+            padding = np.repeat(zero_action, needed - len(scaled), axis=0)
+            self.latents.append(latents)
+            self.actions.append(torch.from_numpy(np.concatenate([scaled, padding]).astype(np.float32)))
+            first = 0 if pad_start else self.num_cond - 1
+            last = num_latents - 2 if pad_end else num_latents - 1 - self.num_pred
+            starts = np.arange(first, last + 1)
+            index.append(np.stack([np.full_like(starts, number), starts], axis=1))
+        self.index = np.concatenate(index) if index else np.zeros((0, 2), np.int64)
+        if len(self.index) == 0:
+            raise ValueError(
+                f"no training windows: episodes are too short for {num_cond} conditioning + {num_pred} predicted latent "
+                "frames (enable pad_start / pad_end or shorten the window)"
+            )
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    @property
+    def num_frames(self) -> int:
+        return self.num_cond + self.num_pred
+
+    def window(self, episode: int, start: int) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(latents [C, T, h, w], actions [K, A])`` of one window."""
+        latents, actions = self.latents[episode], self.actions[episode]
+        last = latents.shape[0] - 1
+        frames = np.clip(np.arange(start - self.num_cond + 1, start + self.num_pred + 1), 0, last)
+        c = self.compression
+        return latents[frames].permute(1, 0, 2, 3), actions[c * start : c * (start + self.num_pred)]
+
+    def batch(self, rows: np.ndarray) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(x0 [B, C, T, h, w], actions [B, K, A])`` for window rows ``rows``."""
+        pairs = [self.window(int(e), int(s)) for e, s in self.index[rows]]
+        return torch.stack([p[0] for p in pairs]), torch.stack([p[1] for p in pairs])
+
+    def condition_mask(self, batch: int, height: int, width: int) -> torch.Tensor:
+        mask = torch.zeros(batch, 1, self.num_frames, height, width)
+        mask[:, :, : self.num_cond] = 1.0
+        return mask
+
+    def evenly_spaced(self, count: int) -> np.ndarray:
+        return np.linspace(0, len(self) - 1, max(1, min(count, len(self)))).round().astype(np.int64)
+
+
+class EMA:
+    """Exponential moving average of a model's parameters (buffers are copied)."""
+
+    def __init__(self, model: torch.nn.Module, decay: float) -> None:
+        self.decay = decay
+        self.shadow = {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+    @torch.no_grad()
+    def update(self, model: torch.nn.Module) -> None:
+        for name, value in model.state_dict().items():
+            if value.is_floating_point():
+                self.shadow[name].lerp_(value, 1.0 - self.decay)
+            else:
+                self.shadow[name].copy_(value)
+
+    def copy_to(self, model: torch.nn.Module) -> torch.nn.Module:
+        model.load_state_dict(self.shadow)
+        return model
+
+
+@torch.no_grad()
+def heldout_loss(model, windows: LatentWindows, rows: np.ndarray, seed: int = 0, batch_size: int = 32) -> float:
+    """Mean flow-matching loss over fixed windows, noise and flow times (evenly spread in (0, 1)); no dropout."""
+    was_training = model.training
+    model.eval()
+    generator = torch.Generator().manual_seed(seed)
+    total, count = 0.0, 0
+    for chunk in np.array_split(rows, max(1, math.ceil(len(rows) / batch_size))):
+        x0, actions = windows.batch(chunk)
+        b = x0.shape[0]
+        flow_time = (torch.arange(count, count + b, dtype=torch.float32) * 0.618034) % 1.0 * 0.98 + 0.01
+        loss = flow_matching_loss(
+            model, x0, windows.condition_mask(b, *x0.shape[-2:]), actions,
+            noise=torch.randn(x0.shape, generator=generator), flow_time=flow_time,
+            drop_actions=torch.zeros(b, dtype=torch.bool),
+        )
+        total += float(loss) * b
+        count += b
+    model.train(was_training)
+    return total / max(1, count)
+
+
+@torch.no_grad()
+def sample_strip(model, tokenizer, windows: LatentWindows, rows: np.ndarray, num_steps: int, seed: int = 0) -> np.ndarray:
+    """uint8 ``[3, H', W']`` image: for each window, the real frames (top) above the generated ones (bottom)."""
+    was_training = model.training
+    model.eval()
+    x0, actions = windows.batch(rows)
+    mask = windows.condition_mask(x0.shape[0], *x0.shape[-2:])
+    sampler = FlowSampler(solver="2ab", num_steps=num_steps, guidance=0.0)
+    generated = sampler.sample(model, x0, mask, actions, generator=torch.Generator().manual_seed(seed))
+    model.train(was_training)
+    real = tokenizer.decode_to_uint8(x0).numpy()  # [B, T, H, W, 3]
+    fake = tokenizer.decode_to_uint8(generated).numpy()
+    rows_img = [np.concatenate([np.concatenate(list(r), 1), np.concatenate(list(f), 1)], 0) for r, f in zip(real, fake)]
+    return np.concatenate(rows_img, 0).transpose(2, 0, 1)
+
+
+def _check_resume_config(out_dir: Path, cfg: DiTTrainConfig) -> None:
+    saved_path = out_dir / "train_config.json"
+    if not saved_path.is_file():
+        return
+    saved = read_json(saved_path).get("train", {})
+    changed = [k for k in _WINDOW_KEYS if k in saved and saved[k] != getattr(cfg, k)]
+    if changed:
+        raise ValueError(
+            f"{out_dir} holds a DiT run with different {changed} ({[saved[k] for k in changed]}); "
+            "use a new output directory or delete it to start over"
+        )
+
+
+def train_dit(
+    model_cfg: DiTConfig,
+    cfg: DiTTrainConfig,
+    train_episodes: Sequence[LatentEpisode],
+    heldout_episodes: Sequence[LatentEpisode],
+    statistics: ActionStatistics,
+    out_dir: str | Path,
+    temporal_compression: int = 1,
+    tokenizer=None,
+    progress: bool = True,
+) -> dict:
+    """Train (or resume from ``out_dir/checkpoints``) the DiT; returns the metrics also written to metrics.json.
+
+    ``model_cfg`` must be resolved (:meth:`DiTConfig.resolved`). ``tokenizer`` (optional) decodes the sample strips.
+    """
+    model_cfg.check("dit")
+    cfg.check("train.dit")
+    for name in ("latent_channels", "action_dim", "actions_per_latent_frame"):
+        if getattr(model_cfg, name) is None:
+            raise ValueError(f"dit.{name} must be resolved before training (DiTConfig.resolved)")
+    if model_cfg.actions_per_latent_frame != temporal_compression:
+        raise ValueError(
+            f"dit.actions_per_latent_frame={model_cfg.actions_per_latent_frame} but the latents have temporal "
+            f"compression {temporal_compression}"
+        )
+    out_dir = Path(out_dir)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    _check_resume_config(out_dir, cfg)
+    if cfg.num_threads > 0:
+        torch.set_num_threads(cfg.num_threads)
+    start_time = time.time()
+    torch.manual_seed(cfg.seed)
+    random.seed(cfg.seed)
+    data_rng = np.random.default_rng(cfg.seed)
+
+    def make_windows(episodes, pad_start, pad_end):
+        return LatentWindows(episodes, cfg.num_cond_latent_frames, cfg.num_pred_latent_frames, temporal_compression,
+                             statistics, cfg.action_scaler, pad_start, pad_end)
+
+    train = make_windows(train_episodes, cfg.pad_start, cfg.pad_end)
+    held = make_windows(heldout_episodes, cfg.pad_start, cfg.pad_end) if heldout_episodes else None
+    write_json_atomic(out_dir / "train_config.json", {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)})
+
+    model_kwargs = dataclasses.asdict(model_cfg)
+    model = ActionDiT(**model_kwargs)
+
+    def build_optimizer(module):
+        opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))
+        sched = torch.optim.lr_scheduler.LambdaLR(
+            opt, lambda s: warmup_cosine(s, cfg.steps, cfg.warmup_steps, cfg.min_lr / cfg.lr)
+        )
+        return opt, sched
+
+    optimizer, scheduler = build_optimizer(model)
+    checkpoints = CheckpointManager(out_dir / "checkpoints", cfg.keep_checkpoints)
+    step, elapsed_before = 0, 0.0
+    ema = EMA(model, cfg.ema_decay) if cfg.ema_decay else None
+    resumed = resume_latest(checkpoints, ActionDiT, model_kwargs)
+    if resumed is not None:
+        model, state = resumed
+        optimizer, scheduler = build_optimizer(model)
+        step = restore_training_state(state, optimizer, scheduler, data_rng)
+        elapsed_before = float(state.get("elapsed_seconds", 0.0))
+        if ema is not None:
+            ema = EMA(model, cfg.ema_decay)
+            if "ema" in state:
+                ema.shadow = {k: v.clone() for k, v in state["ema"].items()}
+    model.train()
+    resumed_from = step
+
+    def averaged_model():
+        """The weights to evaluate and ship: the EMA when enabled."""
+        if ema is None:
+            return model
+        return ema.copy_to(ActionDiT(**model_kwargs)).eval()
+
+    writer = make_summary_writer(out_dir / "tensorboard")
+    held_rows = held.evenly_spaced(128) if held is not None else None
+    strip_rows = held.evenly_spaced(4) if held is not None else train.evenly_spaced(4)
+    strip_windows = held if held is not None else train
+    deadline = start_time + cfg.max_minutes * 60 if cfg.max_minutes else None
+    history, stopped_early = [], False
+    height, width = train.latents[0].shape[-2:]
+    mask = train.condition_mask(cfg.batch_size, height, width)
+    bar = tqdm(total=cfg.steps, initial=step, desc="dit", disable=not progress, dynamic_ncols=True)
+    while step < cfg.steps:
+        x0, actions = train.batch(data_rng.integers(0, len(train), cfg.batch_size))
+        if cfg.cond_noise_std > 0:
+            x0 = x0 + mask * torch.randn_like(x0) * cfg.cond_noise_std
+        loss = flow_matching_loss(
+            model, x0, mask, actions,
+            logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift, action_dropout=cfg.action_dropout,
+        )
+        optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        optimizer.step()
+        scheduler.step()
+        if ema is not None:
+            ema.update(model)
+        step += 1
+        bar.update(1)
+        if not math.isfinite(loss.item()):
+            raise FloatingPointError(f"DiT loss is {loss.item()} at step {step}; lower train.dit.lr")
+        if step % cfg.log_every == 0 or step == cfg.steps:
+            writer.add_scalar("train/loss", loss.item(), step)
+            writer.add_scalar("train/grad_norm", float(grad_norm), step)
+            writer.add_scalar("train/lr", scheduler.get_last_lr()[0], step)
+            bar.set_postfix(loss=f"{loss.item():.4f}")
+        if held is not None and step % cfg.eval_every == 0 and step < cfg.steps:
+            value = heldout_loss(averaged_model(), held, held_rows)
+            writer.add_scalar("eval/loss", value, step)
+            history.append({"step": step, "heldout_loss": value, "train_loss": loss.item()})
+        if tokenizer is not None and step % cfg.sample_every == 0 and step < cfg.steps:
+            strip = sample_strip(averaged_model(), tokenizer, strip_windows, strip_rows, cfg.sample_steps)
+            writer.add_image("eval/real_top_generated_bottom", strip, step)
+        out_of_time = deadline is not None and time.time() > deadline
+        if step % cfg.checkpoint_every == 0 or step == cfg.steps or out_of_time:
+            state = training_state(step, optimizer, scheduler, data_rng, elapsed_before + time.time() - start_time)
+            if ema is not None:
+                state["ema"] = ema.shadow
+            checkpoints.save(model, state, step)
+        if out_of_time:
+            stopped_early = True
+            break
+    bar.close()
+
+    final = averaged_model()
+    metrics = {"steps": step, "resumed_from_step": resumed_from, "stopped_early": stopped_early}
+    if held is not None:
+        metrics["heldout_loss"] = heldout_loss(final, held, held_rows)
+        writer.add_scalar("eval/loss", metrics["heldout_loss"], step)
+    metrics["train_loss_fixed_noise"] = heldout_loss(final, train, train.evenly_spaced(128))
+    if tokenizer is not None:
+        strip = sample_strip(final, tokenizer, strip_windows, strip_rows, cfg.sample_steps)
+        writer.add_image("eval/real_top_generated_bottom", strip, step)
+    writer.close()
+    save_model_atomic(final, out_dir / "model")
+    metrics.update(
+        wall_seconds=elapsed_before + time.time() - start_time,
+        train_windows=len(train),
+        heldout_windows=len(held) if held is not None else 0,
+        train_episodes=len(train_episodes),
+        heldout_episodes=len(heldout_episodes),
+        parameters=sum(p.numel() for p in final.parameters()),
+        history=history,
+        model_dir=str(out_dir / "model"),
+    )
+    write_json_atomic(out_dir / "metrics.json", json.loads(json.dumps(metrics)))
+    return metrics

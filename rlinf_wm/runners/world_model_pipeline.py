@@ -1,0 +1,346 @@
+"""Train the world model stage by stage into one directory, ``world_model_dir``::
+
+    tokenizer/              train_tokenizer's run: model/, checkpoints/, tensorboard/, metrics.json
+    latents.hdf5            every episode encoded once (encode_dataset)
+    initial_states.hdf5     reset states for the world-model env (InitialStates: first frame repeated, instruction)
+    dataset_statistics.json copied from the data directory (the action normalisation of policy, DiT and env)
+    dit/                    train_dit's run: model/, checkpoints/, tensorboard/, metrics.json
+    reward_model/           train_reward_model's run: model/, checkpoints/, tensorboard/, metrics.json
+    world_model.json        what the env needs: component paths, window sizes, action_scaler, sampler defaults
+    timings.json            wall time of the last run of every stage
+
+Stages: ``tokenizer`` -> ``encode`` -> ``dit``, and ``reward`` (which needs the tokenizer when it trains on
+reconstructed frames). A stage is skipped when its output exists and is newer than its inputs (like ``make``);
+``force=True`` reruns it. A rerun starts the stage's directory afresh; an interrupted one (no metrics.json yet)
+resumes from its newest checkpoint.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import logging
+import shutil
+import time
+from pathlib import Path
+from typing import Sequence
+
+import h5py
+import numpy as np
+
+from rlinf_wm.config.world_model_config import STAGES, WorldModelConfig
+from rlinf_wm.data.statistics import ActionStatistics
+from rlinf_wm.data.trajectories import Episode, load_episodes
+from rlinf_wm.utils.io import atomic_path, read_json, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+WORLD_MODEL_FORMAT_VERSION = 1
+_WINDOW_KEYS = ("num_cond_latent_frames", "num_pred_latent_frames", "action_scaler")
+STATISTICS_FILE = "dataset_statistics.json"
+LATENTS_FILE = "latents.hdf5"
+INITIAL_STATES_FILE = "initial_states.hdf5"
+WORLD_MODEL_FILE = "world_model.json"
+TIMINGS_FILE = "timings.json"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Paths inside ``world_model_dir`` (relative names are what world_model.json records)."""
+
+    root: Path
+
+    @property
+    def tokenizer_run(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokenizer_model(self) -> Path:
+        return self.tokenizer_run / "model"
+
+    @property
+    def latents(self) -> Path:
+        return self.root / LATENTS_FILE
+
+    @property
+    def initial_states(self) -> Path:
+        return self.root / INITIAL_STATES_FILE
+
+    @property
+    def statistics(self) -> Path:
+        return self.root / STATISTICS_FILE
+
+    @property
+    def dit_run(self) -> Path:
+        return self.root / "dit"
+
+    @property
+    def dit_model(self) -> Path:
+        return self.dit_run / "model"
+
+    @property
+    def reward_run(self) -> Path:
+        return self.root / "reward_model"
+
+    @property
+    def reward_model(self) -> Path:
+        return self.reward_run / "model"
+
+    @property
+    def world_model_json(self) -> Path:
+        return self.root / WORLD_MODEL_FILE
+
+
+def heldout_indices(num_episodes: int, holdout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
+    """(train, held-out) episode indices: exactly the split ``split_episodes`` makes of the episode list."""
+    from rlinf_wm.runners.train_tokenizer import split_episodes
+
+    train, held = split_episodes(list(range(num_episodes)), holdout_fraction, seed)
+    return list(train), list(held)
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else float("inf")
+
+
+class _Episodes:
+    """Loads the recorded episodes once, on first use (the DiT stage alone never needs them)."""
+
+    def __init__(self, data_dir: str, given: Sequence[Episode] | None) -> None:
+        self.data_dir = data_dir
+        self._episodes = list(given) if given is not None else None
+
+    def get(self) -> list[Episode]:
+        if self._episodes is None:
+            logger.info("loading episodes from %s", self.data_dir)
+            self._episodes = load_episodes(self.data_dir)
+        return self._episodes
+
+
+def copy_statistics(data_dir: str | Path, layout: Layout, episodes: _Episodes) -> ActionStatistics:
+    """``dataset_statistics.json`` from the data directory (computed from the episodes if it has none)."""
+    source = Path(data_dir) / STATISTICS_FILE
+    if source.is_file():
+        statistics = ActionStatistics.load(source)
+    else:
+        logger.warning("%s not found: computing action statistics from the episodes", source)
+        statistics = ActionStatistics.from_actions(np.concatenate([ep.actions for ep in episodes.get()]))
+    statistics.save(layout.statistics)
+    return statistics
+
+
+def num_cond_frames(num_cond_latent_frames: int, temporal_compression: int) -> int:
+    """Video frames behind ``num_cond_latent_frames`` latent frames (a causal tokenizer's first latent is 1 frame)."""
+    return 1 + temporal_compression * (num_cond_latent_frames - 1)
+
+
+def write_initial_states(path: Path, episodes: Sequence[Episode], num_frames: int) -> Path:
+    """One reset state per episode (:class:`rlinf_wm.data.initial_states.InitialStates`): its first frame repeated
+    ``num_frames`` times - nothing precedes a reset, and training windows pad an episode's start the same way."""
+    from rlinf_wm.data.initial_states import InitialStates
+
+    InitialStates.from_episodes(episodes, num_frames).save(path)
+    return path
+
+
+def _initial_state_frames(path: Path) -> int | None:
+    if not path.is_file():
+        return None
+    with h5py.File(path, "r") as f:
+        return int(f["frames"].shape[1]) if "frames" in f else None
+
+
+def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: ActionStatistics | None) -> dict:
+    """The contents of world_model.json: everything the env needs beyond the component directories.
+
+    Window sizes and action_scaler come from the trained DiT's run (``dit/train_config.json``) when it exists, so
+    the file describes the model on disk even if the config changed since.
+    """
+    train = cfg.train.dit
+    trained = layout.dit_run / "train_config.json"
+    if trained.is_file():
+        saved = read_json(trained).get("train", {})
+        train = dataclasses.replace(train, **{k: saved[k] for k in _WINDOW_KEYS if k in saved})
+    compression = cfg.tokenizer.temporal_compression
+    latent_size = cfg.tokenizer.image_size // cfg.tokenizer.spatial_compression
+    return {
+        "format_version": WORLD_MODEL_FORMAT_VERSION,
+        "task": cfg.task,
+        "paths": {  # relative to the directory holding world_model.json
+            "tokenizer": str(layout.tokenizer_model.relative_to(layout.root)),
+            "dit": str(layout.dit_model.relative_to(layout.root)),
+            "reward_model": str(layout.reward_model.relative_to(layout.root)),
+            "dataset_statistics": STATISTICS_FILE,
+            "initial_states": INITIAL_STATES_FILE,
+            "latents": LATENTS_FILE,
+        },
+        "image_size": cfg.tokenizer.image_size,
+        "latent_shape": [cfg.tokenizer.latent_channels, latent_size, latent_size],
+        "temporal_compression": compression,
+        "num_cond_latent_frames": train.num_cond_latent_frames,
+        # video frames per reset state (initial_states.hdf5) = frames behind the conditioning latents
+        "num_cond_frames": num_cond_frames(train.num_cond_latent_frames, compression),
+        "num_pred_latent_frames": train.num_pred_latent_frames,
+        # actions per world-model step = frames generated per step
+        "chunk_size": train.num_pred_latent_frames * compression,
+        "action_dim": None if statistics is None else statistics.action_dim,
+        "action_scaler": train.action_scaler,
+        "sampler": dataclasses.asdict(cfg.sampler),
+        "reward_threshold": cfg.reward_model.threshold,
+        "reward_num_frames": cfg.reward_model.num_frames,
+    }
+
+
+def load_world_model_settings(world_model_dir: str | Path) -> dict:
+    path = Path(world_model_dir) / WORLD_MODEL_FILE
+    settings = read_json(path)
+    if settings.get("format_version") != WORLD_MODEL_FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported format_version {settings.get('format_version')!r}")
+    return settings
+
+
+def _load_tokenizer(layout: Layout):
+    from rlinf_wm.models.tokenizer import VideoTokenizer
+    from rlinf_wm.utils.checkpoint import load_model
+
+    if not (layout.tokenizer_model / "model.safetensors").is_file():
+        raise FileNotFoundError(f"no trained tokenizer at {layout.tokenizer_model}: run stage=tokenizer first")
+    return load_model(VideoTokenizer, layout.tokenizer_model).eval()
+
+
+def _check_tokenizer_matches(cfg: WorldModelConfig, layout: Layout) -> None:
+    """The saved tokenizer must have the configured architecture (else the latents/DiT would not fit)."""
+    saved = read_json(layout.tokenizer_model / "config.json")
+    wanted = json_roundtrip(dataclasses.asdict(cfg.tokenizer))
+    different = sorted(k for k, v in wanted.items() if k in saved and saved[k] != v)
+    if different:
+        raise ValueError(
+            f"{layout.tokenizer_model} was trained with another tokenizer config ({different}); "
+            "rerun with stage=tokenizer force=true or use another world_model_dir"
+        )
+
+
+def json_roundtrip(value):
+    import json
+
+    return json.loads(json.dumps(value))
+
+
+def _start_fresh(run_dir: Path) -> None:
+    if run_dir.exists():
+        shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+
+
+def run_stage(
+    cfg: WorldModelConfig,
+    stage: str | None = None,
+    episodes: Sequence[Episode] | None = None,
+    progress: bool | None = None,
+) -> dict:
+    """Run ``stage`` (default ``cfg.stage``) of the pipeline; returns ``{stage: {"status", "seconds", ...}}``.
+
+    ``episodes`` may be given instead of reading ``cfg.data_dir`` (tests, notebooks).
+    """
+    stage = stage or cfg.stage
+    if stage not in STAGES:
+        raise ValueError(f"stage must be one of {STAGES}, got {stage!r}")
+    progress = cfg.progress if progress is None else progress
+    layout = Layout(Path(cfg.world_model_dir))
+    layout.root.mkdir(parents=True, exist_ok=True)
+    data = _Episodes(cfg.data_dir, episodes)
+    selected = ("tokenizer", "encode", "dit", "reward") if stage == "all" else (stage,)
+    report: dict[str, dict] = {}
+    timings = read_json(layout.root / TIMINGS_FILE) if (layout.root / TIMINGS_FILE).is_file() else {}
+
+    def outputs_fresh(done_marker: Path, inputs: Sequence[Path]) -> bool:
+        return done_marker.is_file() and all(_mtime(done_marker) >= _mtime(p) for p in inputs if p.exists())
+
+    def run(name: str, done_marker: Path, inputs: Sequence[Path], fresh_dir: Path | None, work) -> None:
+        if not cfg.force and outputs_fresh(done_marker, inputs):
+            logger.info("stage %s: cached (%s)", name, done_marker)
+            report[name] = {"status": "cached", "output": str(done_marker)}
+            return
+        # A finished (or stale) run is redone from scratch; an interrupted run (no marker yet) resumes.
+        stale_checkpoints = fresh_dir is not None and (fresh_dir / "train_config.json").is_file() and any(
+            _mtime(fresh_dir / "train_config.json") < _mtime(p) for p in inputs if p.exists()
+        )
+        if fresh_dir is not None and (cfg.force or done_marker.is_file() or stale_checkpoints):
+            _start_fresh(fresh_dir)
+        started = time.time()
+        details = work() or {}
+        seconds = time.time() - started
+        report[name] = {"status": "ran", "seconds": seconds, **details}
+        timings[name] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json_atomic(layout.root / TIMINGS_FILE, timings)
+        logger.info("stage %s: done in %.1f s", name, seconds)
+
+    def tokenizer_stage():
+        from rlinf_wm.runners.train_tokenizer import train_tokenizer
+
+        metrics = train_tokenizer(cfg.train.tokenizer, cfg.data_dir, layout.tokenizer_run, cfg.tokenizer,
+                                  episodes=data.get(), progress=progress)
+        return {"heldout_psnr": metrics["heldout_psnr"]}
+
+    def encode_stage():
+        from rlinf_wm.runners.train_tokenizer import encode_dataset
+
+        _check_tokenizer_matches(cfg, layout)
+        tokenizer = _load_tokenizer(layout)
+        episodes_list = data.get()
+        copy_statistics(cfg.data_dir, layout, data)
+        encode_dataset(tokenizer, episodes_list, layout.latents, progress=progress)
+        write_initial_states(layout.initial_states, episodes_list, cond_frames)
+        return {"episodes": len(episodes_list)}
+
+    def dit_stage():
+        from rlinf_wm.runners.train_dit import train_dit
+        from rlinf_wm.runners.train_tokenizer import load_encoded_dataset
+
+        latent_episodes, attrs = load_encoded_dataset(layout.latents)
+        if int(attrs["latent_channels"]) != cfg.tokenizer.latent_channels:
+            raise ValueError(f"{layout.latents} has {attrs['latent_channels']} latent channels, "
+                             f"tokenizer.latent_channels is {cfg.tokenizer.latent_channels}: rerun stage=encode")
+        statistics = ActionStatistics.load(layout.statistics)
+        train_idx, held_idx = heldout_indices(len(latent_episodes), cfg.holdout_fraction, cfg.seed)
+        model_cfg = cfg.dit.resolved(cfg.tokenizer, statistics.action_dim)
+        metrics = train_dit(
+            model_cfg, cfg.train.dit,
+            [latent_episodes[i] for i in train_idx], [latent_episodes[i] for i in held_idx],
+            statistics, layout.dit_run,
+            temporal_compression=int(attrs["temporal_compression"]),
+            tokenizer=_load_tokenizer(layout), progress=progress,
+        )
+        return {"heldout_loss": metrics.get("heldout_loss"), "steps": metrics["steps"]}
+
+    def reward_stage():
+        from rlinf_wm.runners.train_reward import train_reward_model
+
+        prob = cfg.train.reward_reconstruction_prob
+        tokenizer = _load_tokenizer(layout) if prob > 0 else None
+        if tokenizer is not None and tokenizer.temporal_compression != 1:
+            logger.warning("reward model: the %s tokenizer is not per-frame; training on real frames only", tokenizer.kind)
+            tokenizer = None
+        metrics = train_reward_model(cfg.train.reward, cfg.data_dir, layout.reward_run, cfg.reward_model,
+                                     episodes=data.get(), tokenizer=tokenizer, tokenizer_reconstruction_prob=prob,
+                                     progress=progress)
+        return {"heldout_accuracy": metrics["heldout_accuracy"], "heldout_auc": metrics["heldout_auc"]}
+
+    tokenizer_weights = layout.tokenizer_model / "model.safetensors"
+    cond_frames = num_cond_frames(cfg.train.dit.num_cond_latent_frames, cfg.tokenizer.temporal_compression)
+    for name in selected:
+        if name == "tokenizer":
+            run(name, layout.tokenizer_run / "metrics.json", [], layout.tokenizer_run, tokenizer_stage)
+        elif name == "encode":
+            run(name, layout.initial_states, [tokenizer_weights], None, encode_stage)
+        elif name == "dit":
+            run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage)
+        elif name == "reward":
+            inputs = [tokenizer_weights] if cfg.train.reward_reconstruction_prob > 0 else []
+            run(name, layout.reward_run / "metrics.json", inputs, layout.reward_run, reward_stage)
+
+    statistics = ActionStatistics.load(layout.statistics) if layout.statistics.is_file() else None
+    settings = world_model_settings(cfg, layout, statistics)
+    # Reset states must hold as many frames as the trained DiT conditions on (it may differ from the encode run's).
+    if layout.latents.is_file() and _initial_state_frames(layout.initial_states) != settings["num_cond_frames"]:
+        write_initial_states(layout.initial_states, data.get(), settings["num_cond_frames"])
+    write_json_atomic(layout.world_model_json, settings)
+    return report
