@@ -1,0 +1,315 @@
+"""World-model pipeline end to end on a tiny synthetic task made here: a square the actions push around.
+
+Covers: every stage writes its outputs under world_model_dir, re-running skips cached stages, an interrupted DiT run
+resumes from its checkpoint, the evaluation reports the model and both baselines per horizon, config errors name
+their dotted key, and the Cosmos-2B DiT shape builds from the config (on the meta device).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import h5py
+import numpy as np
+import pytest
+import torch
+from hydra import compose, initialize_config_dir
+
+from rlinf_wm.config.validate import ConfigError, validate
+from rlinf_wm.config.world_model_config import WorldModelConfig
+from rlinf_wm.data.statistics import ActionStatistics
+from rlinf_wm.data.trajectories import Episode, write_episodes
+
+CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "examples" / "embodiment" / "config")
+SIZE = 32
+
+
+def render(position: np.ndarray) -> np.ndarray:
+    """A red 6x6 square on a shaded background with a blue goal strip on the right."""
+    frame = np.zeros((SIZE, SIZE, 3), np.uint8)
+    frame[:] = np.linspace(40, 120, SIZE, dtype=np.uint8)[:, None, None]
+    frame[:, SIZE - 4 :, 2] = 220
+    x, y = np.round(position).astype(int)
+    frame[y : y + 6, x : x + 6] = (230, 30, 30)
+    return frame
+
+
+def make_episode(rng: np.random.Generator, index: int, max_steps: int = 24) -> Episode:
+    """Pushed right, the square reaches the goal (success: reward 1, episode ends); random pushes fail."""
+    position = np.array([3.0, rng.uniform(4, SIZE - 10)])
+    succeed = index % 4 != 3
+    frames, actions, rewards = [render(position)], [], []
+    for _ in range(max_steps):
+        if succeed:
+            action = np.array([0.6 + 0.2 * rng.standard_normal(), 0.5 * rng.standard_normal(), 0.0, 0.0])
+        else:
+            action = rng.uniform(-1, 1, 4)
+        action = np.clip(action, -1, 1).astype(np.float32)
+        position = np.clip(position + 2.0 * action[:2], 0, SIZE - 6)
+        frames.append(render(position))
+        actions.append(action)
+        reached = position[0] >= SIZE - 12
+        rewards.append(float(reached))
+        if reached:
+            break
+    t = len(actions)
+    return Episode(
+        frames=np.stack(frames), actions=np.stack(actions), rewards=np.array(rewards, np.float32),
+        dones=np.eye(t, dtype=bool)[-1], success=bool(rewards[-1]), instruction="push the square to the goal",
+        task="square-push", seed=index,
+    )
+
+
+@pytest.fixture(scope="module", autouse=True)
+def single_thread():
+    """Tiny models gain nothing from threads, and on a shared machine oversubscription slows them many-fold."""
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(threads)
+
+
+@pytest.fixture(scope="module")
+def dataset(tmp_path_factory) -> Path:
+    root = tmp_path_factory.mktemp("square")
+    rng = np.random.default_rng(0)
+    episodes = [make_episode(rng, i) for i in range(12)]
+    write_episodes(root / "data" / "shard_00000.hdf5", episodes)
+    ActionStatistics.from_actions(np.concatenate([ep.actions for ep in episodes])).save(
+        root / "data" / "dataset_statistics.json"
+    )
+    return root
+
+
+def tiny_overrides(root: Path) -> list[str]:
+    return [
+        f"artifacts_dir={root}",
+        "task=square-push",
+        "progress=false",
+        "holdout_fraction=0.25",
+        # tokenizer: 32x32 frames -> 4 x 8 x 8 latents
+        f"++tokenizer.image_size={SIZE}",
+        "++tokenizer.latent_channels=4",
+        "++tokenizer.block_out_channels=[8,16]",
+        "++tokenizer.norm_num_groups=8",
+        "++tokenizer.kind=per_frame_kl",
+        "++train.tokenizer.steps=15",
+        "++train.tokenizer.batch_size=8",
+        "++train.tokenizer.eval_every=1000",
+        "++train.tokenizer.checkpoint_every=1000",
+        "++train.tokenizer.stats_max_frames=64",
+        "++train.tokenizer.eval_max_frames=32",
+        "++train.tokenizer.warmup_steps=5",
+        # reward model
+        f"++reward_model.image_size={SIZE}",
+        "++reward_model.hidden_sizes=[8,16]",
+        "++reward_model.depths=[1,1]",
+        "++reward_model.embedding_size=8",
+        "++reward_model.num_frames=1",
+        "train.reward.holdout_fraction=0.25",
+        "++train.reward.steps=20",
+        "++train.reward.batch_size=8",
+        "++train.reward.eval_every=1000",
+        "++train.reward.checkpoint_every=1000",
+        # DiT: 2 cond + 2 predicted latent frames
+        "dit.num_layers=1",
+        "dit.num_attention_heads=2",
+        "dit.attention_head_dim=24",
+        "dit.adaln_lora_dim=8",
+        "dit.text_embed_dim=8",
+        "dit.action_hidden_dim=32",
+        "train.dit.num_cond_latent_frames=2",
+        "train.dit.num_pred_latent_frames=2",
+        "train.dit.steps=6",
+        "train.dit.batch_size=4",
+        "train.dit.warmup_steps=2",
+        "train.dit.checkpoint_every=3",
+        "train.dit.sample_every=4",
+        "train.dit.sample_steps=2",
+        "train.dit.eval_every=4",
+        "sampler.num_steps=2",
+        # evaluation: 3 chunks of 2 frames
+        "eval.num_chunks=3",
+        "eval.horizons=[2,6]",
+        "eval.start_stride=4",
+        "eval.max_rollouts=12",
+        "eval.batch_size=6",
+        "eval.num_videos=2",
+    ]
+
+
+def compose_config(overrides: list[str]):
+    with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
+        cfg = compose(config_name="world_model_metaworld_drawer_open", overrides=overrides)
+    return validate(cfg, WorldModelConfig)
+
+
+@pytest.fixture(scope="module")
+def trained(dataset):
+    """The whole pipeline once (module scope: the later tests reuse its outputs)."""
+    from rlinf_wm.runners.world_model_pipeline import run_stage
+
+    cfg = compose_config(tiny_overrides(dataset))
+    report = run_stage(cfg, "all")
+    return cfg, report
+
+
+def test_all_stages_write_under_world_model_dir(trained, dataset):
+    cfg, report = trained
+    root = Path(cfg.world_model_dir)
+    assert root == dataset / "world_model"
+    assert {name: r["status"] for name, r in report.items()} == {
+        "tokenizer": "ran", "encode": "ran", "dit": "ran", "reward": "ran"
+    }
+    for part in ("tokenizer", "dit", "reward_model"):
+        assert (root / part / "model" / "config.json").is_file()
+        assert (root / part / "model" / "model.safetensors").is_file()
+        assert (root / part / "metrics.json").is_file()
+    assert (root / "dit" / "tensorboard").is_dir()
+    assert json.loads((root / "dataset_statistics.json").read_text()) == json.loads(
+        (dataset / "data" / "dataset_statistics.json").read_text()
+    )
+    with h5py.File(root / "latents.hdf5") as f:
+        assert f.attrs["num_episodes"] == 12
+        assert f["episodes/ep_00000/latents"].shape[:1] == (4,)  # latent channels
+    with h5py.File(root / "initial_states.hdf5") as f:
+        assert f["frames"].shape == (12, 2, SIZE, SIZE, 3)  # first frame repeated for 2 conditioning frames
+        assert (f["frames"][0, 0] == f["frames"][0, 1]).all()
+    settings = json.loads((root / "world_model.json").read_text())
+    assert settings["num_cond_latent_frames"] == 2 and settings["num_cond_frames"] == 2
+    assert settings["chunk_size"] == 2 and settings["action_dim"] == 4
+    assert settings["action_scaler"] == 20.0
+    assert settings["latent_shape"] == [4, 8, 8]
+    assert settings["sampler"]["num_steps"] == 2
+    for key in ("tokenizer", "dit", "reward_model", "initial_states", "dataset_statistics"):
+        assert (root / settings["paths"][key]).exists(), key
+    timings = json.loads((root / "timings.json").read_text())
+    assert set(timings) == {"tokenizer", "encode", "dit", "reward"}
+
+
+def test_rerun_skips_cached_stages_and_force_reruns(trained):
+    from rlinf_wm.runners.world_model_pipeline import run_stage
+
+    cfg, _ = trained
+    weights = Path(cfg.world_model_dir) / "dit" / "model" / "model.safetensors"
+    before = weights.stat().st_mtime_ns
+    report = run_stage(cfg, "all")
+    assert {r["status"] for r in report.values()} == {"cached"}
+    assert weights.stat().st_mtime_ns == before
+    # a forced single stage reruns from scratch
+    from dataclasses import replace
+
+    report = run_stage(replace(cfg, force=True), "reward")
+    assert report["reward"]["status"] == "ran"
+
+
+def test_interrupted_dit_run_resumes_from_its_checkpoint(trained, monkeypatch):
+    from rlinf_wm.runners import train_dit as train_dit_module
+    from rlinf_wm.runners.world_model_pipeline import run_stage
+
+    cfg, _ = trained
+    dit_dir = Path(cfg.world_model_dir) / "dit"
+    real_loss = train_dit_module.flow_matching_loss
+    calls = {"n": 0}
+
+    def crashing_loss(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 5:
+            raise KeyboardInterrupt("simulated interruption")
+        return real_loss(*args, **kwargs)
+
+    monkeypatch.setattr(train_dit_module, "flow_matching_loss", crashing_loss)
+    from dataclasses import replace
+
+    with pytest.raises(KeyboardInterrupt):
+        run_stage(replace(cfg, force=True), "dit")
+    assert not (dit_dir / "metrics.json").exists()
+    assert sorted(p.name for p in (dit_dir / "checkpoints").iterdir()) == ["step_0000003"]
+
+    calls["n"] = -100  # no more crashes
+    report = run_stage(cfg, "dit")
+    assert report["dit"]["status"] == "ran"
+    metrics = json.loads((dit_dir / "metrics.json").read_text())
+    assert metrics["resumed_from_step"] == 3 and metrics["steps"] == 6
+    assert (dit_dir / "model" / "model.safetensors").is_file()
+
+
+def test_eval_reports_model_and_both_baselines_per_horizon(trained):
+    from rlinf_wm.runners.eval_world_model import evaluate_world_model, headline
+
+    cfg, _ = trained
+    summary = evaluate_world_model(cfg)
+    out = Path(cfg.eval.output_dir)
+    saved = json.loads((out / "eval_summary.json").read_text())
+    for method in ("model", "shuffled_actions", "repeat", "reconstruction"):
+        assert set(saved["metrics"][method]) == {"2", "6"}
+        for row in saved["metrics"][method].values():
+            assert 0 < row["psnr"] <= 60 and -1 <= row["ssim"] <= 1
+    assert set(saved["gaps"]["6"]) >= {"model_minus_repeat_psnr", "model_minus_shuffled_actions_psnr"}
+    assert saved["shuffled_partner_other_episode_fraction"] == 1.0
+    assert saved["reward"]["rollouts"] == saved["rollouts"] > 0
+    assert saved["success_aligned_rollouts"] >= 1 and saved["reward"]["changed_outcome_rollouts"] >= 1
+    assert 0 <= saved["reward"]["agreement_model"] <= 1
+    # the real final frames are what the labels describe: the classifier's agreement there is its accuracy
+    assert saved["reward"]["agreement_real"] is not None
+    assert (out / "rollouts.gif").is_file() and (out / "rollouts_grid.png").is_file()
+    assert headline(summary)["horizons"]["6"]["model_psnr"] == round(saved["metrics"]["model"]["6"]["psnr"], 2)
+
+
+def test_malformed_config_keys_fail_with_dotted_paths(dataset):
+    base = tiny_overrides(dataset)
+    with pytest.raises(ConfigError, match=r"^train\.dit\.bogus: unknown key"):
+        compose_config(base + ["+train.dit.bogus=1"])
+    with pytest.raises(ConfigError, match=r"^dit\.num_layers: must be >= 1"):
+        compose_config(base + ["dit.num_layers=0"])
+    with pytest.raises(ConfigError, match=r"^eval\.horizons: 7 frames exceed"):
+        compose_config(base + ["eval.horizons=[2,7]"])
+    with pytest.raises(ConfigError, match=r"^train\.reward\.holdout_fraction: "):
+        compose_config(base + ["train.reward.holdout_fraction=0.1"])
+    with pytest.raises(ConfigError, match=r"^sampler\.solver: "):
+        compose_config(base + ["sampler.solver=heun"])
+
+
+def test_cosmos_2b_dit_builds_from_config_on_meta_device():
+    from rlinf_wm.models.dit import ActionDiT
+
+    cfg = compose_config(["model@dit=wm_dit_cosmos_2b", "model@tokenizer=wm_tokenizer_wan"])
+    dit = cfg.dit.resolved(cfg.tokenizer, action_dim=7)
+    assert dit.actions_per_latent_frame == 4 and dit.latent_channels == 16
+    with torch.device("meta"):
+        model = ActionDiT(**{k: v for k, v in vars(dit).items()})
+    assert model.hidden_size == 2048 and len(model.transformer.transformer_blocks) == 28
+    assert model.transformer.transformer_blocks[0].attn1.heads == 16
+    parameters = sum(p.numel() for p in model.parameters())
+    assert 1.8e9 < parameters < 2.3e9
+    # a per-frame tokenizer cannot drive a 4-actions-per-latent-frame DiT: caught at validation
+    with pytest.raises(ConfigError, match=r"^dit\.actions_per_latent_frame: "):
+        compose_config(["model@dit=wm_dit_cosmos_2b", "++dit.actions_per_latent_frame=4"])
+
+
+def test_image_metrics_and_baseline_helpers():
+    from rlinf_wm.runners.eval_world_model import (
+        FrameErrors, gaussian_window, moving_masks, shuffled_partner, ssim_map,
+    )
+
+    rng = np.random.default_rng(0)
+    a = torch.rand(2, 3, 16, 16)
+    window = gaussian_window(7, 1.5)
+    assert torch.allclose(ssim_map(a, a, window), torch.ones(2, 16, 16), atol=1e-5)
+    assert ssim_map(a, torch.rand(2, 3, 16, 16), window).mean() < 0.5
+    real = rng.integers(0, 256, (3, 4, 16, 16, 3), dtype=np.uint8)
+    errors = FrameErrors(real.copy(), real, window)
+    psnr, ssim = errors.at(2)
+    assert torch.all(psnr == 60.0) and torch.allclose(ssim, torch.ones(3), atol=1e-5)
+    noisy = np.clip(real.astype(int) + 10, 0, 255).astype(np.uint8)
+    psnr, _ = FrameErrors(noisy, real, window).at(0)
+    assert torch.all(psnr < 30)
+    # moving pixels: only where a real frame left the reference
+    reference = np.zeros((1, 4, 4, 3), np.uint8)
+    frames = np.zeros((1, 3, 4, 4, 3), np.uint8)
+    frames[0, 1, 0, 0] = 200
+    masks = moving_masks(frames, reference, 0.1)
+    assert masks[0, 0].sum() == 0 and masks[0, 1].sum() == 1 and masks[0, 2].sum() == 1
+    partner, other = shuffled_partner([0, 0, 1, 1, 2])
+    assert other == 1.0 and sorted(partner.tolist()) == [0, 1, 2, 3, 4]
