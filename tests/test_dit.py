@@ -120,11 +120,30 @@ def test_per_frame_timesteps_and_action_embeddings_reach_the_right_frames():
 def test_skipped_cross_attention_equals_zero_text_context():
     model = randomised(ActionDiT(**SMALL))
     reference = copy.deepcopy(model)
+    reference.use_diffusers_forward = True
     for block in reference.transformer.transformer_blocks:
         block.attn2.set_processor(CosmosAttnProcessor2_0())  # real cross-attention over the zero context
     x, s, actions, mask = inputs()
     with torch.no_grad():
         assert torch.allclose(model(x, s, actions, mask), reference(x, s, actions, mask), atol=1e-5)
+
+
+@pytest.mark.parametrize("extra_pos_embed_type", [None, "learnable"])
+def test_per_frame_forward_equals_diffusers_forward(extra_pos_embed_type):
+    model = randomised(ActionDiT(**SMALL, extra_pos_embed_type=extra_pos_embed_type))
+    x, s, actions, mask = inputs(batch=3, frames=5, cond_frames=2)
+    drop = torch.tensor([False, True, False])
+    with torch.no_grad():
+        fast = model(x, s, actions, mask, drop_actions=drop)
+        model.use_diffusers_forward = True
+        reference = model(x, s, actions, mask, drop_actions=drop)
+    assert torch.allclose(fast, reference, atol=1e-5)
+    # and the gradients agree too (training uses the fast path)
+    model.use_diffusers_forward = False
+    fast_grad = torch.autograd.grad(model(x, s, actions, mask).square().sum(), model.action_embed_adaln.fc1.weight)[0]
+    model.use_diffusers_forward = True
+    reference_grad = torch.autograd.grad(model(x, s, actions, mask).square().sum(), model.action_embed_adaln.fc1.weight)[0]
+    assert torch.allclose(fast_grad, reference_grad, rtol=1e-4, atol=1e-4)
 
 
 def test_bad_action_shape_is_reported():

@@ -19,6 +19,11 @@ embedding, so "unconditional" is exactly the plain video model. There is no text
 The hook: diffusers computes the per-frame timestep embedding inside ``transformer.time_embed``; we replace that
 module with :class:`ActionTimestepEmbedding`, a subclass with the same parameters that adds the per-frame action
 embeddings :meth:`ActionDiT.forward` hands it for the duration of one call.
+
+Speed: diffusers' forward repeats each frame's AdaLN modulation for every token (3 small MLPs per block per
+token). :meth:`ActionDiT._per_frame_forward` runs the same modules with the modulation computed once per frame;
+benchmarks/dit_flops.py measured it >= 1.5x faster on this CPU, so it is the default. ``use_diffusers_forward =
+True`` runs diffusers' own forward instead (tests check that both agree).
 """
 
 from __future__ import annotations
@@ -211,6 +216,8 @@ class ActionDiT(nn.Module, PyTorchModelHubMixin):
         action_hidden = int(action_hidden_dim) if action_hidden_dim else 4 * hidden_size
         self.action_embed_timestep = ActionMLP(action_in, action_hidden, hidden_size)
         self.action_embed_adaln = ActionMLP(action_in, action_hidden, 3 * hidden_size)
+        # True: run diffusers' own forward (per-token modulation); False: the equivalent, faster per-frame path.
+        self.use_diffusers_forward = False
         self.reset_parameters()
 
     @classmethod
@@ -320,15 +327,58 @@ class ActionDiT(nn.Module, PyTorchModelHubMixin):
         time_embed = self.transformer.time_embed
         time_embed.pending_action_embeddings = (frame_to_timestep.flatten(0, 1), frame_to_adaln.flatten(0, 1))
         try:
-            return self.transformer(
-                hidden_states=x,
-                timestep=frame_timestep.reshape(batch, 1, num_frames, 1, 1),
-                encoder_hidden_states=x.new_zeros(batch, 1, self.text_embed_dim),
-                condition_mask=condition_mask.to(x.dtype),
-                return_dict=False,
-            )[0]
+            if self.use_diffusers_forward or self.transformer.gradient_checkpointing:
+                return self.transformer(
+                    hidden_states=x,
+                    timestep=frame_timestep.reshape(batch, 1, num_frames, 1, 1),
+                    encoder_hidden_states=x.new_zeros(batch, 1, self.text_embed_dim),
+                    condition_mask=condition_mask.to(x.dtype),
+                    return_dict=False,
+                )[0]
+            return self._per_frame_forward(x, frame_timestep, condition_mask.to(x.dtype))
         finally:
             time_embed.pending_action_embeddings = None
+
+    def _per_frame_forward(self, x: torch.Tensor, frame_timestep: torch.Tensor, condition_mask: torch.Tensor):
+        """diffusers' ``CosmosTransformer3DModel.forward`` (per-frame timesteps, zero text context) with the same
+        modules, computing each AdaLN modulation once per latent frame and broadcasting it over that frame's tokens
+        (diffusers repeats it for every token), and skipping the cross-attention branch (it adds exactly 0).
+        benchmarks/dit_flops.py measured 1.66x (B=16) / 1.73x (B=64) on CPU; tests check both paths agree."""
+        transformer = self.transformer
+        batch, _, num_frames, _, _ = x.shape
+        hidden = self.hidden_size
+        inputs = torch.cat([x, condition_mask], dim=1)
+        rotary = transformer.rope(inputs)
+        extra_pos_emb = transformer.learnable_pos_embed(inputs) if transformer.learnable_pos_embed is not None else None
+        tokens = transformer.patch_embed(inputs)  # [B, T, H', W', D]
+        _, post_t, post_h, post_w, _ = tokens.shape
+        per_frame = post_h * post_w
+        h = tokens.reshape(batch, num_frames, per_frame, hidden)
+        temb, embedded = transformer.time_embed(h, frame_timestep.flatten())  # [B*T, 3D], [B*T, D]
+        temb = temb.view(batch, num_frames, 1, 3 * hidden)
+        activated = torch.nn.functional.silu(embedded.view(batch, num_frames, 1, hidden))
+        if extra_pos_emb is not None:
+            extra_pos_emb = extra_pos_emb.view(batch, num_frames, per_frame, hidden)
+
+        def modulate(norm, states, chunks):
+            params = (norm.linear_2(norm.linear_1(activated)) + temb[..., : chunks * hidden]).chunk(chunks, dim=-1)
+            normed = torch.addcmul(params[0], norm.norm(states), 1 + params[1])  # norm(x) * (1 + scale) + shift
+            return normed, (params[2] if chunks == 3 else None)
+
+        for block in transformer.transformer_blocks:
+            if extra_pos_emb is not None:
+                h = h + extra_pos_emb
+            normed, gate = modulate(block.norm1, h, 3)
+            attention = block.attn1(normed.view(batch, num_frames * per_frame, hidden), image_rotary_emb=rotary)
+            h = torch.addcmul(h, gate, attention.view(batch, num_frames, per_frame, hidden))
+            normed, gate = modulate(block.norm3, h, 3)
+            h = torch.addcmul(h, gate, block.ff(normed))
+        normed, _ = modulate(transformer.norm_out, h, 2)
+        out = transformer.proj_out(normed.view(batch, num_frames * per_frame, hidden))
+        # unpatchify exactly as diffusers does (its output layout is (p_h, p_w, p_t, C) per token)
+        p_t, p_h, p_w = self.patch_size
+        out = out.unflatten(2, (p_h, p_w, p_t, -1)).unflatten(1, (post_t, post_h, post_w))
+        return out.permute(0, 7, 1, 6, 2, 4, 3, 5).flatten(6, 7).flatten(4, 5).flatten(2, 3)
 
     @classmethod
     def _load_as_safetensor(cls, model, model_file: str, map_location: str, strict: bool):
