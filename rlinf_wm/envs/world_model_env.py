@@ -293,6 +293,11 @@ class WorldModelEnv(ChunkEnv):
     def num_initial_states(self) -> int:
         return len(self.initial_states)
 
+    @property
+    def image_shape(self) -> tuple[int, int, int]:
+        """``(H, W, 3)`` of the observations."""
+        return (*self.initial_states.image_size, 3)
+
     # ------------------------------------------------------------------ offloading
     def _models(self) -> tuple[torch.nn.Module, ...]:
         return self.tokenizer, self.dit, self.reward_model
@@ -341,29 +346,54 @@ class WorldModelEnv(ChunkEnv):
         self._require_ready("reset")
         if seed is not None:
             self._seed_streams(int(seed))
+        self._start(np.arange(self.num_envs), ids)
+        return self._obs()
+
+    def reset_envs(self, env_indices: list[int] | np.ndarray, ids: list[int] | np.ndarray | None = None) -> Obs:
+        """Restart only the envs ``env_indices`` (the others go on untouched); returns every env's observation.
+
+        ``ids`` picks their initial states (random when ``None``). Noise streams are not re-seeded. This gives
+        adapters (gymnasium autoreset) and asynchronous runners per-env restarts.
+        """
+        self._require_ready("reset_envs")
+        if self._context is None:
+            raise RuntimeError("WorldModelEnv.reset_envs called before reset()")
+        rows = np.asarray(env_indices, np.int64).reshape(-1)
+        if len(rows) and (rows.min() < 0 or rows.max() >= self.num_envs or len(set(rows.tolist())) != len(rows)):
+            raise ValueError(f"env_indices must be distinct envs in [0, {self.num_envs}), got {rows.tolist()}")
+        self._start(rows, ids)
+        return self._obs()
+
+    def _start(self, rows: np.ndarray, ids) -> None:
+        if len(rows) == 0:
+            return
         if ids is None:
-            ids = self._rng.integers(0, self.num_initial_states, size=self.num_envs)
+            ids = self._rng.integers(0, self.num_initial_states, size=len(rows))
         ids = np.asarray(ids)
-        if ids.shape != (self.num_envs,) or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"reset ids must be {self.num_envs} integers (one per env), got {ids.dtype} {ids.shape}")
+        if ids.shape != rows.shape or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"reset ids must be {len(rows)} integers (one per env), got {ids.dtype} {ids.shape}")
         if (ids < 0).any():
             raise ValueError(f"reset ids must be >= 0, got {ids.tolist()}")
         ids = ids.astype(np.int64) % self.num_initial_states
         with torch.no_grad():
-            self._context = torch.stack([self._initial_latents(int(i)) for i in ids])
+            latents = torch.stack([self._initial_latents(int(i)) for i in ids])
+            if self._context is None or np.array_equal(rows, np.arange(self.num_envs)):
+                self._context = latents
+            else:
+                self._context[torch.from_numpy(rows).to(self.device)] = latents
             if self.reward_type == "relative":
-                self._last_prob = np.array([self._initial_prob(int(i)) for i in ids], np.float32)
-        frames = self.initial_states.frames[ids]  # [B, F, H, W, 3]
-        self._images = frames[:, -1].copy()
+                self._last_prob[rows] = [self._initial_prob(int(i)) for i in ids]
+        frames = self.initial_states.frames[ids]  # [n, F, H, W, 3]
+        self._images[rows] = frames[:, -1]
         if self._history.shape[1]:
             # Before the reset frame there is nothing: repeat it (as the reward model's training stacks do).
-            self._history = np.repeat(frames[:, -1:], self._history.shape[1], axis=1)
-        self._reset_ids = ids
-        self._instructions = [self.initial_states.instructions[i] for i in ids.tolist()]
-        self._steps[:] = 0
-        self._done[:] = False
-        self._success[:] = False
-        return self._obs()
+            self._history[rows] = np.repeat(frames[:, -1:], self._history.shape[1], axis=1)
+        self._reset_ids[rows] = ids
+        for row, state in zip(rows.tolist(), ids.tolist()):
+            self._instructions[row] = self.initial_states.instructions[state]
+        self._steps[rows] = 0
+        self._done[rows] = False
+        self._success[rows] = False
 
     def chunk_step(self, actions) -> ChunkStep:
         self._require_ready("chunk_step")
