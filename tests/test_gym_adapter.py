@@ -124,3 +124,18 @@ def test_env_without_per_env_restart_needs_disabled_mode():
     assert truncated.all()
     obs, _ = envs.reset(options={"reset_mask": [True, True]})
     assert (obs["image"] == 0).all()
+
+
+def test_reinforce_example_trains_through_the_gym_api(wm_dir):
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "gym" / "reinforce_world_model.py"
+    spec = importlib.util.spec_from_file_location("reinforce_world_model", path)
+    example = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(example)
+    result = example.main(["--world-model-dir", str(wm_dir), "--num-envs", "2", "--max-episode-steps", "4",
+                           "--iterations", "2"])
+    # episodes of 4 steps = 2 chunks each (the tiny reward model never fires at its 0.5 threshold or does at once)
+    assert [r["iteration"] for r in result["history"]] == [0, 1]
+    assert all(1 <= r["chunks"] <= 2 for r in result["history"])
