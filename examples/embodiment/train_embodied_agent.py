@@ -14,12 +14,15 @@ import sys
 import traceback
 from pathlib import Path
 
-import hydra
-from omegaconf import DictConfig, OmegaConf
+# Runnable from a checkout without installing; Ray hands this sys.path to its workers.
+sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 
-from rlinf_wm.config.embodied_schema import EmbodiedConfig, check_paths
-from rlinf_wm.config.validate import ConfigError, validate
-from rlinf_wm.utils.io import atomic_path
+import hydra  # noqa: E402
+from omegaconf import DictConfig, OmegaConf  # noqa: E402
+
+from rlinf_wm.config.embodied_schema import EmbodiedConfig, check_paths  # noqa: E402
+from rlinf_wm.config.validate import ConfigError, validate  # noqa: E402
+from rlinf_wm.utils.io import atomic_path  # noqa: E402
 
 
 def prepare(cfg: DictConfig) -> tuple[EmbodiedConfig, dict]:
