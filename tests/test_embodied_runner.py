@@ -219,3 +219,16 @@ def test_killed_env_and_rollout_workers_are_restarted_and_the_iteration_redone(
     assert len(calls) == 4
     # Redone rounds replay the same resets and samples: the run matches the undisturbed one.
     assert untimed(rows) == untimed(ppo_run[0])
+
+
+def test_a_policy_that_does_not_fit_the_train_env_is_refused_with_the_keys_to_change(tmp_path, policy_path):
+    cfg, _ = compose_config(GRPO, tiny_overrides(policy_path, tmp_path))
+    runner = EmbodiedRunner(cfg)
+    runner.spec = {"num_envs": 2, "action_dim": 4, "max_episode_steps": 12, "num_initial_states": 50, "chunk_size": 2}
+    with pytest.raises(RuntimeError, match=r"env.train.chunk_size: the env steps 2 actions per chunk but the policy "
+                                           r"\(.*\) emits chunks of 4"):
+        runner._check_policy_fits_env({"chunk_size": 4, "action_dim": 4, "image_size": IMAGE})
+    runner.spec["chunk_size"] = None
+    with pytest.raises(RuntimeError, match=r"env.train.image_size: \[16, 16\] but the policy .* 32x32 images"):
+        runner._check_policy_fits_env({"chunk_size": 4, "action_dim": 4, "image_size": 32})
+    runner._check_policy_fits_env({"chunk_size": 4, "action_dim": 4, "image_size": IMAGE})

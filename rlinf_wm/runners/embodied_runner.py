@@ -68,6 +68,7 @@ class EmbodiedRunner:
             if resume_state is not None:
                 self._actor_call("load_state_dict", resume_state["actor"])
             self.spec = self._get(self.workers.env[0], "spec")
+            self._check_policy_fits_env(self._get(self.workers.rollout[0], "spec"))
             self._log(f"workers: {len(self.workers.env)} env x {self.spec['num_envs']} envs, "
                       f"{len(self.workers.rollout)} rollout, 1 actor ({cfg.cluster.mode})")
             bar = tqdm(range(self.iteration, cfg.runner.max_iterations), initial=self.iteration,
@@ -83,6 +84,25 @@ class EmbodiedRunner:
                    "last_metrics": {k: v for k, v in last.items() if math.isfinite(v)}}
         write_json_atomic(self.log_dir / "summary.json", summary)
         return last
+
+    def _check_policy_fits_env(self, policy: dict[str, Any]) -> None:
+        """The loaded policy and the built train env must agree; say which keys to change if not."""
+        source = f"the policy ({self.cfg.policy.path or 'policy.model'})"
+        env, train = self.spec, self.cfg.env.train
+        problems = []
+        if env["action_dim"] != policy["action_dim"]:
+            problems.append(f"env.train.env_type={train.env_type} takes {env['action_dim']}-d actions but "
+                            f"{source} emits {policy['action_dim']}-d ones")
+        if env["chunk_size"] is not None and env["chunk_size"] != policy["chunk_size"]:
+            problems.append(f"env.train.chunk_size: the env steps {env['chunk_size']} actions per chunk but "
+                            f"{source} emits chunks of {policy['chunk_size']}; set env.train.chunk_size="
+                            f"{policy['chunk_size']} if the env supports it, or use a matching policy")
+        image_size = getattr(train, "image_size", None)
+        if image_size is not None and policy["image_size"] is not None and list(image_size) != [policy["image_size"]] * 2:
+            problems.append(f"env.train.image_size: {list(image_size)} but {source} was trained on "
+                            f"{policy['image_size']}x{policy['image_size']} images")
+        if problems:
+            raise RuntimeError("; ".join(problems))
 
     # --- one iteration ----------------------------------------------------------------------
     def _iteration(self) -> dict[str, float]:

@@ -34,6 +34,8 @@ class EnvWorker:
             "max_episode_steps": self.env.max_episode_steps,
             # Distinct reset ids (None: any int is a valid id).
             "num_initial_states": getattr(self.env, "num_initial_states", None),
+            # Actions per chunk when the env fixes it (a world model predicts a fixed number of frames).
+            "chunk_size": getattr(self.env, "chunk_size", None),
         }
 
     def reset(self, ids: list[int] | None = None, seed: int | None = None) -> Obs:

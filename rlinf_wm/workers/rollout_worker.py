@@ -35,6 +35,10 @@ class RolloutWorker:
         self.offloaded = False
         self.busy_seconds = 0.0  # policy compute since the last take_busy_seconds()
 
+    def spec(self) -> dict[str, Any]:
+        return {"chunk_size": self.policy.chunk_size, "action_dim": self.policy.action_dim,
+                "image_size": getattr(self.policy, "image_size", None)}
+
     def set_weights(self, weights: dict[str, torch.Tensor], version: int) -> int:
         """Load the learner's weights (``weights`` arrives resolved from the shared object ref)."""
         self.policy.load_state_dict(weights)
