@@ -1,0 +1,282 @@
+"""Imagined env-steps per second of WorldModelEnv against the real Meta-World simulator, and where the time goes.
+
+Measured in one process, one run, interleaved (so load from other processes hits every variant alike; medians):
+
+* imagined env-steps/s at batch 1 (a sequential loop over single envs, as a naive implementation would run them:
+  each env its own sampler run per chunk), 16 and 64 (one sampler run per chunk for all envs);
+* the real Meta-World env's rendered steps/s per process (``MetaWorldEnv``, 64x64, one env, stepped by chunks of
+  the same K, so both produce one observation per chunk; K = 1, a render every step, is also reported);
+* the DiT's achieved FLOP/s (torch's FLOP counter over one forward of the env's micro-batch) against this
+  machine's fp32 matmul FLOP/s (1024^3 matmuls, from benchmarks/dit_flops.py);
+* classifier-free guidance: a sampler run with w = 0 (the no-op: one branch) against a bare one-branch loop, and
+  with w > 0 (both branches in one doubled-batch call) against one branch;
+* the time split per chunk (DiT / decode / reward model / rest) from the env's ``timings``;
+* env-steps/s at batch 64 for a few solver step counts (quality vs steps: benchmarks/wm_calibration.py).
+
+Models: the trained world model in ``--world-model-dir`` when it has a world_model.json, else randomly initialised
+models of the default tiny config (examples/embodiment/config/model/wm_*.yaml: same shapes, same cost) with reset
+frames rendered by Meta-World.
+
+    .venv/bin/python benchmarks/wm_env_throughput.py [--world-model-dir outputs/drawer-open-v3/world_model]
+        [--num-steps N] [--threads T] [--repeats 3]
+
+Prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from omegaconf import OmegaConf  # noqa: E402
+
+from rlinf_wm.envs.world_model_env import WorldModelEnv  # noqa: E402
+
+TASK = "drawer-open-v3"
+CONFIG = ROOT / "examples" / "embodiment" / "config"
+NEVER = 2.0  # success threshold no probability reaches: no env stops during a measurement
+
+
+def default_world_model_settings() -> dict:
+    """chunk / window / sampler values of the shipped world-model config (what a trained model would record)."""
+    cfg = OmegaConf.load(CONFIG / "world_model_metaworld_drawer_open.yaml")
+    dit = cfg.train.dit
+    return {
+        "format_version": 1,
+        "task": TASK,
+        "num_cond_latent_frames": int(dit.num_cond_latent_frames),
+        "chunk_size": int(dit.num_pred_latent_frames),  # per-frame tokenizer: one action per latent frame
+        "action_scaler": float(dit.action_scaler),
+        "sampler": OmegaConf.to_container(cfg.sampler),
+    }
+
+
+def random_world_model(root: Path, reset_frames: np.ndarray, instruction: str) -> Path:
+    """Randomly initialised models of the default tiny config, saved in the world_model_pipeline layout."""
+    from rlinf_wm.config.validate import validate
+    from rlinf_wm.config.world_model_config import DiTConfig
+    from rlinf_wm.config.world_model_schema import RewardModelConfig, TokenizerConfig
+    from rlinf_wm.data.initial_states import InitialStates
+    from rlinf_wm.data.statistics import ActionStatistics
+    from rlinf_wm.models.dit import ActionDiT
+    from rlinf_wm.models.reward_model import RewardModel
+    from rlinf_wm.models.tokenizer import VideoTokenizer
+    from rlinf_wm.utils.checkpoint import save_model_atomic
+    from rlinf_wm.utils.io import write_json_atomic
+
+    import dataclasses
+
+    tokenizer_cfg = validate(OmegaConf.load(CONFIG / "model" / "wm_tokenizer_per_frame.yaml"), TokenizerConfig)
+    reward_cfg = validate(OmegaConf.load(CONFIG / "model" / "wm_reward_resnet.yaml"), RewardModelConfig)
+    dit_cfg = validate(OmegaConf.load(CONFIG / "model" / "wm_dit_tiny.yaml"), DiTConfig).resolved(tokenizer_cfg, 4)
+    save_model_atomic(VideoTokenizer(**dataclasses.asdict(tokenizer_cfg)).eval(), root / "tokenizer" / "model")
+    dit = ActionDiT(**dataclasses.asdict(dit_cfg)).eval()
+    with torch.no_grad():  # a fresh DiT zeroes its output layers; random weights everywhere (cost is the same)
+        generator = torch.Generator().manual_seed(0)
+        for parameter in dit.parameters():
+            parameter.copy_(torch.randn(parameter.shape, generator=generator) * 0.05)
+    save_model_atomic(dit, root / "dit" / "model")
+    save_model_atomic(RewardModel(**dataclasses.asdict(reward_cfg)).eval(), root / "reward_model" / "model")
+    ActionStatistics.from_actions(np.random.default_rng(0).uniform(-1, 1, (1000, 4))).save(
+        root / "dataset_statistics.json")
+    settings = default_world_model_settings()
+    InitialStates.from_frames(reset_frames, [instruction] * len(reset_frames), settings["num_cond_latent_frames"],
+                              reset_ids=np.arange(len(reset_frames))).save(root / "initial_states.hdf5")
+    write_json_atomic(root / "world_model.json", settings)
+    return root
+
+
+def timed_chunks(env, actions_fn, chunks: int) -> float:
+    """Median seconds of one ``chunk_step`` over ``chunks`` calls (after one warm-up chunk)."""
+    env.chunk_step(actions_fn())
+    samples = []
+    for _ in range(chunks):
+        actions = actions_fn()
+        start = time.perf_counter()
+        env.chunk_step(actions)
+        samples.append(time.perf_counter() - start)
+    return statistics.median(samples)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--world-model-dir", default=f"outputs/{TASK}/world_model")
+    parser.add_argument("--num-steps", type=int, default=None, help="solver steps (default: the env's, as trained)")
+    parser.add_argument("--guidance", type=float, default=1.0, help="w for the CFG measurement")
+    parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
+    parser.add_argument("--steps-sweep", type=int, nargs="*", default=[1, 2, 4])
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+    from dit_flops import count_flops, matmul_flops_per_second
+
+    from rlinf_wm.envs.metaworld_env import MetaWorldEnv
+
+    real = MetaWorldEnv(TASK, num_envs=1, max_episode_steps=10**6)
+    wm_dir = Path(args.world_model_dir)
+    trained = (wm_dir / "world_model.json").is_file()
+    tmp = None
+    if not trained:
+        tmp = tempfile.TemporaryDirectory()
+        frames = np.stack([real.reset(ids=[i]).images[0] for i in range(8)])
+        wm_dir = random_world_model(Path(tmp.name) / "world_model", frames, real.instruction)
+    sampler = {"num_steps": args.num_steps} if args.num_steps else {}
+
+    def make(num_envs: int, **overrides) -> WorldModelEnv:
+        kwargs = dict(num_envs=num_envs, batch_size=max(args.batches + [1]), max_episode_steps=10**6,
+                      reward_threshold=NEVER, sampler=dict(sampler), seed=0)
+        kwargs.update(overrides)
+        env = WorldModelEnv(str(wm_dir), **kwargs)
+        env.reset(seed=0)
+        return env
+
+    envs = {1: make(1), **{b: make(b) for b in args.batches}}
+    k = envs[1].chunk_size
+    num_steps = envs[1].sampler.num_steps
+    rng = np.random.default_rng(0)
+
+    def random_actions(batch: int, chunk: int = k):
+        return rng.uniform(-1, 1, (batch, chunk, 4)).astype(np.float32)
+
+    real.reset(ids=[0])
+    samples: dict[str, list[float]] = {}
+    for _ in range(args.repeats):  # interleaved
+        for name, fn in [
+            ("real_k", lambda: k / timed_chunks(real, lambda: random_actions(1), 5)),
+            ("real_k1", lambda: 1 / timed_chunks(real, lambda: random_actions(1, 1), 5)),
+            *[(f"wm_b{b}", lambda b=b: b * k / timed_chunks(envs[b], lambda b=b: random_actions(b), 3 if b == 1 else 1))
+              for b in envs],
+        ]:
+            samples.setdefault(name, []).append(fn())
+    steps_per_second = {name: statistics.median(values) for name, values in samples.items()}
+
+    # where the time goes, at the largest batch (one more measured chunk with fresh timings)
+    big = max(args.batches)
+    envs[big].timings.clear()
+    start = time.perf_counter()
+    envs[big].chunk_step(random_actions(big))
+    wall = time.perf_counter() - start
+    t = envs[big].timings
+    split = {"dit": t.dit_seconds / wall, "decode": t.decode_seconds / wall, "reward": t.reward_seconds / wall}
+    split["other"] = 1.0 - sum(split.values())
+
+    # DiT FLOP/s on the env's micro-batch shape, against measured matmul FLOP/s
+    env = envs[big]
+    dit = env.dit
+    frames = env.num_cond_latent_frames + env.num_pred_latent_frames
+    c, h = dit.latent_channels, env.tokenizer.latent_size
+    x = torch.randn(big, c, frames, h, h)
+    mask = torch.zeros(big, 1, frames, h, h)
+    mask[:, :, : env.num_cond_latent_frames] = 1
+    acts = torch.randn(big, env.chunk_size, env.action_dim)
+    s = torch.rand(big)
+    with torch.no_grad():
+        flops = count_flops(lambda: dit(x, s, acts, mask))
+        peaks, forwards = [], []
+        for _ in range(args.repeats):
+            peaks.append(matmul_flops_per_second(1024, 5))
+            dit(x, s, acts, mask)
+            start = time.perf_counter()
+            dit(x, s, acts, mask)
+            forwards.append(time.perf_counter() - start)
+    peak, forward = statistics.median(peaks), statistics.median(forwards)
+
+    # CFG: w = 0 (no-op, one branch) vs a bare one-branch loop; w > 0 (one doubled call) vs one branch
+    from rlinf_wm.models.samplers import FlowSampler, integrate_flow
+
+    flow = FlowSampler(**{**vars(env.sampler), "guidance": 0.0})
+    x_cond = torch.randn(big, c, frames, h, h)
+
+    def one_branch():
+        no_drop = torch.zeros(big, dtype=torch.bool)
+        velocity = lambda y, level: dit(y, torch.full((big,), level), acts, mask, drop_actions=no_drop)  # noqa: E731
+        given = mask.expand_as(x_cond) > 0.5
+        keep = lambda y: torch.where(given, x_cond, y)  # noqa: E731
+        with torch.no_grad():
+            return keep(integrate_flow(velocity, keep(torch.randn_like(x_cond)), flow.sigmas(), flow.solver, keep))
+
+    def sampler_run(guidance):
+        return lambda: flow.sample(dit, x_cond, mask, acts, guidance=guidance, generator=torch.Generator().manual_seed(0))
+
+    cfg_samples: dict[str, list[float]] = {}
+    for _ in range(args.repeats):
+        for name, fn in (("one_branch", one_branch), ("w0", sampler_run(0.0)), ("w", sampler_run(args.guidance))):
+            start = time.perf_counter()
+            fn()
+            cfg_samples.setdefault(name, []).append(time.perf_counter() - start)
+    cfg_seconds = {name: statistics.median(v) for name, v in cfg_samples.items()}
+
+    # solver steps sweep at the largest batch (throughput only)
+    sweep = {}
+    for steps in args.steps_sweep:
+        sweep_env = make(big, sampler={**sampler, "num_steps": steps})
+        sweep[str(steps)] = big * k / timed_chunks(sweep_env, lambda: random_actions(big), 1)
+
+    results = {
+        "world_model": "trained" if trained else "random default-tiny config",
+        "world_model_dir": str(args.world_model_dir) if trained else None,
+        "threads": args.threads,
+        "chunk_size": k,
+        "num_cond_latent_frames": env.num_cond_latent_frames,
+        "solver": env.sampler.solver,
+        "num_steps": num_steps,
+        "steps_per_second": {
+            "sequential_batch1": steps_per_second["wm_b1"],
+            **{f"batch{b}": steps_per_second[f"wm_b{b}"] for b in args.batches},
+            "real_metaworld_chunk_k": steps_per_second["real_k"],
+            "real_metaworld_k1": steps_per_second["real_k1"],
+        },
+        "batch64_over_sequential": steps_per_second.get("wm_b64", float("nan")) / steps_per_second["wm_b1"],
+        "imagined_over_real": steps_per_second[f"wm_b{big}"] / steps_per_second["real_k"],
+        "dit": {
+            "batch": big,
+            "gflop_per_forward": flops / 1e9,
+            "forward_seconds": forward,
+            "achieved_gflops": flops / forward / 1e9,
+            "matmul_gflops": peak / 1e9,
+            "fraction_of_matmul_peak": flops / forward / peak,
+        },
+        "cfg": {
+            "seconds_one_branch": cfg_seconds["one_branch"],
+            "seconds_w0": cfg_seconds["w0"],
+            "seconds_w": cfg_seconds["w"],
+            "guidance": args.guidance,
+            "w0_overhead_vs_one_branch": cfg_seconds["w0"] / cfg_seconds["one_branch"] - 1.0,
+            "w_overhead_vs_one_branch": cfg_seconds["w"] / cfg_seconds["one_branch"] - 1.0,
+        },
+        "time_split_batch": big,
+        "time_split": split,
+        "chunk_seconds_batch": wall,
+        "steps_sweep_batch_steps_per_second": sweep,
+    }
+    for line in (
+        f"imagined steps/s: seq b1 {steps_per_second['wm_b1']:.1f}, "
+        + ", ".join(f"b{b} {steps_per_second[f'wm_b{b}']:.1f}" for b in args.batches)
+        + f" | real Meta-World K={k}: {steps_per_second['real_k']:.1f}, K=1: {steps_per_second['real_k1']:.1f}",
+        f"DiT B={big}: {flops / forward / 1e9:.1f} GFLOP/s = {flops / forward / peak:.0%} of matmul {peak / 1e9:.1f}",
+        f"CFG: w=0 {cfg_seconds['w0']:.2f}s, one branch {cfg_seconds['one_branch']:.2f}s, w={args.guidance} "
+        f"{cfg_seconds['w']:.2f}s | split {', '.join(f'{k_}={v:.0%}' for k_, v in split.items())}",
+    ):
+        print(line)
+    real.close()
+    if tmp is not None:
+        tmp.cleanup()
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
