@@ -176,7 +176,8 @@ def test_env_worker_wraps_a_chunk_env_by_env_type():
     env_cfg = dict(env_type="metaworld", task="drawer-open-v3", num_envs=2, image_size=[IMAGE, IMAGE], max_episode_steps=3)
     worker = EnvWorker(env_cfg, worker_index=1)
     try:
-        assert worker.spec() == {"num_envs": 2, "action_dim": 4, "max_episode_steps": 3, "num_initial_states": 50}
+        assert worker.spec() == {"num_envs": 2, "action_dim": 4, "max_episode_steps": 3, "num_initial_states": 50,
+                                 "chunk_size": None}
         with pytest.raises(ValueError, match="env worker 1: got 3 reset ids for 2 envs"):
             worker.reset([0, 0, 1])
         obs = worker.reset([4, 4], seed=0)

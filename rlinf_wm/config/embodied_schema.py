@@ -35,7 +35,7 @@ class RunnerConfig:
     logger: Literal["tensorboard", "wandb"] = "tensorboard"
     wandb_project: str = "rlinf_wm"
     experiment_name: str | None = None  # W&B run name; default: the log_dir's name
-    max_worker_restarts: int = 3  # restarts of crashed env/rollout workers per iteration before giving up
+    max_worker_restarts: int = 3  # restarts of crashed env/rollout workers per rollout round before giving up
     progress_bar: bool = True
 
     def check(self, path: str) -> None:

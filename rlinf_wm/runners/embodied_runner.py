@@ -190,8 +190,11 @@ class EmbodiedRunner:
         groups_per_worker = per_worker // group_size
         num_groups = num_workers * groups_per_worker
         rng = np.random.default_rng(derive_seed(seed, "reset_ids", iteration, round_index))
-        num_states = self.spec["num_initial_states"] or 2**31 - 1
-        initial = rng.choice(num_states, size=num_groups, replace=num_groups > num_states)
+        num_states = self.spec["num_initial_states"]
+        if num_states is None:  # any id is valid
+            initial = rng.integers(0, 2**31 - 1, size=num_groups)
+        else:  # distinct initial states per group while there are enough
+            initial = rng.choice(num_states, size=num_groups, replace=num_groups > num_states)
         group_ids = round_index * num_groups + np.arange(num_groups)
         reset_ids = [np.repeat(initial[w * groups_per_worker:(w + 1) * groups_per_worker], group_size)
                      for w in range(num_workers)]
