@@ -20,7 +20,10 @@ Same initial states and same actions on both sides, so the gap measures the worl
 the policy's closed-loop reaction to imagined frames.
 
     .venv/bin/python benchmarks/wm_calibration.py [--world-model-dir outputs/drawer-open-v3/world_model]
-        [--episodes 20] [--horizon 150] [--noise-std 1.0] [--num-steps N] [--threads T]
+        [--episodes 20] [--horizon 150] [--noise-std 1.0] [--num-steps N | --steps-sweep 1 2 4 10] [--threads T]
+
+With --steps-sweep the imagined side runs once per solver step count, with the PSNR of imagined against real
+chunk-end frames: quality against steps, to choose the fewest steps at equal quality.
 
 Without a trained world model it runs on randomly initialised models of the default config (to check the script;
 its numbers then mean nothing). Prints one JSON object as its last line.
@@ -49,6 +52,7 @@ from rlinf_wm.data.initial_states import InitialStates  # noqa: E402
 from rlinf_wm.envs.experts import ExpertPolicy, RandomActions  # noqa: E402
 from rlinf_wm.envs.metaworld_env import MetaWorldEnv, _benchmark  # noqa: E402
 from rlinf_wm.envs.world_model_env import WorldModelEnv  # noqa: E402
+from rlinf_wm.models.samplers import FlowSampler  # noqa: E402
 
 TASK = "drawer-open-v3"
 POLICIES = ("expert", "noisy_expert", "random")
@@ -107,15 +111,26 @@ def run_real(reset_ids: np.ndarray, chunks: np.ndarray, horizon: int) -> tuple[n
     return np.array(success), np.array(steps), frames
 
 
-def run_imagined(env: WorldModelEnv, reset_ids: np.ndarray, chunks: np.ndarray, seed: int) -> tuple[np.ndarray, np.ndarray]:
-    """The same chunks in the world model: (success [N], success step [N] or -1)."""
-    env.reset(ids=reset_ids, seed=seed)
+def run_imagined(env: WorldModelEnv, reset_ids: np.ndarray, chunks: np.ndarray, seed: int):
+    """The same chunks in the world model: (success [N], success step [N] or -1, chunk-end frames [N, C+1, H, W, 3],
+    valid [N, C+1]: the env was still running during the chunk that produced the frame)."""
+    obs = env.reset(ids=reset_ids, seed=seed)
+    ended = np.zeros(len(reset_ids), bool)
+    frames, valid = [obs.images], [np.ones(len(reset_ids), bool)]
     for c in range(chunks.shape[1]):
         step = env.chunk_step(chunks[:, c])
-        if step.done.all():
+        frames.append(step.obs.images)
+        valid.append(~ended)
+        ended |= step.done
+        if ended.all():
             break
     success = np.asarray(step.info["success"], bool)
-    return success, np.where(success, step.info["episode_length"] - 1, -1)
+    return success, np.where(success, step.info["episode_length"] - 1, -1), np.stack(frames, 1), np.stack(valid, 1)
+
+
+def psnr(a: np.ndarray, b: np.ndarray) -> float:
+    mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
+    return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
 
 
 def main() -> None:
@@ -125,6 +140,8 @@ def main() -> None:
     parser.add_argument("--horizon", type=int, default=150)
     parser.add_argument("--noise-std", type=float, default=1.0, help="the noisy expert's Gaussian action noise")
     parser.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: as trained)")
+    parser.add_argument("--steps-sweep", type=int, nargs="*", default=[],
+                        help="run the imagined side once per solver step count (quality vs steps)")
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--reward-frames", choices=["last", "all"], default="last")
     parser.add_argument("--seed", type=int, default=0)
@@ -150,50 +167,72 @@ def main() -> None:
         wm_dir = random_world_model(Path(tmp.name) / "world_model", reset_frames, instruction)
     states_path = Path(tmp.name) / "calibration_states.hdf5"
     InitialStates.from_frames(reset_frames, [instruction] * len(reset_ids), reset_ids=reset_ids).save(states_path)
-    sampler = {key: value for key, value in (("num_steps", args.num_steps), ("guidance", args.guidance)) if value is not None}
+    sampler = {"guidance": args.guidance} if args.guidance is not None else {}
     env = WorldModelEnv(str(wm_dir), num_envs=args.episodes, initial_states_path=str(states_path),
                         max_episode_steps=args.horizon, sampler=sampler, reward_frames=args.reward_frames,
                         batch_size=args.episodes, seed=args.seed)
+    trained_steps = env.sampler.num_steps
+    sweep = args.steps_sweep or [args.num_steps or trained_steps]
+
+    real = {}
+    for policy in POLICIES:
+        chunks = padded_chunks([actions for actions, _ in recorded[policy]], args.horizon, env.chunk_size)
+        t0 = time.perf_counter()
+        success, steps, frames = run_real(reset_ids, chunks, args.horizon)
+        real[policy] = {"chunks": chunks, "success": success, "steps": steps, "frames": frames,
+                        "seconds": time.perf_counter() - t0,
+                        "reproduced": float((success == np.array([s for _, s in recorded[policy]])).mean())}
+    # the reward model alone, on real chunk-end frames of really-failed episodes (independent of the DiT)
+    reward_only = {}
+    for policy in POLICIES:
+        failed = np.flatnonzero(~real[policy]["success"])
+        if env.reward_model.num_frames == 1 and len(failed):
+            with torch.no_grad():
+                flagged = [bool((env.reward_model.predict_proba(torch.from_numpy(real[policy]["frames"][i][1:]))
+                                 >= env.reward_threshold).any()) for i in failed]
+            reward_only[policy] = float(np.mean(flagged))
+        else:
+            reward_only[policy] = None
 
     results = {"world_model": "trained" if trained else "random default config (numbers meaningless)",
+               "world_model_dir": str(args.world_model_dir) if trained else None,
                "episodes_per_policy": args.episodes, "horizon": args.horizon, "noise_std": args.noise_std,
-               "chunk_size": env.chunk_size, "solver": env.sampler.solver, "num_steps": env.sampler.num_steps,
-               "guidance": env.sampler.guidance, "reward_frames": args.reward_frames, "policies": {}}
-    for policy in POLICIES:
-        sequences = [actions for actions, _ in recorded[policy]]
-        recorded_success = np.array([s for _, s in recorded[policy]])
-        chunks = padded_chunks(sequences, args.horizon, env.chunk_size)
-        t0 = time.perf_counter()
-        real_success, real_steps, real_frames = run_real(reset_ids, chunks, args.horizon)
-        t1 = time.perf_counter()
-        imagined_success, imagined_steps = run_imagined(env, reset_ids, chunks, args.seed)
-        t2 = time.perf_counter()
-        # the reward model alone, on the real chunk-end frames of really-failed episodes
-        failed = np.flatnonzero(~real_success)
-        flagged = [bool((env.reward_model.predict_proba(torch.from_numpy(real_frames[i][1:])) >= env.reward_threshold).any())
-                   for i in failed] if env.reward_model.num_frames == 1 else []
-        both = real_success & imagined_success
-        entry = {
-            "real_success_rate": float(real_success.mean()),
-            "imagined_success_rate": float(imagined_success.mean()),
-            "gap_percentage_points": float(100 * (imagined_success.mean() - real_success.mean())),
-            "agreement": float((real_success == imagined_success).mean()),
-            "imagined_false_success_rate": float(imagined_success[failed].mean()) if len(failed) else None,
-            "imagined_missed_success_rate": float((~imagined_success[real_success]).mean()) if real_success.any() else None,
-            "reward_model_false_success_on_real_frames": float(np.mean(flagged)) if flagged else None,
-            "mean_abs_success_step_difference": float(np.abs(real_steps[both] - imagined_steps[both]).mean()) if both.any() else None,
-            "replay_reproduces_recording": float((real_success == recorded_success).mean()),
-            "real_seconds": t1 - t0,
-            "imagined_seconds": t2 - t1,
-        }
-        results["policies"][policy] = entry
-        print(f"{policy:13s} real {entry['real_success_rate']:.2f}  imagined {entry['imagined_success_rate']:.2f}  "
-              f"gap {entry['gap_percentage_points']:+.0f} pp  agreement {entry['agreement']:.2f}  "
-              f"false-success {entry['imagined_false_success_rate']}", flush=True)
-    gaps = [abs(e["gap_percentage_points"]) for e in results["policies"].values()]
-    results["max_abs_gap_percentage_points"] = max(gaps)
-    results["within_5pp"] = max(gaps) <= 5.0
-    results["wall_seconds"] = time.perf_counter() - started
+               "chunk_size": env.chunk_size, "solver": env.sampler.solver, "trained_num_steps": trained_steps,
+               "guidance": env.sampler.guidance, "reward_frames": args.reward_frames,
+               "real": {p: {"success_rate": float(real[p]["success"].mean()), "replay_reproduces_recording":
+                            real[p]["reproduced"], "seconds": real[p]["seconds"],
+                            "reward_model_false_success_on_real_frames": reward_only[p]} for p in POLICIES},
+               "by_num_steps": {}}
+    for num_steps in sweep:
+        env.sampler = FlowSampler(**{**vars(env.sampler), "num_steps": num_steps})
+        by_policy = {}
+        for policy in POLICIES:
+            r = real[policy]
+            t0 = time.perf_counter()
+            success, steps, frames, valid = run_imagined(env, reset_ids, r["chunks"], args.seed)
+            seconds = time.perf_counter() - t0
+            failed, both = ~r["success"], r["success"] & success
+            # frame fidelity: imagined vs real chunk-end frames while both episodes were running
+            pairs = [(frames[i, c], r["frames"][i][c]) for i in range(len(reset_ids))
+                     for c in range(1, min(frames.shape[1], len(r["frames"][i]))) if valid[i, c]]
+            by_policy[policy] = {
+                "real_success_rate": float(r["success"].mean()),
+                "imagined_success_rate": float(success.mean()),
+                "gap_percentage_points": float(100 * (success.mean() - r["success"].mean())),
+                "agreement": float((r["success"] == success).mean()),
+                "imagined_false_success_rate": float(success[failed].mean()) if failed.any() else None,
+                "imagined_missed_success_rate": float((~success[r["success"]]).mean()) if r["success"].any() else None,
+                "mean_abs_success_step_difference": (float(np.abs(r["steps"][both] - steps[both]).mean())
+                                                     if both.any() else None),
+                "frame_psnr_db": float(np.mean([psnr(a, b) for a, b in pairs])) if pairs else None,
+                "imagined_seconds": seconds,
+            }
+            e = by_policy[policy]
+            print(f"steps={num_steps:2d} {policy:13s} real {e['real_success_rate']:.2f} imagined "
+                  f"{e['imagined_success_rate']:.2f} gap {e['gap_percentage_points']:+.0f} pp agreement "
+                  f"{e['agreement']:.2f} false-success {e['imagined_false_success_rate']} psnr {e['frame_psnr_db']}",
+                  flush=True)
+        results["wall_seconds"] = time.perf_counter() - started
     tmp.cleanup()
     print(json.dumps(results))
 

@@ -99,16 +99,29 @@ def random_world_model(root: Path, reset_frames: np.ndarray, instruction: str) -
     return root
 
 
-def timed_chunks(env, actions_fn, chunks: int) -> float:
-    """Median seconds of one ``chunk_step`` over ``chunks`` calls (after one warm-up chunk)."""
+class Clock:
+    """Wall and process-CPU seconds. On a shared machine the wall clock counts time the process waited for a core;
+    process CPU time (all its threads) does not, so steps per CPU-second compare per-core efficiency robustly."""
+
+    def __enter__(self):
+        self.wall, self.cpu = time.perf_counter(), time.process_time()
+        return self
+
+    def __exit__(self, *exc):
+        self.wall, self.cpu = time.perf_counter() - self.wall, time.process_time() - self.cpu
+
+
+def timed_chunks(env, actions_fn, chunks: int) -> tuple[float, float]:
+    """Median (wall, CPU) seconds of one ``chunk_step`` over ``chunks`` calls (after one warm-up chunk)."""
     env.chunk_step(actions_fn())
-    samples = []
+    walls, cpus = [], []
     for _ in range(chunks):
         actions = actions_fn()
-        start = time.perf_counter()
-        env.chunk_step(actions)
-        samples.append(time.perf_counter() - start)
-    return statistics.median(samples)
+        with Clock() as clock:
+            env.chunk_step(actions)
+        walls.append(clock.wall)
+        cpus.append(clock.cpu)
+    return statistics.median(walls), statistics.median(cpus)
 
 
 def main() -> None:
@@ -122,7 +135,7 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    from dit_flops import count_flops, matmul_flops_per_second
+    from dit_flops import count_flops
 
     from rlinf_wm.envs.metaworld_env import MetaWorldEnv
 
@@ -153,16 +166,18 @@ def main() -> None:
         return rng.uniform(-1, 1, (batch, chunk, 4)).astype(np.float32)
 
     real.reset(ids=[0])
-    samples: dict[str, list[float]] = {}
+    samples: dict[str, list[tuple[float, float]]] = {}
     for _ in range(args.repeats):  # interleaved
-        for name, fn in [
-            ("real_k", lambda: k / timed_chunks(real, lambda: random_actions(1), 5)),
-            ("real_k1", lambda: 1 / timed_chunks(real, lambda: random_actions(1, 1), 5)),
-            *[(f"wm_b{b}", lambda b=b: b * k / timed_chunks(envs[b], lambda b=b: random_actions(b), 3 if b == 1 else 1))
+        for name, steps, fn in [
+            ("real_k", k, lambda: timed_chunks(real, lambda: random_actions(1), 5)),
+            ("real_k1", 1, lambda: timed_chunks(real, lambda: random_actions(1, 1), 5)),
+            *[(f"wm_b{b}", b * k, lambda b=b: timed_chunks(envs[b], lambda b=b: random_actions(b), 3 if b == 1 else 1))
               for b in envs],
         ]:
-            samples.setdefault(name, []).append(fn())
-    steps_per_second = {name: statistics.median(values) for name, values in samples.items()}
+            wall, cpu = fn()
+            samples.setdefault(name, []).append((steps / wall, steps / cpu))
+    steps_per_second = {name: statistics.median(v[0] for v in values) for name, values in samples.items()}
+    steps_per_cpu_second = {name: statistics.median(v[1] for v in values) for name, values in samples.items()}
 
     # where the time goes, at the largest batch (one more measured chunk with fresh timings)
     big = max(args.batches)
@@ -186,14 +201,22 @@ def main() -> None:
     s = torch.rand(big)
     with torch.no_grad():
         flops = count_flops(lambda: dit(x, s, acts, mask))
-        peaks, forwards = [], []
-        for _ in range(args.repeats):
-            peaks.append(matmul_flops_per_second(1024, 5))
-            dit(x, s, acts, mask)
-            start = time.perf_counter()
-            dit(x, s, acts, mask)
-            forwards.append(time.perf_counter() - start)
+        a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        a @ b
+        dit(x, s, acts, mask)
+        peaks, peaks_cpu, forwards, forwards_cpu = [], [], [], []
+        for _ in range(max(3, args.repeats)):  # alternating, so load hits both alike
+            with Clock() as clock:
+                for _ in range(5):
+                    a @ b
+            peaks.append(5 * 2 * 1024**3 / clock.wall)
+            peaks_cpu.append(5 * 2 * 1024**3 / clock.cpu)
+            with Clock() as clock:
+                dit(x, s, acts, mask)
+            forwards.append(clock.wall)
+            forwards_cpu.append(clock.cpu)
     peak, forward = statistics.median(peaks), statistics.median(forwards)
+    peak_cpu, forward_cpu = statistics.median(peaks_cpu), statistics.median(forwards_cpu)
 
     # CFG: w = 0 (no-op, one branch) vs a bare one-branch loop; w > 0 (one doubled call) vs one branch
     from rlinf_wm.models.samplers import FlowSampler, integrate_flow
@@ -215,16 +238,18 @@ def main() -> None:
     cfg_samples: dict[str, list[float]] = {}
     for _ in range(args.repeats):
         for name, fn in (("one_branch", one_branch), ("w0", sampler_run(0.0)), ("w", sampler_run(args.guidance))):
-            start = time.perf_counter()
-            fn()
-            cfg_samples.setdefault(name, []).append(time.perf_counter() - start)
+            with Clock() as clock:
+                fn()
+            cfg_samples.setdefault(name, []).append(clock.wall)
+            cfg_samples.setdefault(name + "_cpu", []).append(clock.cpu)
     cfg_seconds = {name: statistics.median(v) for name, v in cfg_samples.items()}
 
     # solver steps sweep at the largest batch (throughput only)
     sweep = {}
     for steps in args.steps_sweep:
         sweep_env = make(big, sampler={**sampler, "num_steps": steps})
-        sweep[str(steps)] = big * k / timed_chunks(sweep_env, lambda: random_actions(big), 1)
+        wall, cpu = timed_chunks(sweep_env, lambda: random_actions(big), 1)
+        sweep[str(steps)] = {"steps_per_second": big * k / wall, "steps_per_cpu_second": big * k / cpu}
 
     results = {
         "world_model": "trained" if trained else "random default-tiny config",
@@ -240,8 +265,17 @@ def main() -> None:
             "real_metaworld_chunk_k": steps_per_second["real_k"],
             "real_metaworld_k1": steps_per_second["real_k1"],
         },
+        "steps_per_cpu_second": {
+            "sequential_batch1": steps_per_cpu_second["wm_b1"],
+            **{f"batch{b}": steps_per_cpu_second[f"wm_b{b}"] for b in args.batches},
+            "real_metaworld_chunk_k": steps_per_cpu_second["real_k"],
+            "real_metaworld_k1": steps_per_cpu_second["real_k1"],
+        },
+        "load_average_1min": os.getloadavg()[0],
         "batch64_over_sequential": steps_per_second.get("wm_b64", float("nan")) / steps_per_second["wm_b1"],
         "imagined_over_real": steps_per_second[f"wm_b{big}"] / steps_per_second["real_k"],
+        "batch64_over_sequential_cpu": steps_per_cpu_second.get("wm_b64", float("nan")) / steps_per_cpu_second["wm_b1"],
+        "imagined_over_real_cpu": steps_per_cpu_second[f"wm_b{big}"] / steps_per_cpu_second["real_k"],
         "dit": {
             "batch": big,
             "gflop_per_forward": flops / 1e9,
@@ -249,6 +283,9 @@ def main() -> None:
             "achieved_gflops": flops / forward / 1e9,
             "matmul_gflops": peak / 1e9,
             "fraction_of_matmul_peak": flops / forward / peak,
+            "forward_cpu_seconds": forward_cpu,
+            "matmul_gflops_per_cpu_second": peak_cpu / 1e9,
+            "fraction_of_matmul_peak_cpu": flops / forward_cpu / peak_cpu,
         },
         "cfg": {
             "seconds_one_branch": cfg_seconds["one_branch"],
@@ -257,6 +294,8 @@ def main() -> None:
             "guidance": args.guidance,
             "w0_overhead_vs_one_branch": cfg_seconds["w0"] / cfg_seconds["one_branch"] - 1.0,
             "w_overhead_vs_one_branch": cfg_seconds["w"] / cfg_seconds["one_branch"] - 1.0,
+            "w0_overhead_vs_one_branch_cpu": cfg_seconds["w0_cpu"] / cfg_seconds["one_branch_cpu"] - 1.0,
+            "w_overhead_vs_one_branch_cpu": cfg_seconds["w_cpu"] / cfg_seconds["one_branch_cpu"] - 1.0,
         },
         "time_split_batch": big,
         "time_split": split,
