@@ -153,7 +153,10 @@ def test_grpo_realsim_run_logs_metrics_checkpoints_and_evaluates(local_ray, poli
     assert (log_dir / "eval/iter_2/summary.json").is_file()
     assert "num_envs: 4" in (log_dir / "config.yaml").read_text()
     assert list((log_dir / "tensorboard").glob("events.out.tfevents.*"))
-    assert json.loads((log_dir / "summary.json").read_text())["iterations"] == 2
+    summary = json.loads((log_dir / "summary.json").read_text())
+    assert summary["iterations"] == 2 and summary["final_policy"] == str(log_dir / "final/model")
+    final, last_checkpoint = (load_file(log_dir / d / "model.safetensors") for d in ("final/model", "checkpoints/iter_2/policy"))
+    assert all(torch.equal(final[k], last_checkpoint[k]) for k in final)
 
 
 PPO_ITERATIONS = 2

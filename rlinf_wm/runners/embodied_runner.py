@@ -41,6 +41,8 @@ from rlinf_wm.workers.trajectory import TrajectoryBatch
 
 logger = logging.getLogger(__name__)
 
+FINAL_POLICY_DIR = "final/model"
+
 
 class EmbodiedRunner:
     def __init__(self, cfg: EmbodiedConfig, resolved_config: dict | None = None):
@@ -77,10 +79,13 @@ class EmbodiedRunner:
                 last = self._iteration()
                 bar.set_postfix(success=f"{last['env/success_once']:.2f}")
                 metric_logger.log(last, self.iteration)
+            # The trained policy where evaluation and later stages look for it (like SFT's <output_dir>/model).
+            self._actor_call("save_policy", str(self.log_dir / FINAL_POLICY_DIR))
         finally:
             metric_logger.close()
             self.workers.shutdown()
         summary = {"iterations": self.iteration, **self.counters, "events": self.events,
+                   "final_policy": str(self.log_dir / FINAL_POLICY_DIR),
                    "last_metrics": {k: v for k, v in last.items() if math.isfinite(v)}}
         write_json_atomic(self.log_dir / "summary.json", summary)
         return last
