@@ -11,7 +11,7 @@ PYTHON="${PYTHON:-$ROOT/.venv/bin/python}"
 
 list_configs() {
     for f in "$CONFIG_DIR"/*.yaml; do
-        grep -q "train_embodied_agent" "$f" 2>/dev/null && basename "$f" .yaml
+        if grep -q "train_embodied_agent" "$f" 2>/dev/null; then basename "$f" .yaml; fi
     done | sed 's/^/  /'
 }
 
