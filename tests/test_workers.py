@@ -128,6 +128,19 @@ def test_nonfinite_losses_are_skipped_then_stop_the_run(policy_dir):
         actor.update(batch, iteration=1)  # the third NaN in a row
 
 
+def test_nan_gradients_with_a_finite_loss_count_towards_the_stop(policy_dir):
+    algorithm = AlgorithmConfig(group_size=2, minibatch_size=6, max_consecutive_nonfinite=3)
+    actor = ActorWorker(policy_cfg(policy_dir), algorithm, ActorConfig(lr=1e-2), 0)
+    batch = make_batch(policy_dir, [True, False, True, False])
+    first = next(actor.policy.parameters())
+    first.register_hook(lambda grad: torch.full_like(grad, float("nan")))
+    before = weights(actor)
+    metrics = actor.update(batch, iteration=0)
+    assert metrics["train/actor/skipped_nonfinite"] == 2 and not changed(before, weights(actor))
+    with pytest.raises(NonFiniteLossError):
+        actor.update(batch, iteration=1)
+
+
 def test_offload_moves_state_to_cpu_and_blocks_updates_until_onload(policy_dir):
     actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2), ActorConfig(lr=1e-2), 0)
     batch = make_batch(policy_dir, [True, False, True, False])

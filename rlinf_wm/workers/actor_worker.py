@@ -225,11 +225,9 @@ class ActorWorker:
             metrics.update(critic_metrics)
             critic_term = algo.value_loss_coef * critic_loss
             loss = critic_term if critic_only else loss + critic_term
-        if self.guard.should_skip(loss):
-            self.optimizer.zero_grad(set_to_none=True)
-            return None
         self.optimizer.zero_grad(set_to_none=True)
-        loss.backward()
+        if torch.isfinite(loss):
+            loss.backward()
         if critic_only:
             # Warm-up: only the value head moves (AdamW skips parameters without a gradient).
             for name, param in self.policy.named_parameters():
@@ -237,7 +235,8 @@ class ActorWorker:
                     param.grad = None
         max_norm = algo.max_grad_norm if algo.max_grad_norm is not None else float("inf")
         grad_norm = torch.nn.utils.clip_grad_norm_(self.policy.parameters(), max_norm)
-        if self.guard.should_skip(grad_norm):
+        # One check per step over both values: a finite loss must not reset the count of NaN gradients.
+        if self.guard.should_skip(loss.detach(), grad_norm):
             self.optimizer.zero_grad(set_to_none=True)
             return None
         self.optimizer.step()
