@@ -128,6 +128,8 @@ def test_bad_actions_raise(env):
 def test_bad_construction_raises():
     with pytest.raises(ValueError, match="unknown Meta-World task 'drawer-opn-v3'"):
         MetaWorldEnv("drawer-opn-v3")
+    with pytest.raises(ValueError, match="unknown camera 'front'.*corner3"):
+        MetaWorldEnv("drawer-open-v3", camera="front")
     with pytest.raises(ValueError, match="image_size"):
         MetaWorldEnv("drawer-open-v3", image_size=[64])
     with MetaWorldEnv("drawer-open-v3") as env, pytest.raises(RuntimeError, match="before reset"):
@@ -161,3 +163,18 @@ def test_env_schema_rejects_bad_values(override, key):
     cfg = OmegaConf.merge(OmegaConf.load(ENV_YAML), override)
     with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
         validate(cfg, MetaWorldEnvConfig, "env")
+
+
+def test_unclosed_env_exits_without_gl_errors():
+    import subprocess
+    import sys
+
+    script = (
+        "from rlinf_wm.envs.metaworld_env import MetaWorldEnv\n"
+        "env = MetaWorldEnv('drawer-open-v3', num_envs=2)\n"
+        "env.reset()\n"  # never closed: the GL contexts must still be freed before EGL shuts down
+    )
+    root = Path(__file__).resolve().parents[1]
+    result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
+    assert result.returncode == 0, result.stderr
+    assert "Exception ignored" not in result.stderr, result.stderr

@@ -53,7 +53,7 @@ class CollectConfig:
     artifacts_dir: str
     env: MetaWorldEnvConfig
     output_dir: str  # where shard_*.hdf5 and dataset_statistics.json go
-    num_episodes: int = 240
+    num_episodes: int = 200
     episodes_per_shard: int = 10
     num_workers: int = 2  # Ray collector actors, each with one env; 0 = record in this process without Ray
     num_cpus_per_worker: float = 1.0

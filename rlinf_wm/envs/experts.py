@@ -86,7 +86,8 @@ def record_episode(
 
     ``seed`` fixes all randomness (noise, perturbation segment, random actions), so the same
     arguments give the same episode. Perturbed episodes replace the expert's actions by random
-    ones for ``perturb_steps`` (range) steps starting in the first 60% of the episode.
+    ones for ``perturb_steps`` (range) steps starting in the first 40% of the horizon (the expert
+    needs ~60% of a 150-step horizon on drawer-open, so the perturbation lands before it is done).
     """
     if kind not in EPISODE_KINDS:
         raise ValueError(f"episode kind must be one of {EPISODE_KINDS}, got {kind!r}")
@@ -97,9 +98,11 @@ def record_episode(
     random_actions = RandomActions(rng)
     horizon = env.max_episode_steps
     segment = range(0)
+    attrs = {"kind": kind}
     if kind == "perturbed":
-        start = int(rng.integers(0, max(1, int(0.6 * horizon))))
+        start = int(rng.integers(0, max(1, int(0.4 * horizon))))
         segment = range(start, start + int(rng.integers(perturb_steps[0], perturb_steps[1] + 1)))
+        attrs.update(perturb_start=segment.start, perturb_stop=segment.stop)
 
     obs = env.reset(ids=[task_id])
     frames, states, actions, rewards, dones = [obs.images[0]], [], [], [], []
@@ -113,7 +116,7 @@ def record_episode(
         states.append(state.astype(np.float32))
         actions.append(action)
         rewards.append(float(step.rewards[0, 0]))
-        dones.append(bool(step.terminated[0, 0]))
+        dones.append(bool(step.terminated[0, 0]))  # robomimic-style: 1 where the task is done (success)
         frames.append(step.obs.images[0])
         if step.done[0]:
             break
@@ -128,5 +131,5 @@ def record_episode(
         task=env.task,
         seed=int(seed),
         states=np.stack(states),
-        attrs={"kind": kind, "task_id": int(env.task_ids[0])},
+        attrs={**attrs, "task_id": int(env.task_ids[0])},
     )

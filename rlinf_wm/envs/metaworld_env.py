@@ -9,9 +9,11 @@ Meta-World's own 500-step ``max_path_length``).
 
 from __future__ import annotations
 
+import atexit
 import functools
 import os
 import warnings
+import weakref
 from typing import Any
 
 import numpy as np
@@ -84,6 +86,18 @@ def available_tasks() -> list[str]:
     return sorted(metaworld.ML1.ENV_NAMES)
 
 
+# Envs not closed by their owner are closed at exit, before MuJoCo's EGL display is terminated
+# (its atexit hook is registered at the first render, so ours, registered after it, runs first);
+# otherwise every GL context raises in its __del__ at interpreter shutdown.
+_open_envs: "weakref.WeakSet[MetaWorldEnv]" = weakref.WeakSet()
+_close_at_exit_registered = False
+
+
+def _close_open_envs() -> None:
+    for env in list(_open_envs):
+        env.close()
+
+
 @functools.lru_cache(maxsize=8)
 def _benchmark(task: str) -> "metaworld.ML1":
     # Building ML1 resets the env 100 times (~1-3 s); envs of one task in a process share it.
@@ -132,6 +146,10 @@ class MetaWorldEnv(ChunkEnv):
         try:
             for _ in range(self.num_envs):
                 env = env_class(render_mode="rgb_array", camera_name=camera, width=self.width, height=self.height)
+                cameras = [env.model.camera(i).name for i in range(env.model.ncam)]
+                if camera not in cameras:
+                    # MuJoCo would silently fall back to a free camera.
+                    raise ValueError(f"unknown camera {camera!r} for {task}; available: {', '.join(cameras)}")
                 # No shadows or multisampling: ~10x faster renders, and at 64x64 they add nothing.
                 # Must be set before the first render creates the GL context.
                 env.model.vis.quality.shadowsize = 0
@@ -151,6 +169,7 @@ class MetaWorldEnv(ChunkEnv):
         self._terminated = np.zeros(b, bool)
         self._truncated = np.zeros(b, bool)
         self._was_reset = False
+        _open_envs.add(self)
 
     @property
     def num_initial_states(self) -> int:
@@ -263,6 +282,10 @@ class MetaWorldEnv(ChunkEnv):
         # envs (or after another env closed its context) that is the wrong one, so make ours current.
         env.mujoco_renderer._get_viewer("rgb_array").make_context_current()
         image = env.render()
+        global _close_at_exit_registered
+        if not _close_at_exit_registered:
+            atexit.register(_close_open_envs)
+            _close_at_exit_registered = True
         if self.camera in _UPSIDE_DOWN_CAMERAS:
             image = image[::-1, ::-1]
         return np.ascontiguousarray(image, dtype=np.uint8)
