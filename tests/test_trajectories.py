@@ -124,3 +124,17 @@ def test_initial_states_repeat_the_first_frame():
     assert frames.shape == (3, 4, 4, 3) and frames.dtype == np.uint8
     assert frames[:, 0, 0, 0].tolist() == [0, 0, 0]
     assert (instruction, task) == ("open the drawer", "drawer-open-v3")
+
+
+def test_extra_episode_attributes_round_trip(tmp_path):
+    from rlinf_wm.data import Episode, read_episodes, write_episodes
+
+    t = 3
+    episode = Episode(
+        frames=np.zeros((t + 1, 8, 8, 3), np.uint8), actions=np.zeros((t, 4), np.float32),
+        rewards=np.zeros(t, np.float32), dones=np.zeros(t, bool), success=False, instruction="open",
+        attrs={"kind": "perturbed", "perturb_start": 1},
+    )
+    write_episodes(tmp_path / "a.hdf5", [episode])
+    (loaded,) = read_episodes(tmp_path / "a.hdf5")
+    assert loaded.attrs == {"kind": "perturbed", "perturb_start": 1}

@@ -9,7 +9,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
+from rlinf_wm.config.libero_schema import LiberoEnvConfig
 from rlinf_wm.config.validate import require
+from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig
 
 # Named cameras of Meta-World's sawyer scenes (metaworld/assets/objects/assets/xyz_base.xml).
 METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
@@ -41,8 +43,12 @@ class MetaWorldEnvConfig:
         require(self.max_episode_steps >= 1, at("max_episode_steps"), f"must be >= 1, got {self.max_episode_steps}")
 
 
-# env_type -> schema. Other env types (world_model, libero) add their schema here.
-ENV_SCHEMAS: dict[str, type] = {"metaworld": MetaWorldEnvConfig}
+# env_type -> schema: a new simulator adds its schema here (see docs/adding_an_env.md).
+ENV_SCHEMAS: dict[str, type] = {
+    "metaworld": MetaWorldEnvConfig,
+    "world_model": WorldModelEnvConfig,
+    "libero": LiberoEnvConfig,
+}
 
 
 @dataclass

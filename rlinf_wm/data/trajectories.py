@@ -28,6 +28,8 @@ import numpy as np
 from rlinf_wm.utils.io import atomic_path
 
 CAMERA_KEY = "agentview_rgb"
+# Per-demo attributes with their own Episode field; any other attribute round-trips through Episode.attrs.
+_STANDARD_ATTRS = {"num_samples", "instruction", "success", "task", "seed"}
 
 
 @dataclass
@@ -144,6 +146,7 @@ def read_episodes(path: str | os.PathLike, load_frames: bool = True) -> list[Epi
                 task=str(demo.attrs.get("task", data.attrs.get("task", ""))),
                 seed=int(demo.attrs.get("seed", -1)),
                 states=states,
+                attrs={k: v for k, v in demo.attrs.items() if k not in _STANDARD_ATTRS},
             )
             if load_frames:
                 episode.validate(where)
