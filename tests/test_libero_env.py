@@ -120,6 +120,7 @@ def test_truncation_at_max_episode_steps(env):
     assert not step.terminated.any() and step.rewards.sum() == 0
 
 
+@pytest.mark.slow  # ~60 s on a loaded 2-core machine: ~90 rendered steps
 def test_expert_episode_succeeds_and_env_detects_it(env):
     from rlinf_wm.envs.libero_expert import record_episode
 
@@ -130,3 +131,19 @@ def test_expert_episode_succeeds_and_env_detects_it(env):
     assert episode.states.shape == (episode.length, 8)
     # The bowl was carried: the gripper was commanded closed for a while.
     assert (episode.actions[:, 6] == 1.0).sum() >= 10
+
+
+def test_recorded_episode_round_trips_through_hdf5(env, tmp_path):
+    from rlinf_wm.data.trajectories import read_episodes, write_episodes
+    from rlinf_wm.envs.libero_expert import record_episode
+
+    limit, env.max_episode_steps = env.max_episode_steps, 12  # a short episode is enough here
+    try:
+        episode = record_episode(env, "random", seed=1, task_id=2)
+    finally:
+        env.max_episode_steps = limit
+    assert not episode.success and episode.length == 12 and len(episode.frames) == 13
+    (loaded,) = read_episodes(write_episodes(tmp_path / "shard.hdf5", [episode]))
+    np.testing.assert_array_equal(loaded.frames, episode.frames)
+    np.testing.assert_array_equal(loaded.actions, episode.actions)
+    assert loaded.instruction == episode.instruction and loaded.task == "libero_spatial/0"

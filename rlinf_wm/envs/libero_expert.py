@@ -42,7 +42,6 @@ class ExpertParams:
     max_speed: float = 1.0  # cap on translation actions (1.0 = 5 cm per step)
     rotation_gain: float = 0.5  # holds the initial top-down hand orientation
     position_tolerance: float = 0.008
-    inward_shift: float = 0.015  # how far a retry moves the hand towards the bowl's centre
     close_steps: int = 12  # the gripper ramps from open to closed in ~8 steps
     open_steps: int = 8
 
@@ -115,9 +114,8 @@ class SpatialPickPlaceExpert:
         # Pinch the rim on the side (+y or -y) farther from the other objects: the fingers straddle
         # the rim there, and the outer finger must not land on a neighbour.
         # Pinch the rim on the side (+y or -y) farther from the other objects: the fingers straddle
-        # the rim there, and the outer finger must not land on a neighbour. Later attempts (after a
-        # blocked descent or a missed grasp) move the hand inward, so the open outer finger clears a
-        # wall next to the bowl (the drawer task), then try the other side.
+        # the rim there, and the outer finger must not land on a neighbour. Every other attempt
+        # (after a blocked descent or a missed grasp) tries the other side.
         obstacles = [observation[f"{name}_pos"][:2] for name in others if f"{name}_pos" in observation]
 
         def clearance(side: float) -> float:
@@ -125,11 +123,11 @@ class SpatialPickPlaceExpert:
             return min((float(np.linalg.norm(point - o)) for o in obstacles), default=np.inf)
 
         best_side = 1.0 if clearance(1.0) >= clearance(-1.0) else -1.0
-        side, inward = [(best_side, 0.0), (best_side, p.inward_shift), (-best_side, 0.0),
-                        (-best_side, p.inward_shift)][self.retries % 4]
+        side = best_side if self.retries % 2 == 0 else -best_side
         self._z_history: list[float] = []
+        self._distance_history: list[float] = []
         jitter = self.rng.normal(0.0, self.waypoint_noise, 3) if self.waypoint_noise > 0 else np.zeros(3)
-        self._grasp_offset = np.array([0.0, side * (p.rim_offset - inward), p.grasp_height]) + jitter * np.array([1, 1, 0.3])
+        self._grasp_offset = np.array([0.0, side * p.rim_offset, p.grasp_height]) + jitter * np.array([1, 1, 0.3])
         self._release_jitter = (self.rng.normal(0.0, self.waypoint_noise, 2) if self.waypoint_noise > 0 else np.zeros(2))
         self._carry_z = max(bowl_pos[2], observation[f"{plate}_pos"][2]) + p.carry_clearance
 
@@ -152,8 +150,11 @@ class SpatialPickPlaceExpert:
             if np.linalg.norm(target[:2] - eef[:2]) > 3 * p.position_tolerance:
                 # Cross over at travel height, then go down: a straight line could clip the cabinet.
                 target[2] = max(target[2], self._travel_z)
+            self._distance_history.append(float(np.linalg.norm(target - eef)))
             if self._reached(eef, target, 2.0):
                 self._next()
+            elif len(self._distance_history) > 8 and self._distance_history[-6] - self._distance_history[-1] < 0.002:
+                return self._retry(observation)  # the hand is stuck on a fixture (the cabinet): other side
         if self.phase == "descend":
             target = grasp_point
             self._z_history.append(float(eef[2]))
@@ -165,13 +166,17 @@ class SpatialPickPlaceExpert:
         if self.phase == "grasp":
             target, gripper = grasp_point, GRIPPER_CLOSE
             if self._phase_steps >= p.close_steps:
+                self._z_history = []
                 self._bowl_z_at_grasp = bowl[2]
                 self._held_offset = hand_above_bowl.copy()
                 self._next()
         if self.phase == "lift":
             gripper = GRIPPER_CLOSE
             target = np.array([eef[0], eef[1], self._carry_z + self._held_offset[2]])
-            if self._reached(eef, target, 2.0) or self._phase_steps > 40:
+            self._z_history.append(float(eef[2]))
+            # Far from the robot's base the arm may not get higher (reach limit): carry on from there.
+            stalled = self._phase_steps > 8 and eef[2] - self._z_history[-6] < 0.002
+            if self._reached(eef, target, 2.0) or stalled or self._phase_steps > 40:
                 if bowl[2] < self._bowl_z_at_grasp + 0.03:  # the bowl stayed down: the grasp missed
                     return self._retry(observation)
                 self._next()
