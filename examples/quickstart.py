@@ -1,0 +1,212 @@
+"""One command from a fresh clone to "RL in the world model improved real-simulator success".
+
+Runs every missing stage (each is cached: a stage whose output exists is skipped):
+collect -> train world model -> SFT base policy -> evaluate base in the real simulator ->
+GRPO in the world model -> evaluate after RL in the real simulator, then prints a table.
+
+    python examples/quickstart.py [--task drawer-open-v3] [--smoke] [--force STAGE ...]
+
+``--smoke`` shrinks every stage to seconds (used by CI); it writes under outputs-smoke/ so it never
+mixes with a real run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import shlex
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+TASK_SLUG = {"drawer-open-v3": "drawer_open"}
+
+
+@dataclass
+class Stage:
+    name: str
+    command: list[str]
+    done_marker: Path
+    smoke_overrides: list[str] = field(default_factory=list)
+
+
+def config_suffix(task: str) -> str:
+    if task not in TASK_SLUG:
+        raise SystemExit(f"quickstart: no configs for task {task!r}; known: {sorted(TASK_SLUG)}")
+    return TASK_SLUG[task]
+
+
+def build_stages(task: str, artifacts: Path, smoke: bool) -> list[Stage]:
+    slug = config_suffix(task)
+    python = sys.executable
+    common = [f"task={task}", f"artifacts_dir={artifacts}"]
+    rl_dir = artifacts / "rl_grpo_wm"
+    stages = [
+        Stage(
+            "collect",
+            [python, "examples/collect/collect_data.py", "--config-name", f"collect_metaworld_{slug}", *common],
+            artifacts / "data" / "dataset_statistics.json",
+            ["num_episodes=5", "episodes_per_shard=5", "env.max_episode_steps=110", "progress_bar=false"],
+        ),
+        Stage(
+            "world_model",
+            [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_metaworld_{slug}",
+             "stage=all", *common],
+            artifacts / "world_model" / "world_model.json",
+            ["train.tokenizer.steps=4", "train.tokenizer.batch_size=4", "train.reward.steps=4", "train.reward.batch_size=8",
+             "train.dit.steps=4", "train.dit.batch_size=4", "progress=false"],
+        ),
+        Stage(
+            "sft",
+            [python, "examples/sft/train_sft.py", "--config-name", f"sft_metaworld_{slug}", *common],
+            artifacts / "sft" / "model" / "model.safetensors",
+            ["sft.max_steps=5", "sft.num_demos=-1"],
+        ),
+        Stage(
+            "eval_base",
+            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_metaworld_{slug}", *common,
+             f"policy_path={artifacts}/sft/model", f"eval.output_dir={artifacts}/eval_base"],
+            artifacts / "eval_base" / "summary.json",
+            ["eval.num_episodes=4", "env.eval.max_episode_steps=16", "eval.num_workers=0", "env.eval.num_envs=4"],
+        ),
+        Stage(
+            "grpo_world_model",
+            ["bash", "examples/embodiment/run_embodiment.sh", f"metaworld_{slug}_grpo_tinyvla", *common],
+            rl_dir / "final" / "model" / "model.safetensors",
+            ["runner.max_iterations=1", "runner.eval_interval=0", "env.train.num_envs=4", "algorithm.group_size=2",
+             "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false"],
+        ),
+        Stage(
+            "eval_rl",
+            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_metaworld_{slug}", *common,
+             f"policy_path={rl_dir}/final/model", f"eval.output_dir={artifacts}/eval_rl"],
+            artifacts / "eval_rl" / "summary.json",
+            ["eval.num_episodes=4", "env.eval.max_episode_steps=16", "eval.num_workers=0", "env.eval.num_envs=4"],
+        ),
+    ]
+    return stages
+
+
+class MemorySampler(threading.Thread):
+    """Peak resident memory of this process tree plus Ray's processes (sampled every 0.5 s)."""
+
+    def __init__(self) -> None:
+        super().__init__(daemon=True)
+        self.peak_bytes = 0
+        self._stop = threading.Event()
+
+    def run(self) -> None:
+        import psutil
+
+        me = psutil.Process()
+        while True:  # at least one sample, even when every stage is cached
+            total = 0
+            try:
+                processes = [me, *me.children(recursive=True)]
+                processes += [p for p in psutil.process_iter(["name"]) if (p.info["name"] or "").startswith("ray::")]
+                seen = set()
+                for p in processes:
+                    if p.pid in seen:
+                        continue
+                    seen.add(p.pid)
+                    try:
+                        total += p.memory_info().rss
+                    except psutil.Error:
+                        pass
+            except psutil.Error:
+                pass
+            self.peak_bytes = max(self.peak_bytes, total)
+            if self._stop.wait(0.5):
+                break
+
+    def stop(self) -> None:
+        self._stop.set()
+
+
+def run_stage(stage: Stage, smoke: bool, log_dir: Path, env: dict) -> float:
+    command = stage.command + (stage.smoke_overrides if smoke else [])
+    if stage.name == "grpo_world_model":
+        env = {**env, "LOG_DIR": str(stage.done_marker.parents[2])}
+    log_path = log_dir / f"{stage.name}.log"
+    print(f"[quickstart] {stage.name}: {shlex.join(command)}  (log: {log_path})", flush=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        result = subprocess.run(command, cwd=ROOT, env=env, stdout=log, stderr=subprocess.STDOUT)
+    elapsed = time.perf_counter() - start
+    if result.returncode != 0:
+        tail = log_path.read_text()[-3000:]
+        raise SystemExit(f"[quickstart] stage {stage.name} failed (exit {result.returncode}); last lines of {log_path}:\n{tail}")
+    if not stage.done_marker.exists():
+        raise SystemExit(f"[quickstart] stage {stage.name} finished but did not write {stage.done_marker}")
+    return elapsed
+
+
+def read_summary(path: Path) -> dict:
+    return json.loads(path.read_text()) if path.is_file() else {}
+
+
+def format_rate(summary: dict) -> str:
+    if not summary:
+        return "n/a"
+    rate = summary.get("success_rate")
+    low, high = summary.get("success_rate_ci95", (float("nan"), float("nan")))
+    n = summary.get("num_episodes")
+    return f"{100 * rate:5.1f} %  [{100 * low:.1f}, {100 * high:.1f}]  (n={n})"
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="drawer-open-v3")
+    parser.add_argument("--smoke", action="store_true", help="tiny settings for CI (seconds per stage)")
+    parser.add_argument("--force", nargs="*", default=[], help="stages to rerun even when cached")
+    args = parser.parse_args()
+
+    artifacts = ROOT / ("outputs-smoke" if args.smoke else "outputs") / args.task
+    log_dir = artifacts / "quickstart_logs"
+    log_dir.mkdir(parents=True, exist_ok=True)
+    env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled",
+           "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable}
+    stages = build_stages(args.task, artifacts, args.smoke)
+    unknown = set(args.force) - {s.name for s in stages}
+    if unknown:
+        raise SystemExit(f"quickstart: unknown stage(s) {sorted(unknown)}; stages: {[s.name for s in stages]}")
+
+    sampler = MemorySampler()
+    sampler.start()
+    wall_times: dict[str, float | None] = {}
+    total_start = time.perf_counter()
+    for stage in stages:
+        if stage.done_marker.exists() and stage.name not in args.force:
+            print(f"[quickstart] {stage.name}: cached ({stage.done_marker})", flush=True)
+            wall_times[stage.name] = None
+            continue
+        wall_times[stage.name] = run_stage(stage, args.smoke, log_dir, env)
+    sampler.stop()
+    sampler.join()
+    total = time.perf_counter() - total_start
+
+    base = read_summary(artifacts / "eval_base" / "summary.json")
+    after = read_summary(artifacts / "eval_rl" / "summary.json")
+    rl_summary = read_summary(artifacts / "rl_grpo_wm" / "summary.json")
+    imagined = rl_summary.get("last_metrics", {}).get("env/success_once")
+    table = [
+        ("base policy (SFT), real success", format_rate(base)),
+        ("after GRPO in the world model, real success", format_rate(after)),
+        ("imagined success, last RL iteration", "n/a" if imagined is None else f"{100 * imagined:5.1f} %"),
+    ]
+    table += [(f"wall time: {name}", "cached" if t is None else f"{t / 60:.1f} min") for name, t in wall_times.items()]
+    table += [("wall time: total", f"{total / 60:.1f} min"), ("peak memory (process tree + Ray)", f"{sampler.peak_bytes / 2**30:.2f} GiB")]
+    width = max(len(k) for k, _ in table)
+    print("\n" + "\n".join(f"| {k:<{width}} | {v} |" for k, v in table))
+    result = {"task": args.task, "smoke": args.smoke, "base": base, "after_rl": after, "imagined_success": imagined,
+              "wall_time_s": wall_times, "total_s": total, "peak_memory_bytes": sampler.peak_bytes}
+    (artifacts / "quickstart.json").write_text(json.dumps(result, indent=2))
+
+
+if __name__ == "__main__":
+    main()
