@@ -98,7 +98,7 @@ class MemorySampler(threading.Thread):
     def __init__(self) -> None:
         super().__init__(daemon=True)
         self.peak_bytes = 0
-        self._stop = threading.Event()
+        self._halt = threading.Event()
 
     def run(self) -> None:
         import psutil
@@ -121,11 +121,11 @@ class MemorySampler(threading.Thread):
             except psutil.Error:
                 pass
             self.peak_bytes = max(self.peak_bytes, total)
-            if self._stop.wait(0.5):
+            if self._halt.wait(0.5):
                 break
 
     def stop(self) -> None:
-        self._stop.set()
+        self._halt.set()
 
 
 def run_stage(stage: Stage, smoke: bool, log_dir: Path, env: dict) -> float:
