@@ -18,7 +18,7 @@ models of the default tiny config (examples/embodiment/config/model/wm_*.yaml: s
 frames rendered by Meta-World.
 
     .venv/bin/python benchmarks/wm_env_throughput.py [--world-model-dir outputs/drawer-open-v3/world_model]
-        [--num-steps N] [--threads T] [--repeats 3]
+        [--num-steps N] [--threads 1] [--repeats 3]
 
 Prints one JSON object as its last line.
 """
@@ -132,7 +132,9 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--steps-sweep", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=3)
-    parser.add_argument("--threads", type=int, default=torch.get_num_threads())
+    # 1 thread: the simulator steps on one core, so steps per CPU-second compare per-core efficiency; and one
+    # thread does not spin-wait for a second core that other processes hold (which inflates CPU time)
+    parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     from dit_flops import count_flops
