@@ -58,8 +58,8 @@ def build_stages(task: str, artifacts: Path, smoke: bool) -> list[Stage]:
             [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_metaworld_{slug}",
              "stage=all", *common],
             artifacts / "world_model" / "world_model.json",
-            ["train.tokenizer.steps=4", "train.tokenizer.batch_size=4", "train.reward.steps=4", "train.reward.batch_size=8",
-             "train.dit.steps=4", "train.dit.batch_size=4", "progress=false"],
+            ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4", "++train.reward.batch_size=8",
+             "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false"],
         ),
         Stage(
             "sft",
