@@ -312,4 +312,6 @@ def test_image_metrics_and_baseline_helpers():
     masks = moving_masks(frames, reference, 0.1)
     assert masks[0, 0].sum() == 0 and masks[0, 1].sum() == 1 and masks[0, 2].sum() == 1
     partner, other = shuffled_partner([0, 0, 1, 1, 2])
+    episodes = np.array([0, 0, 1, 1, 2])
     assert other == 1.0 and sorted(partner.tolist()) == [0, 1, 2, 3, 4]
+    assert (episodes[partner] != episodes).all()

@@ -201,21 +201,24 @@ def plan_rollouts(
     return plans
 
 
-def shuffled_partner(episode_of: Sequence[int]) -> tuple[np.ndarray, float]:
-    """For each rollout, another rollout whose actions it gets; from another episode whenever possible.
+def shuffled_partner(episode_of: Sequence[int], seed: int = 0) -> tuple[np.ndarray, float]:
+    """For each rollout, a random other rollout whose actions it gets, from another episode whenever possible.
 
-    Rollouts sorted by episode are shifted by the largest per-episode count, which moves each into a different
-    episode's block as long as no episode holds more than half of them. Returns (partner index, fraction from
-    another episode)."""
+    A random permutation, then every rollout paired with its own episode swaps partners with a random rollout for
+    which the swap pairs both with other episodes. Returns (partner index, fraction from another episode)."""
     episode_of = np.asarray(episode_of)
     n = len(episode_of)
     if n < 2:
         raise ValueError("the shuffled-actions baseline needs at least 2 rollouts")
-    order = np.argsort(episode_of, kind="stable")
-    shift = max(1, int(np.bincount(episode_of).max()))
-    shift = shift if shift < n else 1
-    partner = np.empty(n, np.int64)
-    partner[order] = order[(np.arange(n) + shift) % n]
+    rng = np.random.default_rng(seed)
+    partner = rng.permutation(n)
+    for i in rng.permutation(n):
+        if episode_of[partner[i]] != episode_of[i]:
+            continue
+        for j in rng.permutation(n):
+            if episode_of[partner[j]] != episode_of[i] and episode_of[partner[i]] != episode_of[j]:
+                partner[i], partner[j] = partner[j], partner[i]
+                break
     return partner, float((episode_of[partner] != episode_of).mean())
 
 
@@ -316,6 +319,49 @@ def write_png(path: Path, image: np.ndarray) -> None:
 
 
 # ------------------------------------------------------------------------------------------------- driver
+def _reward_metrics(reward_model, plans, held, real, predicted, horizon_frames):
+    """Reward-model accuracy/AUC on real held-out frames, and agreement of its prediction on each rollout's final
+    frame with the true success of the recorded frame (overall and where success changes within the horizon)."""
+    from rlinf_wm.models.reward_model import success_frame_labels, success_step
+    from rlinf_wm.runners.train_reward import classification_metrics, label_episodes, predict_probs
+
+    k = reward_model.num_frames
+
+    def final_inputs(source: np.ndarray) -> np.ndarray:
+        """uint8 [R, k, H, W, 3]: the last k frames ending at the horizon (conditioning frames before the rollout)."""
+        history = []
+        for i, plan in enumerate(plans):
+            before = held[plan.episode].frames[max(0, plan.start_frame - k + 1) : plan.start_frame + 1]
+            seq = np.concatenate([before, source[i]])
+            seq = np.concatenate([np.repeat(seq[:1], max(0, k - len(seq)), axis=0), seq])
+            history.append(seq[-k:])
+        return np.stack(history)
+
+    truth_end, truth_start = [], []
+    for plan in plans:
+        ep = held[plan.episode]
+        labels = success_frame_labels(len(ep.frames), success_step(ep.rewards, ep.dones, ep.success))
+        truth_end.append(labels[plan.start_frame + horizon_frames])
+        truth_start.append(labels[plan.start_frame])
+    truth_end, truth_start = np.array(truth_end), np.array(truth_start)
+    changed = truth_end != truth_start
+    held_frames = label_episodes(held, k)
+    reward = {
+        "real_heldout_frames": classification_metrics(
+            held_frames.labels, predict_probs(reward_model, held_frames), reward_model.threshold
+        ),
+        "rollouts": int(len(plans)),
+        "changed_outcome_rollouts": int(changed.sum()),
+        "final_frame_success_rate": float(truth_end.mean()),
+    }
+    for name, source in (("real", real), *((m, predicted[m]) for m in METHODS)):
+        probs = reward_model.predict_proba(final_inputs(source)).numpy()
+        agree = (probs >= reward_model.threshold) == truth_end
+        reward[f"agreement_{name}"] = float(agree.mean())
+        reward[f"agreement_{name}_changed"] = float(agree[changed].mean()) if changed.any() else None
+    return reward
+
+
 def evaluate_world_model(
     cfg: WorldModelConfig,
     episodes: Sequence[Episode] | None = None,
@@ -325,11 +371,10 @@ def evaluate_world_model(
     """Run the evaluation described in the module docstring; returns the summary also written to
     ``<output_dir>/eval_summary.json``. ``episodes`` may be given instead of reading ``cfg.data_dir``."""
     from rlinf_wm.models.dit import ActionDiT
-    from rlinf_wm.models.reward_model import RewardModel, success_frame_labels, success_step
+    from rlinf_wm.models.reward_model import RewardModel
     from rlinf_wm.models.samplers import FlowSampler
     from rlinf_wm.models.tokenizer import VideoTokenizer
     from rlinf_wm.runners.train_dit import scale_actions
-    from rlinf_wm.runners.train_reward import classification_metrics, label_episodes, predict_probs
     from rlinf_wm.runners.train_tokenizer import load_encoded_dataset
     from rlinf_wm.runners.world_model_pipeline import Layout, heldout_indices, load_world_model_settings
     from rlinf_wm.utils.checkpoint import load_model
@@ -345,7 +390,10 @@ def evaluate_world_model(
     settings = load_world_model_settings(layout.root)
     tokenizer = load_model(VideoTokenizer, layout.tokenizer_model).eval()
     model = load_model(ActionDiT, layout.dit_model).eval()
-    reward_model = load_model(RewardModel, layout.reward_model).eval()
+    # the frame metrics do not need the reward model: without one (not trained yet) its section is skipped
+    reward_model = load_model(RewardModel, layout.reward_model).eval() if layout.reward_model.is_dir() else None
+    if reward_model is None:
+        logger.warning("no reward model at %s: reward metrics skipped", layout.reward_model)
     statistics = ActionStatistics.load(layout.statistics)
     sampler_kwargs = dataclasses.asdict(cfg.sampler)
     sampler_kwargs.update({k: v for k, v in (("num_steps", ecfg.num_steps), ("guidance", ecfg.guidance)) if v is not None})
@@ -370,7 +418,7 @@ def evaluate_world_model(
     held_latents = [latent_episodes[i] for i in held_idx]
     plans = plan_rollouts(held, horizon_frames, compression, ecfg.start_stride, ecfg.success_aligned_starts,
                           ecfg.max_rollouts, ecfg.seed)
-    partner, partner_other_episode = shuffled_partner([p.episode for p in plans])
+    partner, partner_other_episode = shuffled_partner([p.episode for p in plans], ecfg.seed)
     logger.info("evaluating %d rollouts of %d frames on %d held-out episodes", len(plans), horizon_frames, len(held))
 
     def cond_latents_of(plan: RolloutPlan) -> torch.Tensor:
@@ -428,43 +476,13 @@ def evaluate_world_model(
     }
 
     # ---- reward model
-    k = reward_model.num_frames
+    reward = None
+    if reward_model is not None:
+        reward = _reward_metrics(reward_model, plans, held, real, predicted, horizon_frames)
 
-    def final_inputs(source: np.ndarray) -> np.ndarray:
-        """uint8 [R, k, H, W, 3]: the last k frames ending at the horizon (conditioning frames before the rollout)."""
-        history = []
-        for i, plan in enumerate(plans):
-            before = held[plan.episode].frames[max(0, plan.start_frame - k + 1) : plan.start_frame + 1]
-            seq = np.concatenate([before, source[i]])
-            seq = np.concatenate([np.repeat(seq[:1], max(0, k - len(seq)), axis=0), seq])
-            history.append(seq[-k:])
-        return np.stack(history)
-
-    truth_end, truth_start = [], []
-    for plan in plans:
-        ep = held[plan.episode]
-        labels = success_frame_labels(len(ep.frames), success_step(ep.rewards, ep.dones, ep.success))
-        truth_end.append(labels[plan.start_frame + horizon_frames])
-        truth_start.append(labels[plan.start_frame])
-    truth_end, truth_start = np.array(truth_end), np.array(truth_start)
-    changed = truth_end != truth_start
-    held_frames = label_episodes(held, k)
-    reward = {
-        "real_heldout_frames": classification_metrics(
-            held_frames.labels, predict_probs(reward_model, held_frames), reward_model.threshold
-        ),
-        "rollouts": int(len(plans)),
-        "changed_outcome_rollouts": int(changed.sum()),
-        "final_frame_success_rate": float(truth_end.mean()),
-    }
-    for name, source in (("real", real), *((m, predicted[m]) for m in METHODS)):
-        probs = reward_model.predict_proba(final_inputs(source)).numpy()
-        agree = (probs >= reward_model.threshold) == truth_end
-        reward[f"agreement_{name}"] = float(agree.mean())
-        reward[f"agreement_{name}_changed"] = float(agree[changed].mean()) if changed.any() else None
-
-    # ---- video and image grid: changed-outcome rollouts first
-    shown = (list(np.flatnonzero(changed)[: max(1, ecfg.num_videos // 2)]) if changed.any() else [])
+    # ---- video and image grid: rollouts reaching success first
+    aligned = [i for i, plan in enumerate(plans) if plan.success_aligned]
+    shown = aligned[: max(1, ecfg.num_videos // 2)] if aligned else []
     shown += [i for i in np.linspace(0, len(plans) - 1, ecfg.num_videos).round().astype(int) if i not in shown]
     shown = shown[: ecfg.num_videos]
     media = {}
@@ -518,7 +536,7 @@ def _finite(value):
 
 def headline(summary: dict) -> dict:
     """The numbers worth a glance: PSNR/SSIM of the model and both baselines per horizon, gaps, reward agreement."""
-    metrics, reward = summary["metrics"], summary["reward"]
+    metrics, reward = summary["metrics"], summary["reward"] or {}
     per_horizon = {}
     for h in metrics["model"]:
         row = {}
@@ -531,11 +549,11 @@ def headline(summary: dict) -> dict:
     return {
         "rollouts": summary["rollouts"],
         "horizons": per_horizon,
-        "reward_real_accuracy": _round(reward["real_heldout_frames"]["accuracy"], 4),
-        "reward_real_auc": _round(reward["real_heldout_frames"]["auc"], 4),
-        "reward_agreement_generated": _round(reward["agreement_model"], 4),
-        "reward_agreement_generated_changed": _round(reward["agreement_model_changed"], 4),
-        "changed_outcome_rollouts": reward["changed_outcome_rollouts"],
+        "reward_real_accuracy": _round(reward.get("real_heldout_frames", {}).get("accuracy"), 4),
+        "reward_real_auc": _round(reward.get("real_heldout_frames", {}).get("auc"), 4),
+        "reward_agreement_generated": _round(reward.get("agreement_model"), 4),
+        "reward_agreement_generated_changed": _round(reward.get("agreement_model_changed"), 4),
+        "changed_outcome_rollouts": reward.get("changed_outcome_rollouts"),
         "wall_seconds": _round(summary["wall_seconds"], 1),
     }
 

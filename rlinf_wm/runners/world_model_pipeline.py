@@ -7,7 +7,7 @@
     dit/                    train_dit's run: model/, checkpoints/, tensorboard/, metrics.json
     reward_model/           train_reward_model's run: model/, checkpoints/, tensorboard/, metrics.json
     world_model.json        what the env needs: component paths, window sizes, action_scaler, sampler defaults
-    timings.json            wall time of the last run of every stage
+    timings.json            wall and CPU time of the last run of every stage
 
 Stages: ``tokenizer`` -> ``encode`` -> ``dit``, and ``reward`` (which needs the tokenizer when it trains on
 reconstructed frames). A stage is skipped when its output exists and is newer than its inputs (like ``make``);
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import dataclasses
 import logging
+import resource
 import shutil
 import time
 from pathlib import Path
@@ -26,6 +27,7 @@ from typing import Sequence
 
 import h5py
 import numpy as np
+import torch
 
 from rlinf_wm.config.world_model_config import STAGES, WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
@@ -96,6 +98,12 @@ def heldout_indices(num_episodes: int, holdout_fraction: float, seed: int) -> tu
 
     train, held = split_episodes(list(range(num_episodes)), holdout_fraction, seed)
     return list(train), list(held)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
 
 
 def _mtime(path: Path) -> float:
@@ -265,11 +273,13 @@ def run_stage(
         )
         if fresh_dir is not None and (cfg.force or done_marker.is_file() or stale_checkpoints):
             _start_fresh(fresh_dir)
-        started = time.time()
+        started, cpu_started = time.time(), _cpu_seconds()
         details = work() or {}
-        seconds = time.time() - started
-        report[name] = {"status": "ran", "seconds": seconds, **details}
-        timings[name] = {"seconds": seconds, "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        seconds, cpu_seconds = time.time() - started, _cpu_seconds() - cpu_started
+        report[name] = {"status": "ran", "seconds": seconds, "cpu_seconds": cpu_seconds, **details}
+        # CPU time next to wall time: on a shared machine the wall time depends on the neighbours
+        timings[name] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
+                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(layout.root / TIMINGS_FILE, timings)
         logger.info("stage %s: done in %.1f s", name, seconds)
 
