@@ -232,7 +232,10 @@ def main() -> None:
                   f"{e['imagined_success_rate']:.2f} gap {e['gap_percentage_points']:+.0f} pp agreement "
                   f"{e['agreement']:.2f} false-success {e['imagined_false_success_rate']} psnr {e['frame_psnr_db']}",
                   flush=True)
-        results["wall_seconds"] = time.perf_counter() - started
+        gaps = [abs(e["gap_percentage_points"]) for e in by_policy.values()]
+        results["by_num_steps"][str(num_steps)] = {"policies": by_policy, "max_abs_gap_percentage_points": max(gaps),
+                                                   "within_5pp": max(gaps) <= 5.0}
+    results["wall_seconds"] = time.perf_counter() - started
     tmp.cleanup()
     print(json.dumps(results))
 
