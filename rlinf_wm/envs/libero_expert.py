@@ -125,7 +125,7 @@ class SpatialPickPlaceExpert:
         best_side = 1.0 if clearance(1.0) >= clearance(-1.0) else -1.0
         side = best_side if self.retries % 2 == 0 else -best_side
         self._z_history: list[float] = []
-        self._distance_history: list[float] = []
+        self._position_history: list[np.ndarray] = []
         jitter = self.rng.normal(0.0, self.waypoint_noise, 3) if self.waypoint_noise > 0 else np.zeros(3)
         self._grasp_offset = np.array([0.0, side * p.rim_offset, p.grasp_height]) + jitter * np.array([1, 1, 0.3])
         self._release_jitter = (self.rng.normal(0.0, self.waypoint_noise, 2) if self.waypoint_noise > 0 else np.zeros(2))
@@ -150,10 +150,13 @@ class SpatialPickPlaceExpert:
             if np.linalg.norm(target[:2] - eef[:2]) > 3 * p.position_tolerance:
                 # Cross over at travel height, then go down: a straight line could clip the cabinet.
                 target[2] = max(target[2], self._travel_z)
-            self._distance_history.append(float(np.linalg.norm(target - eef)))
-            if self._reached(eef, target, 2.0):
+            distance = float(np.linalg.norm(target - eef))
+            self._position_history.append(eef.copy())
+            # Stalled: the hand hardly moved in 5 steps (the target itself jumps down after the crossing).
+            stalled = len(self._position_history) > 8 and np.linalg.norm(self._position_history[-6] - eef) < 0.002
+            if self._reached(eef, target, 2.0) or (stalled and distance < 0.02):  # (OSC settles ~1-2 cm off)
                 self._next()
-            elif len(self._distance_history) > 8 and self._distance_history[-6] - self._distance_history[-1] < 0.002:
+            elif stalled:
                 return self._retry(observation)  # the hand is stuck on a fixture (the cabinet): other side
         if self.phase == "descend":
             target = grasp_point
