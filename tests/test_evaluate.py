@@ -51,6 +51,7 @@ class CountdownEnv(ChunkEnv):
     """Env ``b`` reaches success after ``3 * (reset_id % 4) + 2`` steps; reset id 3 never succeeds."""
 
     action_dim = 2
+    num_initial_states = 4
 
     def __init__(self, num_envs: int, max_episode_steps: int = 12, report_success: bool = True):
         self.num_envs, self.max_episode_steps, self.report_success = num_envs, max_episode_steps, report_success
@@ -102,6 +103,7 @@ def test_run_episodes_counts_success_and_length_per_episode(report_success):
     # Two rounds of 3 envs; the short last round pads with a repeated id whose result is dropped.
     assert env.resets == [[0, 1, 2], [3, 4, 4]]
     assert [ep["reset_id"] for ep in result["episodes"]] == [0, 1, 2, 3, 4]
+    assert [ep["initial_state"] for ep in result["episodes"]] == [0, 1, 2, 3, 0]
     assert [ep["success"] for ep in result["episodes"]] == [True, True, True, False, True]
     assert [ep["length"] for ep in result["episodes"]] == [2, 5, 8, 12, 2]
     # Videos: initial frame + one frame per chunk until that env ended.
@@ -114,7 +116,7 @@ def test_summary_statistics():
     summary = summarize(episodes)
     assert summary["success_rate"] == 0.75 and summary["num_successes"] == 3
     assert summary["mean_episode_length"] == 11.5 and summary["mean_success_length"] == 11.0
-    assert summary["num_distinct_reset_ids"] == 2
+    assert summary["num_distinct_initial_states"] == 2
     assert summary["success_rate_ci95"] == list(wilson_interval(3, 4))
 
 
@@ -144,6 +146,8 @@ def check_summary(summary: dict, output_dir: Path) -> None:
     assert json.loads((output_dir / "summary.json").read_text()) == json.loads(json.dumps(summary))
     assert summary["num_episodes"] == 3 and len(summary["episodes"]) == 3
     assert [ep["reset_id"] for ep in summary["episodes"]] == [5, 6, 7]
+    assert [ep["initial_state"] for ep in summary["episodes"]] == [5, 6, 7]  # < 50: not wrapped
+    assert summary["num_distinct_initial_states"] == 3
     assert [ep["episode"] for ep in summary["episodes"]] == [0, 1, 2]
     assert all(1 <= ep["length"] <= 12 for ep in summary["episodes"])
     low, high = summary["success_rate_ci95"]

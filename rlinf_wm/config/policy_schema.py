@@ -19,8 +19,8 @@ class TinyVLAConfig:
     policy_type: Literal["tiny_vla"] = "tiny_vla"
     chunk_size: int = 4  # K actions decoded in one pass
     num_bins: int = 256  # bins per action dimension over normalised [-1, 1]
-    encoder_channels: list[int] = field(default_factory=lambda: [32, 64, 128])  # stride-2 conv stages
-    image_grid: int = 8  # image tokens per side after the CNN (adaptive average pooling)
+    encoder_channels: list[int] = field(default_factory=lambda: [16, 32, 64])  # stride-2 conv stages
+    image_grid: int = 4  # image tokens per side after the CNN (adaptive average pooling)
     hidden_dim: int = 128
     num_layers: int = 4
     num_heads: int = 4
@@ -61,9 +61,9 @@ class TinyVLAConfig:
 
 @dataclass
 class SFTConfig:
-    num_demos: int = 10  # successful expert episodes used (first N in file order); -1 = all
+    num_demos: int = 1  # successful expert episodes used (first N in file order); -1 = all
     batch_size: int = 64
-    max_steps: int = 1500
+    max_steps: int = 1000
     learning_rate: float = 3e-4
     weight_decay: float = 0.01
     warmup_steps: int = 100
@@ -75,7 +75,7 @@ class SFTConfig:
     save_every: int = 500
     keep_checkpoints: int = 2
     seed: int = 0
-    num_threads: int = 0  # torch intra-op threads; 0 = torch default
+    num_threads: int = 1  # torch intra-op threads (1 is fastest on a shared CPU); 0 = torch default
     resume: bool = True  # continue from the latest checkpoint in output_dir if there is one
 
     def check(self, path: str = "sft") -> None:

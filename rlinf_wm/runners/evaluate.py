@@ -45,7 +45,8 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "success_rate_ci95": [low, high],
         "mean_episode_length": float(lengths.mean()),
         "mean_success_length": float(success_lengths.mean()) if len(success_lengths) else None,
-        "num_distinct_reset_ids": len({ep["reset_id"] for ep in episodes}),
+        # Deterministic episodes from one initial state repeat each other: this is the effective sample.
+        "num_distinct_initial_states": len({ep.get("initial_state", ep["reset_id"]) for ep in episodes}),
     }
 
 

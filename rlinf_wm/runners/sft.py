@@ -24,14 +24,13 @@ import time
 from dataclasses import dataclass
 from pathlib import Path
 
-import h5py
 import numpy as np
 import torch
 import torch.nn.functional as F
 from tqdm import tqdm
 
 from rlinf_wm.config.policy_schema import SFTConfig, SFTRunConfig, TinyVLAConfig
-from rlinf_wm.data import ActionStatistics, Episode, find_trajectory_files, read_episodes
+from rlinf_wm.data import ActionStatistics, Episode, load_episodes
 from rlinf_wm.models.policy import TinyVLA
 from rlinf_wm.utils.checkpoint import load_model, load_state, save_model_atomic, save_state_atomic
 from rlinf_wm.utils.io import atomic_path, read_json, write_json_atomic
@@ -42,31 +41,17 @@ STATISTICS_FILE = "dataset_statistics.json"
 
 
 # --- data ----------------------------------------------------------------------------------------
-def load_demonstration_candidates(data_dir: str | Path) -> list[Episode]:
-    """Every episode under ``data_dir`` in file order, with the collector's ``kind`` attr in ``attrs``.
-
-    ``read_episodes`` does not return extra per-demo attrs, so ``kind`` is read here directly.
-    """
-    episodes = []
-    for path in find_trajectory_files(data_dir):
-        file_episodes = read_episodes(path)
-        with h5py.File(path, "r") as f:
-            names = sorted((k for k in f["data"] if k.startswith("demo_")), key=lambda k: int(k.split("_")[1]))
-            for episode, name in zip(file_episodes, names):
-                kind = f["data"][name].attrs.get("kind")
-                if kind is not None and "kind" not in episode.attrs:
-                    episode.attrs["kind"] = kind.decode() if isinstance(kind, bytes) else str(kind)
-        episodes += file_episodes
-    return episodes
-
-
 def select_demonstrations(episodes: list[Episode], num_demos: int, source: str = "data") -> list[Episode]:
     """The first ``num_demos`` successful expert episodes, in file order (-1 = all of them).
 
     An episode whose attrs carry ``kind`` (the collector marks ``expert`` vs. e.g. ``random``) must
     be ``expert``; without the attr every successful episode counts as a demonstration.
     """
-    demos = [ep for ep in episodes if ep.success and str(ep.attrs.get("kind", "expert")) == "expert"]
+    def kind(ep: Episode) -> str:
+        value = ep.attrs.get("kind", "expert")
+        return value.decode() if isinstance(value, bytes) else str(value)
+
+    demos = [ep for ep in episodes if ep.success and kind(ep) == "expert"]
     if not demos:
         raise ValueError(f"{source}: none of {len(episodes)} episodes is a successful expert demonstration")
     if num_demos == -1:
@@ -216,7 +201,7 @@ def run_sft(run: SFTRunConfig, resolved_config: dict | None = None, show_progres
     torch.manual_seed(cfg.seed)
     started = time.perf_counter()
 
-    episodes = load_demonstration_candidates(run.data_dir)
+    episodes = load_episodes(run.data_dir)
     demos = select_demonstrations(episodes, cfg.num_demos, source=str(run.data_dir))
     stats = load_statistics(run, demos)
     model_config = complete_model_config(run.model, demos, stats)

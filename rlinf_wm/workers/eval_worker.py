@@ -29,12 +29,15 @@ def run_episodes(
 
     Success is the env's ``info["success"]`` when it reports one, else "ended by termination".
     Episode length counts inner env steps up to and including the one that ended the episode.
-    Returns ``{"episodes": [{reset_id, success, length}], "videos": [uint8 [T, H, W, 3]]}``;
+    Returns ``{"episodes": [{reset_id, initial_state, success, length}], "videos": [uint8 [T, H, W, 3]]}``;
+    ``initial_state`` is the id the env actually uses (``reset_id`` modulo ``env.num_initial_states``
+    when the env has a finite set, e.g. Meta-World's 50 ML1 states);
     videos hold the first ``num_videos`` episodes at one frame per chunk (the env returns the
     observation after each chunk).
     """
     generator = torch.Generator().manual_seed(seed)
     batch = env.num_envs
+    num_states = getattr(env, "num_initial_states", None)
     episodes: list[dict[str, Any]] = []
     videos: list[np.ndarray] = []
     for round_index, start in enumerate(range(0, len(reset_ids), batch)):
@@ -74,7 +77,9 @@ def run_episodes(
         if "episode_length" in step.info:  # the env's own count is authoritative when it has one
             lengths = np.asarray(step.info["episode_length"], np.int64).reshape(batch)
         for b in range(used):
-            episodes.append({"reset_id": int(ids[b]), "success": bool(success[b]), "length": int(lengths[b])})
+            state = int(ids[b]) % num_states if num_states else int(ids[b])
+            episodes.append({"reset_id": int(ids[b]), "initial_state": state, "success": bool(success[b]),
+                             "length": int(lengths[b])})
         videos += [np.stack(f) for f in frames]
     return {"episodes": episodes, "videos": videos}
 
