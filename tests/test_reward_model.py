@@ -153,3 +153,39 @@ def test_resume_continues_from_saved_step(tmp_path):
     # resumed at step 4 with optimizer, schedule and sampling RNG restored: same weights as the straight run
     for key, value in load_model(RewardModel, tmp_path / "run" / "model").state_dict().items():
         assert torch.allclose(value.float(), reference[key].float(), atol=1e-5), key
+
+
+def test_shipped_yaml_validates_and_builds():
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parents[1] / "examples/embodiment/config/model/wm_reward_resnet.yaml"
+    cfg = validate(OmegaConf.load(path), RewardModelConfig, "reward_model")
+    model = RewardModel(**vars(cfg)).eval()
+    assert model(np.zeros((2, cfg.image_size, cfg.image_size, 3), np.uint8)).shape == (2,)
+
+
+def test_reconstruction_augmentation_covers_all_success_frames(tmp_path):
+    from rlinf_wm.models.tokenizer import VideoTokenizer
+    from rlinf_wm.runners.train_reward import reconstruct_subset
+
+    tokenizer = VideoTokenizer(image_size=32, latent_channels=4, block_out_channels=[8, 16], norm_num_groups=8)
+    data = label_episodes(square_episodes(count=2), num_frames=2)
+    num_pos = int(data.labels.sum())
+    recon = reconstruct_subset(tokenizer, data, max_samples=2 * num_pos + 2, rng=np.random.default_rng(0))
+    assert set(np.flatnonzero(data.labels)) <= set(recon.samples) and len(recon.samples) == 2 * num_pos + 2
+    # a small budget is split between the classes, so both stay measurable
+    small = reconstruct_subset(tokenizer, data, max_samples=4, rng=np.random.default_rng(0))
+    assert data.labels[small.samples].sum() == 2 and len(small.samples) == 4
+    sample = recon.samples[:1]
+    real = data.inputs(sample)
+    mixed = data.inputs(sample, recon, use_recon=np.array([True]))
+    assert mixed.shape == real.shape and not np.array_equal(mixed, real)  # an untrained tokenizer blurs
+    np.testing.assert_array_equal(data.inputs(sample, recon, use_recon=np.array([False])), real)
+
+    metrics = train_reward_model(
+        tiny_train(steps=4, reconstruction_max_frames=8), None, tmp_path / "run", TINY, square_episodes(),
+        tokenizer=tokenizer, tokenizer_reconstruction_prob=0.5, progress=False,
+    )
+    assert 0.0 <= metrics["heldout_reconstructed_auc"] <= 1.0

@@ -205,3 +205,29 @@ def test_encode_dataset_round_trip(tmp_path, config, latent_frames):
         direct = tok.encode(episodes[0].frames[None, :1])[0, :, 0]
     np.testing.assert_allclose(first.latents[:, 0], direct.numpy(), atol=1e-5)
     assert not list(tmp_path.glob(".*"))  # no temp files left behind
+
+
+@pytest.mark.parametrize("name, latent_frames", [("wm_tokenizer_per_frame", 5), ("wm_tokenizer_wan", 2)])
+def test_shipped_yaml_validates_and_builds(name, latent_frames):
+    from pathlib import Path
+
+    from omegaconf import OmegaConf
+
+    path = Path(__file__).parents[1] / "examples/embodiment/config/model" / f"{name}.yaml"
+    cfg = validate(OmegaConf.load(path), TokenizerConfig, name)
+    tok = VideoTokenizer(**dataclasses.asdict(cfg)).eval()
+    with torch.no_grad():
+        latents = tok.encode(random_video(1, 5, size=cfg.image_size))
+    assert latents.shape == (1, 16, latent_frames, 8, 8)  # 16 x 8 x 8 per latent frame at 64x64
+
+
+def test_split_is_by_episode_and_nested_across_fractions():
+    from rlinf_wm.runners.train_tokenizer import split_episodes
+
+    episodes = synthetic_episodes(count=10)
+    train, held = split_episodes(episodes, 0.2, seed=3)
+    assert len(held) == 2 and len(train) == 8 and not {id(e) for e in train} & {id(e) for e in held}
+    _, held_more = split_episodes(episodes, 0.4, seed=3)
+    assert {id(e) for e in held} <= {id(e) for e in held_more}
+    with pytest.raises(ValueError, match="at least 2 episodes"):
+        split_episodes(episodes[:1], 0.5, seed=0)

@@ -22,7 +22,7 @@ class TokenizerConfig:
     latent_channels: int = 16
     # per_frame_kl: 2x2 pixel blocks -> channels, then an AutoencoderKL with len(block_out_channels) levels
     space_to_depth: int = 2
-    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 128])
+    block_out_channels: list[int] = field(default_factory=lambda: [32, 64, 64])
     layers_per_block: int = 1
     norm_num_groups: int = 32
     mid_block_attention: bool = False
@@ -72,20 +72,26 @@ class TokenizerConfig:
 class TokenizerTrainConfig:
     """How the tokenizer is trained (``train_tokenizer``)."""
 
-    steps: int = 3000
-    batch_size: int = 32
+    # defaults: ~30.5 dB held-out PSNR on drawer-open-v3 64x64 in ~5 min on 2 CPU cores
+    steps: int = 1500
+    batch_size: int = 16
     # frames per training clip: 1 for per_frame_kl; 1 + 4k for wan (4x temporal compression)
     clip_frames: int = 1
-    lr: float = 2e-3
+    lr: float = 5e-3  # 2e-3 -> 4e-3 gave +0.5 dB at 600 steps; 8e-3 no further gain
     min_lr: float = 5e-5  # cosine decay floor
-    warmup_steps: int = 100
+    warmup_steps: int = 50
     weight_decay: float = 0.0
     grad_clip: float = 1.0
     l1_weight: float = 1.0
     mse_weight: float = 1.0
-    # image-gradient (edge) L1 term: sharpens edges, a cheap stand-in for a perceptual loss
-    gradient_loss_weight: float = 0.5
+    # image-gradient (edge) L1 term, a cheap stand-in for a perceptual loss; it did not raise PSNR here (0.5 -> 0:
+    # +0.1 dB), so it is off by default
+    gradient_loss_weight: float = 0.0
     kl_weight: float = 1e-6
+    # initial posterior log-variance of a fresh model: with a tiny kl_weight the encoder ends near-deterministic
+    # anyway (std ~0.01); starting there skips the early steps where unit-variance noise swamps the latents.
+    # null = diffusers' initialisation (log-variance ~0)
+    init_logvar: float | None = -6.0
     # fraction of episodes held out for evaluation (split by episode, never by frame)
     holdout_fraction: float = 0.1
     eval_every: int = 500
@@ -145,6 +151,9 @@ class RewardTrainConfig:
     balance_classes: bool = True
     # random translation in pixels (pad + crop), so small shifts in generated frames do not matter
     augment_shift: int = 4
+    # with a tokenizer: frames reconstructed once for the reconstruction augmentation (all success frames
+    # + random others); a quarter as many held-out ones score the classifier on reconstructions
+    reconstruction_max_frames: int = 4096
     eval_every: int = 250
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -159,4 +168,5 @@ class RewardTrainConfig:
         require(self.batch_size > 1, f"{p}batch_size", "must be > 1")
         require(0.0 < self.holdout_fraction < 1.0, f"{p}holdout_fraction", "must be in (0, 1)")
         require(self.augment_shift >= 0, f"{p}augment_shift", "must be >= 0")
+        require(self.reconstruction_max_frames >= 4, f"{p}reconstruction_max_frames", "must be >= 4")
         require(self.keep_checkpoints >= 1, f"{p}keep_checkpoints", "must be >= 1")

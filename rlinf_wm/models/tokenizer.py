@@ -68,7 +68,7 @@ class VideoTokenizer(nn.Module, PyTorchModelHubMixin):
         latent_channels: int = 16,
         # per_frame_kl
         space_to_depth: int = 2,
-        block_out_channels: Sequence[int] = (32, 64, 128),
+        block_out_channels: Sequence[int] = (32, 64, 64),
         layers_per_block: int = 1,
         norm_num_groups: int = 32,
         mid_block_attention: bool = False,
@@ -199,6 +199,13 @@ class VideoTokenizer(nn.Module, PyTorchModelHubMixin):
         z = dist.sample() if sample else dist.mean
         kl = 0.5 * (dist.mean.pow(2) + dist.var - 1.0 - dist.logvar).mean()
         return self.decode_raw(z), kl
+
+    @torch.no_grad()
+    def init_posterior_logvar(self, value: float) -> None:
+        """Start the encoder's log-variance output at ``value`` (zero weights, constant bias)."""
+        conv = self.vae.quant_conv
+        conv.weight[self.latent_channels :].zero_()
+        conv.bias[self.latent_channels :].fill_(value)
 
     # ------------------------------------------------------------------------ latent statistics
     @torch.no_grad()

@@ -9,7 +9,8 @@ Run directory (``out_dir``)::
 
 If a tokenizer is given, training frames are also passed through it (encode -> decode) with probability
 ``tokenizer_reconstruction_prob``, so the classifier sees the blur of world-model frames; held-out metrics
-are then reported on both the real and the reconstructed frames.
+are then reported on both the real and the reconstructed frames. To keep this cheap, only every success
+frame plus random others (``reconstruction_max_frames`` in all) are reconstructed.
 """
 
 from __future__ import annotations
@@ -44,14 +45,30 @@ from rlinf_wm.utils.io import write_json_atomic
 
 
 @dataclasses.dataclass
+class Reconstructions:
+    """Tokenizer reconstructions (encode -> decode) of some frames of a :class:`LabelledFrames`."""
+
+    rows: np.ndarray  # int64 [N]: row of `frames` holding frame i's reconstruction, -1 if not reconstructed
+    frames: np.ndarray  # uint8 [M, H, W, 3]
+    samples: np.ndarray  # int64: samples whose frames (with their history) are all reconstructed
+
+
+@dataclasses.dataclass
 class LabelledFrames:
     frames: np.ndarray  # uint8 [N, H, W, 3], all frames of all episodes, concatenated
     labels: np.ndarray  # bool [N]
     history: np.ndarray  # int64 [N, num_frames]: rows of `frames` forming each sample (oldest first)
 
-    def inputs(self, index: np.ndarray, source: np.ndarray | None = None) -> np.ndarray:
-        """uint8 ``[B, num_frames, H, W, 3]`` for the samples in ``index``."""
-        return (self.frames if source is None else source)[self.history[index]]
+    def inputs(self, index: np.ndarray, recon: Reconstructions | None = None, use_recon: np.ndarray | None = None) -> np.ndarray:
+        """uint8 ``[B, num_frames, H, W, 3]``; samples flagged in ``use_recon`` take reconstructed frames where available."""
+        rows = self.history[index]
+        out = self.frames[rows]
+        if recon is not None:
+            use = np.ones(len(index), bool) if use_recon is None else use_recon
+            recon_rows = recon.rows[rows]
+            mask = use[:, None] & (recon_rows >= 0)
+            out[mask] = recon.frames[recon_rows[mask]]
+        return out
 
 
 def label_episodes(episodes: Sequence[Episode], num_frames: int) -> LabelledFrames:
@@ -100,14 +117,15 @@ def classification_metrics(labels: np.ndarray, probs: np.ndarray, threshold: flo
 
 
 @torch.no_grad()
-def predict_probs(model: RewardModel, data: LabelledFrames, source: np.ndarray | None = None, batch_size: int = 256) -> np.ndarray:
+def predict_probs(
+    model: RewardModel, data: LabelledFrames, samples: np.ndarray | None = None, recon: Reconstructions | None = None,
+    batch_size: int = 256,
+) -> np.ndarray:
+    samples = np.arange(len(data.labels)) if samples is None else samples
     model.eval()
-    out = [
-        model.predict_proba(data.inputs(np.arange(s, min(s + batch_size, len(data.labels))), source)).numpy()
-        for s in range(0, len(data.labels), batch_size)
-    ]
+    out = [model.predict_proba(data.inputs(samples[s : s + batch_size], recon)).numpy() for s in range(0, len(samples), batch_size)]
     model.train()
-    return np.concatenate(out)
+    return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
 @torch.no_grad()
@@ -121,6 +139,21 @@ def reconstruct_frames(tokenizer: VideoTokenizer, frames: np.ndarray, batch_size
         for s in range(0, len(frames), batch_size)
     ]
     return np.concatenate(chunks)
+
+
+def reconstruct_subset(
+    tokenizer: VideoTokenizer, data: LabelledFrames, max_samples: int, rng: np.random.Generator
+) -> Reconstructions:
+    """Reconstruct success samples (usually all: they are few; at most half the budget) and random others, up to
+    ``max_samples`` samples in all, with the history frames they stack. The tokenizer's forward pass over a
+    whole dataset would cost minutes."""
+    positives, negatives = rng.permutation(np.flatnonzero(data.labels)), rng.permutation(np.flatnonzero(~data.labels))
+    positives = positives[: max(max_samples // 2, max_samples - len(negatives))]
+    chosen = np.sort(np.concatenate([positives, negatives[: max_samples - len(positives)]]))
+    needed = np.unique(data.history[chosen])
+    rows = np.full(len(data.labels), -1, np.int64)
+    rows[needed] = np.arange(len(needed))
+    return Reconstructions(rows, reconstruct_frames(tokenizer, data.frames[needed]), chosen)
 
 
 def random_shift(x: torch.Tensor, max_shift: int, generator: torch.Generator) -> torch.Tensor:
@@ -169,8 +202,9 @@ def train_reward_model(
         )
     train_recon = held_recon = None
     if tokenizer is not None and tokenizer_reconstruction_prob > 0:
-        train_recon = reconstruct_frames(tokenizer, train.frames)
-        held_recon = reconstruct_frames(tokenizer, held.frames)
+        recon_rng = np.random.default_rng(cfg.seed + 1)  # separate stream: resuming must not depend on it
+        train_recon = reconstruct_subset(tokenizer, train, cfg.reconstruction_max_frames, recon_rng)
+        held_recon = reconstruct_subset(tokenizer, held, cfg.reconstruction_max_frames // 4, recon_rng)
     write_json_atomic(out_dir / "train_config.json", {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)})
 
     model_kwargs = dataclasses.asdict(model_cfg)
@@ -207,10 +241,8 @@ def train_reward_model(
             )
         else:
             index = data_rng.integers(0, len(train.labels), cfg.batch_size)
-        batch = train.inputs(index)
-        if train_recon is not None:
-            use_recon = data_rng.random(len(index)) < tokenizer_reconstruction_prob
-            batch = np.where(use_recon[:, None, None, None, None], train.inputs(index, train_recon), batch)
+        use_recon = data_rng.random(len(index)) < tokenizer_reconstruction_prob if train_recon is not None else None
+        batch = train.inputs(index, train_recon, use_recon)
         x = random_shift(model.prepare(batch), cfg.augment_shift, shift_generator)
         labels = torch.from_numpy(train.labels[index].astype(np.float32))
         logits = model.head(model.backbone(x).pooler_output.flatten(1)).squeeze(1)
@@ -249,8 +281,12 @@ def train_reward_model(
         writer.add_scalar(f"eval/{key}", result[key], step)
     metrics = {f"heldout_{k}": v for k, v in result.items()}
     if held_recon is not None:
-        recon_result = classification_metrics(held.labels, predict_probs(model, held, held_recon), model.threshold)
-        metrics.update({f"heldout_reconstructed_{k}": recon_result[k] for k in ("accuracy", "balanced_accuracy", "auc")})
+        # a subset: every success frame and random others, so compare balanced accuracy and AUC, not accuracy
+        subset = held_recon.samples
+        recon_result = classification_metrics(
+            held.labels[subset], predict_probs(model, held, subset, held_recon), model.threshold
+        )
+        metrics.update({f"heldout_reconstructed_{k}": recon_result[k] for k in ("balanced_accuracy", "auc", "recall", "specificity")})
     writer.close()
     save_model_atomic(model, out_dir / "model")
     metrics.update(

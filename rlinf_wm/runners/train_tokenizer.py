@@ -55,7 +55,11 @@ LATENT_FORMAT_VERSION = 1
 
 # ------------------------------------------------------------------------------ shared helpers
 def split_episodes(episodes: Sequence[Episode], holdout_fraction: float, seed: int) -> tuple[list[Episode], list[Episode]]:
-    """Random split by episode (frames of one episode never straddle train and held-out)."""
+    """Random split by episode (frames of one episode never straddle train and held-out).
+
+    For one seed, the held-out set of a smaller fraction is a prefix of that of a larger one, so stages that
+    hold out more episodes never train on an episode a later evaluation holds out.
+    """
     if len(episodes) < 2:
         raise ValueError(f"need at least 2 episodes to hold some out for evaluation, got {len(episodes)}")
     order = np.random.default_rng(seed).permutation(len(episodes))
@@ -260,7 +264,7 @@ def train_tokenizer(
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
-    start_time = time.time()
+    start_time, start_cpu = time.time(), time.process_time()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data_rng = np.random.default_rng(cfg.seed)
@@ -273,6 +277,8 @@ def train_tokenizer(
 
     model_kwargs = dataclasses.asdict(model_cfg)
     tokenizer = VideoTokenizer(**model_kwargs)
+    if cfg.init_logvar is not None:
+        tokenizer.init_posterior_logvar(cfg.init_logvar)
     checkpoints = CheckpointManager(out_dir / "checkpoints", cfg.keep_checkpoints)
 
     def build_optimizer(module):
@@ -357,6 +363,8 @@ def train_tokenizer(
         "steps": step,
         "stopped_early": stopped_early,
         "wall_seconds": elapsed_before + time.time() - start_time,
+        # CPU seconds of this process (all threads) since this call started: comparable on a shared machine
+        "cpu_seconds": time.process_time() - start_cpu,
         "train_episodes": len(train_eps),
         "heldout_episodes": len(held_eps),
         "latent_shape_per_clip": list(sample_latents.shape[1:]),
