@@ -1,8 +1,10 @@
 """One command from a fresh clone to "RL in the world model improved real-simulator success".
 
 Runs every missing stage (each is cached: a stage whose output exists is skipped):
-collect -> train world model -> SFT base policy -> evaluate base in the real simulator ->
-GRPO in the world model -> evaluate after RL in the real simulator, then prints a table.
+collect (scripted experts) -> SFT base policy -> evaluate base in the real simulator (its episodes are
+recorded) -> train the world model on both -> GRPO in the world model -> evaluate after RL in the real
+simulator, then prints a table. The world model trains on the base policy's real rollouts too: from scripted
+data alone it judged nearly every policy episode a success (it had never seen the policy's failures).
 
     python examples/quickstart.py [--task drawer-open-v3] [--smoke] [--force STAGE ...]
 
@@ -54,14 +56,6 @@ def build_stages(task: str, artifacts: Path, smoke: bool) -> list[Stage]:
             ["num_episodes=5", "episodes_per_shard=5", "env.max_episode_steps=110", "progress_bar=false"],
         ),
         Stage(
-            "world_model",
-            [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_metaworld_{slug}",
-             "stage=all", *common],
-            artifacts / "world_model" / "world_model.json",
-            ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4", "++train.reward.batch_size=8",
-             "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false"],
-        ),
-        Stage(
             "sft",
             [python, "examples/sft/train_sft.py", "--config-name", f"sft_metaworld_{slug}", *common],
             artifacts / "sft" / "model" / "model.safetensors",
@@ -70,9 +64,17 @@ def build_stages(task: str, artifacts: Path, smoke: bool) -> list[Stage]:
         Stage(
             "eval_base",
             [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_metaworld_{slug}", *common,
-             f"policy_path={artifacts}/sft/model", f"eval.output_dir={artifacts}/eval_base"],
+             f"policy_path={artifacts}/sft/model", f"eval.output_dir={artifacts}/eval_base", "eval.save_episodes=true"],
             artifacts / "eval_base" / "summary.json",
             ["eval.num_episodes=4", "env.eval.max_episode_steps=16", "eval.num_workers=0", "env.eval.num_envs=4"],
+        ),
+        Stage(
+            "world_model",
+            [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_metaworld_{slug}",
+             "stage=all", *common, f"extra_data_dirs=[{artifacts}/eval_base/episodes]"],
+            artifacts / "world_model" / "world_model.json",
+            ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4", "++train.reward.batch_size=8",
+             "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false"],
         ),
         Stage(
             "grpo_world_model",

@@ -159,6 +159,20 @@ def test_grpo_realsim_run_logs_metrics_checkpoints_and_evaluates(local_ray, poli
     assert all(torch.equal(final[k], last_checkpoint[k]) for k in final)
 
 
+@pytest.mark.ray
+def test_env_step_budget_ends_the_run_after_the_iteration_that_reaches_it(local_ray, policy_path, tmp_path):
+    # 4 envs x <= 12 steps per iteration: a budget of 13 steps needs two iterations of the five allowed.
+    overrides = tiny_overrides(policy_path, tmp_path / "run", iterations=5) + [
+        "runner.max_env_steps=13", "runner.save_interval=0"]
+    rows, log_dir, _ = run(GRPO, overrides)
+    summary = json.loads((log_dir / "summary.json").read_text())
+    steps = [r["env/total_steps"] for r in rows]
+    assert steps[-1] >= 13 and (len(steps) == 1 or steps[-2] < 13)
+    assert summary["iterations"] == len(rows) < 5 and summary["env_steps"] == steps[-1]
+    assert (log_dir / f"checkpoints/iter_{len(rows)}/state.pt").is_file()  # the last iteration saves
+    assert (log_dir / "final/model/model.safetensors").is_file()
+
+
 PPO_ITERATIONS = 2
 
 

@@ -7,6 +7,7 @@ import torch
 
 from rlinf_wm.config.policy_schema import EvalRunConfig, SFTRunConfig, TinyVLAConfig
 from rlinf_wm.config.validate import ConfigError, validate
+from rlinf_wm.data.trajectories import load_episodes, write_episodes
 from rlinf_wm.envs import ChunkEnv, ChunkStep, Obs
 from rlinf_wm.models.policy import PolicyOutput, TinyVLA
 from rlinf_wm.runners.evaluate import run_evaluation, split_episodes, summarize
@@ -53,8 +54,10 @@ class CountdownEnv(ChunkEnv):
     action_dim = 2
     num_initial_states = 4
 
-    def __init__(self, num_envs: int, max_episode_steps: int = 12, report_success: bool = True):
+    def __init__(self, num_envs: int, max_episode_steps: int = 12, report_success: bool = True,
+                 step_frames: bool = False):
         self.num_envs, self.max_episode_steps, self.report_success = num_envs, max_episode_steps, report_success
+        self.step_frames = step_frames  # info["frames"]: pixel (0, 0, 0) of step i's frame = the step count after it
         self.resets: list[list[int]] = []
 
     def reset(self, ids=None, seed=None) -> Obs:
@@ -74,8 +77,10 @@ class CountdownEnv(ChunkEnv):
         k = actions.shape[1]
         terminated = np.zeros((self.num_envs, k), bool)
         truncated = np.zeros((self.num_envs, k), bool)
+        frames = np.zeros((self.num_envs, k, 8, 8, 3), np.uint8)
         for b in range(self.num_envs):
             for i in range(k):
+                frames[b, i:, 0, 0, 0] = min(self.t[b] + (not self.ended[b]), 255)
                 if self.ended[b]:
                     terminated[b, i], truncated[b, i] = self.succeeded[b], not self.succeeded[b]
                     continue
@@ -85,6 +90,8 @@ class CountdownEnv(ChunkEnv):
                 elif self.t[b] >= self.max_episode_steps:
                     self.ended[b] = truncated[b, i] = True
         info = {"success": self.succeeded.copy()} if self.report_success else {}
+        if self.step_frames:
+            info["frames"] = frames
         return ChunkStep(self._obs(), np.zeros((self.num_envs, k), np.float32), terminated, truncated, info)
 
 
@@ -109,6 +116,25 @@ def test_run_episodes_counts_success_and_length_per_episode(report_success):
     # Videos: initial frame + one frame per chunk until that env ended.
     assert [len(v) for v in result["videos"]] == [2, 3]
     assert result["videos"][1][-1][0, 0, 0] == 5
+
+
+def test_recorded_episodes_hold_every_step_and_round_trip_through_hdf5(tmp_path):
+    env = CountdownEnv(num_envs=3, step_frames=True)
+    result = run_episodes(env, ConstantPolicy(), reset_ids=[0, 1, 2, 3, 4], record_episodes=True)
+    recorded = result["recorded"]
+    assert [ep.length for ep in recorded] == [2, 5, 8, 12, 2]
+    for ep, summary in zip(recorded, result["episodes"]):
+        assert len(ep.frames) == ep.length + 1  # the reset frame, then one per executed step
+        assert ep.frames[:, 0, 0, 0].tolist() == list(range(ep.length + 1))
+        assert ep.actions.shape == (ep.length, 2)
+        assert ep.success == summary["success"] and bool(ep.dones[-1]) == ep.success and not ep.dones[:-1].any()
+        assert ep.attrs == {"kind": "policy", "task_id": summary["initial_state"]}
+    write_episodes(tmp_path / "episodes" / "shard_00000.hdf5", recorded)
+    loaded = load_episodes(tmp_path / "episodes")
+    assert [ep.length for ep in loaded] == [2, 5, 8, 12, 2]
+    np.testing.assert_array_equal(loaded[3].frames, recorded[3].frames)
+    with pytest.raises(ValueError, match=r"info\['frames'\]"):
+        run_episodes(CountdownEnv(num_envs=1), ConstantPolicy(), reset_ids=[0], record_episodes=True)
 
 
 def test_summary_statistics():

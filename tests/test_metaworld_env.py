@@ -94,6 +94,24 @@ def test_truncation_at_max_episode_steps():
         assert again.truncated.all() and again.info["episode_length"].tolist() == [5, 5]
 
 
+def test_render_every_step_reports_a_frame_per_step_and_repeats_it_after_the_end():
+    with MetaWorldEnv("drawer-open-v3", num_envs=2, max_episode_steps=5, render_every_step=True) as env:
+        env.reset(ids=[0, 1])
+        up = np.tile(np.array([0.0, 0.0, 1.0, 0.0], np.float32), (2, 3, 1))
+        step = env.chunk_step(up)
+        frames = step.info["frames"]
+        assert frames.shape == (2, 3, 64, 64, 3) and frames.dtype == np.uint8
+        np.testing.assert_array_equal(frames[:, -1], step.obs.images)  # the chunk's last frame is the observation
+        assert not np.array_equal(frames[0, 0], frames[0, 2])  # the arm moved between steps
+        step = env.chunk_step(up)  # steps 4, 5, then the episode is over
+        assert step.truncated[:, 1:].all()
+        np.testing.assert_array_equal(step.info["frames"][:, 2], step.info["frames"][:, 1])
+        np.testing.assert_array_equal(step.info["frames"][:, 2], step.obs.images)
+    with MetaWorldEnv("drawer-open-v3", num_envs=1) as plain:
+        plain.reset(ids=[0])
+        assert "frames" not in plain.chunk_step(up[:1]).info
+
+
 def test_reset_is_reproducible(env):
     a = env.reset(seed=3)
     ids_a = env.task_ids

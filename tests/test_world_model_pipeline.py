@@ -315,3 +315,27 @@ def test_image_metrics_and_baseline_helpers():
     episodes = np.array([0, 0, 1, 1, 2])
     assert other == 1.0 and sorted(partner.tolist()) == [0, 1, 2, 3, 4]
     assert (episodes[partner] != episodes).all()
+
+
+def test_autoregressive_rollout_passes_each_new_window_through_reencode():
+    """The evaluation conditions every chunk after the first on the re-encoded window, as the env does."""
+    from rlinf_wm.runners.eval_world_model import autoregressive_rollout
+
+    seen = []
+
+    class EchoSampler:  # "generates" frames equal to 1 + the mean of its conditioning
+        def sample(self, model, x, mask, actions, noise=None, guidance=None):
+            seen.append(x[:, :, :2].clone())
+            out = x.clone()
+            out[:, :, 2:] = x[:, :, :2].mean() + 1.0
+            return out
+
+    cond = torch.zeros(1, 1, 2, 1, 1)
+    noise = [torch.zeros(1, 1, 3, 1, 1)] * 3
+    plain = autoregressive_rollout(None, EchoSampler(), cond, torch.zeros(1, 3, 1), 3, 1, 1, noise)
+    assert plain.flatten().tolist() == [1.0, 1.5, 2.25]  # windows (0,0) -> (0,1) -> (1,1.5)
+    seen.clear()
+    doubled = autoregressive_rollout(None, EchoSampler(), cond, torch.zeros(1, 3, 1), 3, 1, 1, noise,
+                                     reencode=lambda window: 2 * window)
+    assert [w.flatten().tolist() for w in seen] == [[0.0, 0.0], [0.0, 2.0], [4.0, 4.0]]
+    assert doubled.flatten().tolist() == [1.0, 2.0, 5.0]

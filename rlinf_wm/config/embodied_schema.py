@@ -25,6 +25,9 @@ IMAGINED_ENV_TYPES = frozenset({"world_model"})
 class RunnerConfig:
     log_dir: str = "logs/embodied"  # run_embodiment.sh sets a fresh timestamped directory
     max_iterations: int = 100
+    # stop after the iteration in which this many env steps (summed over envs) have been collected; null = no
+    # budget. Compares runs by the data they consumed, e.g. real-sim RL with as many steps as a world model saw.
+    max_env_steps: int | None = None
     eval_interval: int = 10  # evaluate in the real simulator every N iterations (and after the last); 0 = never
     eval_episodes: int = 20  # deterministic episodes from initial states 0..N-1 (the same every time)
     eval_workers: int = 1  # Ray actors running them, cluster.env.num_cpus each (0 = in the driver process)
@@ -43,6 +46,8 @@ class RunnerConfig:
             require(getattr(self, name) >= 1, f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("eval_interval", "save_interval", "eval_workers", "eval_videos", "max_worker_restarts"):
             require(getattr(self, name) >= 0, f"{path}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        if self.max_env_steps is not None:
+            require(self.max_env_steps >= 1, f"{path}.max_env_steps", f"must be >= 1 or null, got {self.max_env_steps}")
 
 
 @dataclass

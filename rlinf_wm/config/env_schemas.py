@@ -29,6 +29,7 @@ class MetaWorldEnvConfig:
     max_episode_steps: int = 150
     seed: int = 0
     include_states: bool = False  # also return the 39-d Meta-World state as Obs.states
+    render_every_step: bool = False  # info["frames"]: a frame after every step (to record rollouts; slower)
 
     def check(self, path: str) -> None:
         at = (lambda key: f"{path}.{key}") if path else (lambda key: key)

@@ -116,6 +116,9 @@ class EvalConfig:
     video_format: Literal["mp4", "gif"] = "gif"  # mp4 needs imageio-ffmpeg (falls back to gif)
     output_dir: str = "outputs/eval"
     num_threads: int = 1  # torch threads per worker
+    # also write every episode (a frame per step) to <output_dir>/episodes/shard_00000.hdf5, in the collection's
+    # layout: the policy's own rollouts as world-model training data (world model `extra_data_dirs`)
+    save_episodes: bool = False
 
     def check(self, path: str = "eval") -> None:
         require(self.num_episodes >= 1, f"{path}.num_episodes", f"must be >= 1, got {self.num_episodes}")

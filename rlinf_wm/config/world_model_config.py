@@ -217,6 +217,9 @@ class EvalConfig:
     # sampler overrides for the evaluation (null: the sampler section's values)
     num_steps: int | None = None
     guidance: float | None = None
+    # decode + re-encode each chunk's newest conditioning frames, as the world-model env does (null: on for
+    # per-frame tokenizers, the env's default)
+    reencode_context: bool | None = None
 
     def check(self, path: str) -> None:
         at = _at(path)
@@ -254,6 +257,9 @@ class WorldModelConfig:
     seed: int = 0
     holdout_fraction: float = 0.1  # episodes held out from DiT training and scored by the evaluation
     progress: bool = True
+    # more trajectory directories trained on after data_dir's episodes, e.g. the base policy's recorded real rollouts
+    # (eval.save_episodes=true): the world model then sees the failures the policy really makes
+    extra_data_dirs: list[str] = field(default_factory=list)
 
     def check(self, path: str) -> None:
         at = _at(path)

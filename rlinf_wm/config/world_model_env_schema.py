@@ -58,7 +58,7 @@ class WorldModelEnvConfig:
     reward_type: Literal["success_once", "relative"] = "success_once"
     reward_frames: Literal["last", "all"] = "last"
     reward_threshold: float | None = None
-    reencode_context: bool = False
+    reencode_context: bool | None = None  # None: on for per-frame tokenizers (WorldModelEnv)
     device: str = "cpu"
     dtype: str = "float32"
     seed: int = 0

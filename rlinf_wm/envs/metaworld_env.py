@@ -109,6 +109,9 @@ class MetaWorldEnv(ChunkEnv):
     """``num_envs`` Meta-World envs of one task, stepped by action chunks ``[B, K, 4]``.
 
     Actions are Meta-World's: xyz end-effector deltas and gripper effort, each clipped to [-1, 1].
+    One frame is rendered per chunk (rendering is the cost); ``render_every_step`` also renders after every inner
+    step into ``info["frames"]`` ``uint8 [B, K, H, W, 3]`` (steps after an episode's end repeat its last frame),
+    so policy rollouts can be recorded as world-model training data.
     """
 
     action_dim = 4
@@ -122,6 +125,7 @@ class MetaWorldEnv(ChunkEnv):
         max_episode_steps: int = 150,
         seed: int = 0,
         include_states: bool = False,
+        render_every_step: bool = False,
     ) -> None:
         if task not in metaworld.ML1.ENV_NAMES:
             raise ValueError(f"unknown Meta-World task {task!r}; available: {', '.join(available_tasks())}")
@@ -137,6 +141,7 @@ class MetaWorldEnv(ChunkEnv):
         self.camera = camera
         self.max_episode_steps = int(max_episode_steps)
         self.include_states = bool(include_states)
+        self.render_every_step = bool(render_every_step)
         self.instruction = instruction_for(task)
         self._rng = np.random.default_rng(seed)
         benchmark = _benchmark(task)
@@ -211,11 +216,14 @@ class MetaWorldEnv(ChunkEnv):
         rewards = np.zeros((b_size, k_size), np.float32)
         terminated = np.zeros((b_size, k_size), bool)
         truncated = np.zeros((b_size, k_size), bool)
+        frames = np.zeros((b_size, k_size, self.height, self.width, 3), np.uint8) if self.render_every_step else None
         for b, env in enumerate(self._envs):
             if self._terminated[b] or self._truncated[b]:
                 # Finished before this chunk: not stepped, flags stay, no reward.
                 terminated[b] = self._terminated[b]
                 truncated[b] = self._truncated[b]
+                if frames is not None:
+                    frames[b] = self._images[b]
                 continue
             for k in range(k_size):
                 with warnings.catch_warnings():
@@ -229,12 +237,17 @@ class MetaWorldEnv(ChunkEnv):
                     rewards[b, k] = 1.0
                 elif self._lengths[b] >= self.max_episode_steps:
                     self._truncated[b] = True
-                if self._terminated[b] or self._truncated[b]:
+                ended = self._terminated[b] or self._truncated[b]
+                if frames is not None:
+                    frames[b, k:] = self._render(b)
+                if ended:
                     terminated[b, k:] = self._terminated[b]
                     truncated[b, k:] = self._truncated[b]
                     break
-            self._images[b] = self._render(b)
+            self._images[b] = frames[b, -1] if frames is not None else self._render(b)
         info = {"success": self._success.copy(), "episode_length": self._lengths.copy(), "task_ids": self._task_ids.copy()}
+        if frames is not None:
+            info["frames"] = frames
         return ChunkStep(obs=self._obs(), rewards=rewards, terminated=terminated, truncated=truncated, info=info)
 
     def close(self) -> None:

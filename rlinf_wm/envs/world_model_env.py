@@ -12,7 +12,8 @@ One ``chunk_step`` over ``B`` envs:
    step; ``relative``: each scored frame earns the change in success probability since the previous one, so an
    episode's return is ``p_final - p_reset``). ``max_episode_steps`` truncates.
 4. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
-   so decoded pixels are never re-encoded (unless ``reencode_context``).
+   or, with ``reencode_context`` (the default for per-frame tokenizers), they are decoded and encoded again, which
+   keeps long autoregressive rollouts on the tokenizer's manifold.
 
 Settings not given (``None``) come from ``world_model.json`` in ``world_model_dir`` - the values the world model
 was trained with (window sizes, action scaler, sampler) - so one file is the source of truth; given values override
@@ -128,8 +129,10 @@ class WorldModelEnv(ChunkEnv):
         reward_type: ``success_once`` or ``relative`` (module docstring).
         reward_frames: ``last`` scores the last frame of each chunk; ``all`` every generated frame.
         reward_threshold: success probability threshold (``None``: the reward model's own).
-        reencode_context: decode the new conditioning frames and encode them again (slower; only for
-            per-frame tokenizers) instead of sliding the generated latents.
+        reencode_context: decode the new conditioning frames and encode them again instead of sliding the
+            generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
+            drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
+            (frames dissolve and the reward model fires on them); re-encoding keeps 30+ chunks on it.
         device, dtype: where the models run; ``dtype`` applies to the DiT (``bfloat16`` on GPUs); the tokenizer
             and the reward model stay float32.
         seed: seeds the noise streams and the initial-state draws of ``reset(ids=None)``.
@@ -154,7 +157,7 @@ class WorldModelEnv(ChunkEnv):
         reward_type: Literal["success_once", "relative"] = "success_once",
         reward_frames: Literal["last", "all"] = "last",
         reward_threshold: float | None = None,
-        reencode_context: bool = False,
+        reencode_context: bool | None = None,
         device: str = "cpu",
         dtype: str = "float32",
         seed: int = 0,
@@ -194,7 +197,6 @@ class WorldModelEnv(ChunkEnv):
         self.batch_size = int(batch_size)
         self.reward_type = reward_type
         self.reward_frames = reward_frames
-        self.reencode_context = bool(reencode_context)
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.seed = int(seed)
@@ -227,6 +229,7 @@ class WorldModelEnv(ChunkEnv):
         self._check_parts()
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
         self._per_frame_tokenizer = self.tokenizer.temporal_compression == 1
+        self.reencode_context = self._per_frame_tokenizer if reencode_context is None else bool(reencode_context)
         if self.reencode_context and not self._per_frame_tokenizer:
             raise ValueError("reencode_context needs a per-frame tokenizer (temporal_compression 1), got "
                              f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")

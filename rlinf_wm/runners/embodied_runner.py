@@ -73,12 +73,14 @@ class EmbodiedRunner:
             self._check_policy_fits_env(self._get(self.workers.rollout[0], "spec"))
             self._log(f"workers: {len(self.workers.env)} env x {self.spec['num_envs']} envs, "
                       f"{len(self.workers.rollout)} rollout, 1 actor ({cfg.cluster.mode})")
-            bar = tqdm(range(self.iteration, cfg.runner.max_iterations), initial=self.iteration,
-                       total=cfg.runner.max_iterations, desc="RL", disable=not cfg.runner.progress_bar)
-            for _ in bar:
+            bar = tqdm(initial=self.iteration, total=cfg.runner.max_iterations, desc="RL",
+                       disable=not cfg.runner.progress_bar)
+            while not self._finished():
                 last = self._iteration()
+                bar.update(1)
                 bar.set_postfix(success=f"{last['env/success_once']:.2f}")
                 metric_logger.log(last, self.iteration)
+            bar.close()
             # The trained policy where evaluation and later stages look for it (like SFT's <output_dir>/model).
             self._actor_call("save_policy", str(self.log_dir / FINAL_POLICY_DIR))
         finally:
@@ -89,6 +91,11 @@ class EmbodiedRunner:
                    "last_metrics": {k: v for k, v in last.items() if math.isfinite(v)}}
         write_json_atomic(self.log_dir / "summary.json", summary)
         return last
+
+    def _finished(self) -> bool:
+        budget = self.cfg.runner.max_env_steps
+        return self.iteration >= self.cfg.runner.max_iterations or (
+            budget is not None and self.counters["env_steps"] >= budget)
 
     def _check_policy_fits_env(self, policy: dict[str, Any]) -> None:
         """The loaded policy and the built train env must agree; say which keys to change if not."""
@@ -137,7 +144,7 @@ class EmbodiedRunner:
         self.counters["episodes"] += base.num_trajectories
         metrics["env/total_steps"] = float(self.counters["env_steps"])
 
-        last_iteration = self.iteration == cfg.runner.max_iterations
+        last_iteration = self._finished()
         eval_interval, save_interval = cfg.runner.eval_interval, cfg.runner.save_interval
         if eval_interval and (self.iteration % eval_interval == 0 or last_iteration):
             t = time.perf_counter()

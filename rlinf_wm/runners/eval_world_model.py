@@ -32,7 +32,7 @@ import logging
 import math
 import time
 from pathlib import Path
-from typing import Sequence
+from typing import Callable, Sequence
 
 import numpy as np
 import torch
@@ -41,7 +41,7 @@ from tqdm.auto import tqdm
 
 from rlinf_wm.config.world_model_config import WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
-from rlinf_wm.data.trajectories import Episode, load_episodes
+from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.utils.io import atomic_path, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -226,11 +226,13 @@ def shuffled_partner(episode_of: Sequence[int], seed: int = 0) -> tuple[np.ndarr
 def autoregressive_rollout(
     model, sampler, cond_latents: torch.Tensor, actions: torch.Tensor, num_chunks: int, num_pred: int,
     actions_per_latent_frame: int, noise: Sequence[torch.Tensor], guidance: float | None = None,
+    reencode: Callable[[torch.Tensor], torch.Tensor] | None = None,
 ) -> torch.Tensor:
     """Generate ``num_chunks * num_pred`` latent frames after ``cond_latents`` ``[B, C, Tc, h, w]``.
 
     ``actions`` ``[B, num_chunks * num_pred * actions_per_latent_frame, A]`` (scaled); ``noise[j]`` is chunk j's
-    initial noise ``[B, C, Tc + num_pred, h, w]``. Each chunk conditions on the newest ``Tc`` latent frames.
+    initial noise ``[B, C, Tc + num_pred, h, w]``. Each chunk conditions on the newest ``Tc`` latent frames, passed
+    through ``reencode`` (decode + encode, as the world-model env does) when given.
     """
     batch, channels, num_cond, height, width = cond_latents.shape
     window = cond_latents
@@ -245,6 +247,8 @@ def autoregressive_rollout(
         new = out[:, :, num_cond:]
         generated.append(new)
         window = torch.cat([window, new], dim=2)[:, :, -num_cond:]
+        if reencode is not None:
+            window = reencode(window)
     return torch.cat(generated, dim=2)
 
 
@@ -376,7 +380,9 @@ def evaluate_world_model(
     from rlinf_wm.models.tokenizer import VideoTokenizer
     from rlinf_wm.runners.train_dit import scale_actions
     from rlinf_wm.runners.train_tokenizer import load_encoded_dataset
-    from rlinf_wm.runners.world_model_pipeline import Layout, heldout_indices, load_world_model_settings
+    from rlinf_wm.runners.world_model_pipeline import (
+        Layout, heldout_indices, load_training_episodes, load_world_model_settings,
+    )
     from rlinf_wm.utils.checkpoint import load_model
 
     ecfg = cfg.eval
@@ -406,7 +412,7 @@ def evaluate_world_model(
     horizon_frames = ecfg.num_chunks * chunk_frames
     horizons = [h for h in ecfg.horizons if h <= horizon_frames]
 
-    all_episodes = list(episodes) if episodes is not None else load_episodes(cfg.data_dir)
+    all_episodes = list(episodes) if episodes is not None else load_training_episodes(cfg)
     latent_episodes, _ = load_encoded_dataset(layout.latents)
     if len(latent_episodes) != len(all_episodes):
         raise ValueError(
@@ -420,6 +426,16 @@ def evaluate_world_model(
                           ecfg.max_rollouts, ecfg.seed)
     partner, partner_other_episode = shuffled_partner([p.episode for p in plans], ecfg.seed)
     logger.info("evaluating %d rollouts of %d frames on %d held-out episodes", len(plans), horizon_frames, len(held))
+    per_frame = tokenizer.temporal_compression == 1
+    reencode_context = per_frame if ecfg.reencode_context is None else ecfg.reencode_context
+    if reencode_context and not per_frame:
+        raise ValueError("eval.reencode_context needs a per-frame tokenizer (temporal_compression 1)")
+
+    def reencode(window: torch.Tensor) -> torch.Tensor:  # through uint8 pixels, exactly as WorldModelEnv
+        with torch.no_grad():
+            return tokenizer.encode(tokenizer.decode_to_uint8(window)).to(window.dtype)
+
+    reencode = reencode if reencode_context else None
 
     def cond_latents_of(plan: RolloutPlan) -> torch.Tensor:
         latents = torch.from_numpy(held_latents[plan.episode].latents)  # [C, T', h, w]
@@ -449,7 +465,7 @@ def evaluate_world_model(
         # model and shuffled-actions rollouts in one batch, with the same noise
         generated = autoregressive_rollout(
             model, sampler, torch.cat([cond, cond]), torch.cat([actions, shuffled]), ecfg.num_chunks, num_pred,
-            compression, [torch.cat([n, n]) for n in noise],
+            compression, [torch.cat([n, n]) for n in noise], reencode=reencode,
         )
         frames = _decode_horizon(tokenizer, torch.cat([cond, cond]), generated, horizon_frames)
         predicted["model"][rows] = frames[: len(rows)]

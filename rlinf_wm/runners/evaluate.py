@@ -18,12 +18,15 @@ from typing import Any
 import numpy as np
 
 from rlinf_wm.config.policy_schema import EvalConfig, EvalRunConfig
+from rlinf_wm.data.trajectories import write_episodes
 from rlinf_wm.models.policy import resolve_policy_dir
 from rlinf_wm.utils.io import atomic_path, write_json_atomic
 from rlinf_wm.utils.stats import wilson_interval
 from rlinf_wm.workers.eval_worker import EvalWorker
 
 logger = logging.getLogger(__name__)
+
+EPISODES_FILE = "episodes/shard_00000.hdf5"  # a trajectory directory of one shard: load_episodes(<output_dir>/episodes)
 
 
 def split_episodes(num_episodes: int, num_workers: int) -> list[range]:
@@ -72,6 +75,8 @@ def write_video(path: Path, frames: np.ndarray, fps: int, video_format: str) -> 
 def run_evaluation(run: EvalRunConfig, show_progress: bool = True) -> dict[str, Any]:
     cfg: EvalConfig = run.eval
     env_cfg = dataclasses.asdict(run.env.eval) if dataclasses.is_dataclass(run.env.eval) else dict(run.env.eval)
+    if cfg.save_episodes and "render_every_step" in env_cfg:
+        env_cfg["render_every_step"] = True  # a frame per step, as collected trajectories have
     policy_path = str(resolve_policy_dir(run.policy_path))
     output_dir = Path(cfg.output_dir)
     started = time.perf_counter()
@@ -79,7 +84,7 @@ def run_evaluation(run: EvalRunConfig, show_progress: bool = True) -> dict[str, 
     jobs = [
         dict(reset_ids=[cfg.first_reset_id + i for i in part], seed=cfg.seed + 7919 * w,
              deterministic=cfg.deterministic, temperature=cfg.temperature,
-             num_videos=cfg.num_videos if w == 0 else 0)
+             num_videos=cfg.num_videos if w == 0 else 0, record_episodes=cfg.save_episodes)
         for w, part in enumerate(slices)
     ]
     if cfg.num_workers == 0:
@@ -131,5 +136,9 @@ def run_evaluation(run: EvalRunConfig, show_progress: bool = True) -> dict[str, 
         outcome = "success" if episodes[index]["success"] else "failure"
         path = write_video(output_dir / f"episode_{index:03d}_{outcome}", frames, cfg.video_fps, cfg.video_format)
         summary["videos"].append(str(path))
-    write_json_atomic(output_dir / "summary.json", summary)
+    if cfg.save_episodes:
+        recorded = [episode for r in results for episode in r["recorded"]]
+        summary["episodes_file"] = str(write_episodes(output_dir / EPISODES_FILE, recorded,
+                                                      env_args={"env": env_cfg, "policy_path": policy_path}))
+    write_json_atomic(output_dir / "summary.json", summary)  # last: marks the evaluation complete
     return summary

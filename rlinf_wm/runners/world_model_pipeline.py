@@ -31,7 +31,7 @@ import torch
 
 from rlinf_wm.config.world_model_config import STAGES, WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
-from rlinf_wm.data.trajectories import Episode, load_episodes
+from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.utils.io import atomic_path, read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -110,17 +110,30 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else float("inf")
 
 
+def training_data_files(cfg: WorldModelConfig) -> list[Path]:
+    """The trajectory files the world model trains on, in order: ``data_dir``'s, then each ``extra_data_dirs``'."""
+    from rlinf_wm.data.trajectories import find_trajectory_files
+
+    return [path for root in (cfg.data_dir, *cfg.extra_data_dirs) for path in find_trajectory_files(root)]
+
+
+def load_training_episodes(cfg: WorldModelConfig) -> list[Episode]:
+    from rlinf_wm.data.trajectories import read_episodes
+
+    return [episode for path in training_data_files(cfg) for episode in read_episodes(path)]
+
+
 class _Episodes:
     """Loads the recorded episodes once, on first use (the DiT stage alone never needs them)."""
 
-    def __init__(self, data_dir: str, given: Sequence[Episode] | None) -> None:
-        self.data_dir = data_dir
+    def __init__(self, cfg: WorldModelConfig, given: Sequence[Episode] | None) -> None:
+        self.cfg = cfg
         self._episodes = list(given) if given is not None else None
 
     def get(self) -> list[Episode]:
         if self._episodes is None:
-            logger.info("loading episodes from %s", self.data_dir)
-            self._episodes = load_episodes(self.data_dir)
+            logger.info("loading episodes from %s", ", ".join([self.cfg.data_dir, *self.cfg.extra_data_dirs]))
+            self._episodes = load_training_episodes(self.cfg)
         return self._episodes
 
 
@@ -254,7 +267,9 @@ def run_stage(
     progress = cfg.progress if progress is None else progress
     layout = Layout(Path(cfg.world_model_dir))
     layout.root.mkdir(parents=True, exist_ok=True)
-    data = _Episodes(cfg.data_dir, episodes)
+    data = _Episodes(cfg, episodes)
+    # New or changed trajectory files make the encoded latents (hence the DiT) and the reward model stale.
+    data_files = [] if episodes is not None else training_data_files(cfg)
     selected = ("tokenizer", "encode", "dit", "reward") if stage == "all" else (stage,)
     report: dict[str, dict] = {}
     timings = read_json(layout.root / TIMINGS_FILE) if (layout.root / TIMINGS_FILE).is_file() else {}
@@ -340,11 +355,11 @@ def run_stage(
         if name == "tokenizer":
             run(name, layout.tokenizer_run / "metrics.json", [], layout.tokenizer_run, tokenizer_stage)
         elif name == "encode":
-            run(name, layout.initial_states, [tokenizer_weights], None, encode_stage)
+            run(name, layout.initial_states, [tokenizer_weights, *data_files], None, encode_stage)
         elif name == "dit":
             run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage)
         elif name == "reward":
-            inputs = [tokenizer_weights] if cfg.train.reward_reconstruction_prob > 0 else []
+            inputs = ([tokenizer_weights] if cfg.train.reward_reconstruction_prob > 0 else []) + data_files
             run(name, layout.reward_run / "metrics.json", inputs, layout.reward_run, reward_stage)
 
     statistics = ActionStatistics.load(layout.statistics) if layout.statistics.is_file() else None

@@ -12,6 +12,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.envs import ChunkEnv, make_env
 from rlinf_wm.models.policy import Policy, load_policy
 
@@ -24,6 +25,7 @@ def run_episodes(
     deterministic: bool = True,
     temperature: float = 1.0,
     num_videos: int = 0,
+    record_episodes: bool = False,
 ) -> dict[str, Any]:
     """One episode per entry of ``reset_ids``, ``env.num_envs`` at a time.
 
@@ -34,12 +36,17 @@ def run_episodes(
     when the env has a finite set, e.g. Meta-World's 50 ML1 states);
     videos hold the first ``num_videos`` episodes at one frame per chunk (the env returns the
     observation after each chunk).
+
+    ``record_episodes``: also return every episode as a :class:`~rlinf_wm.data.trajectories.Episode` (``kind``
+    attr ``policy``) under ``"recorded"`` - world-model training data that shows the policy's own behaviour. The
+    env must report a frame per step (``info["frames"]``, e.g. ``MetaWorldEnv(render_every_step=True)``).
     """
     generator = torch.Generator().manual_seed(seed)
     batch = env.num_envs
     num_states = getattr(env, "num_initial_states", None)
     episodes: list[dict[str, Any]] = []
     videos: list[np.ndarray] = []
+    recorded: list[Episode] = []
     for round_index, start in enumerate(range(0, len(reset_ids), batch)):
         ids = list(reset_ids[start : start + batch])
         used = len(ids)
@@ -50,6 +57,7 @@ def run_episodes(
         done = np.zeros(batch, bool)
         success = np.zeros(batch, bool)
         lengths = np.zeros(batch, np.int64)
+        steps = [[obs.images[b]] for b in range(used)], [[] for _ in range(used)], [[] for _ in range(used)]
         # Every env must end by max_episode_steps; the +2 chunks of slack only guard against a broken env.
         max_chunks = math.ceil(env.max_episode_steps / max(1, getattr(policy, "chunk_size", 1))) + 2
         for _ in range(max_chunks):
@@ -58,6 +66,8 @@ def run_episodes(
             ended = step.terminated | step.truncated  # [B, K]
             first_end = np.where(ended.any(axis=1), ended.argmax(axis=1) + 1, ended.shape[1])
             lengths += np.where(done, 0, first_end)
+            if record_episodes:
+                _append_steps(steps, step, out.actions, done[:used], first_end)
             if "success" in step.info:
                 success |= np.asarray(step.info["success"], bool).reshape(batch) & ~done
             else:
@@ -80,8 +90,36 @@ def run_episodes(
             state = int(ids[b]) % num_states if num_states else int(ids[b])
             episodes.append({"reset_id": int(ids[b]), "initial_state": state, "success": bool(success[b]),
                              "length": int(lengths[b])})
+            if record_episodes:
+                recorded.append(_as_episode(env, [part[b] for part in steps], bool(success[b]), state, seed))
         videos += [np.stack(f) for f in frames]
-    return {"episodes": episodes, "videos": videos}
+    result = {"episodes": episodes, "videos": videos}
+    if record_episodes:
+        result["recorded"] = recorded
+    return result
+
+
+def _append_steps(steps, step, actions: np.ndarray, was_done: np.ndarray, num_steps: np.ndarray) -> None:
+    """Append each still-running env's executed steps of this chunk: frames, actions, rewards."""
+    frames = step.info.get("frames")
+    if frames is None:
+        raise ValueError("record_episodes needs an env that reports a frame per step in info['frames'] "
+                         "(MetaWorldEnv(render_every_step=True))")
+    for b in np.flatnonzero(~was_done):
+        n = int(num_steps[b])
+        steps[0][b].extend(frames[b, :n])
+        steps[1][b].extend(np.asarray(actions[b, :n], np.float32))
+        steps[2][b].extend(step.rewards[b, :n])
+
+
+def _as_episode(env: ChunkEnv, parts, success: bool, initial_state: int, seed: int) -> Episode:
+    frames, actions, rewards = parts
+    dones = np.zeros(len(actions), bool)
+    dones[-1] = success  # robomimic-style: 1 where the task is done
+    return Episode(frames=np.stack(frames), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
+                   dones=dones, success=success, instruction=getattr(env, "instruction", ""),
+                   task=getattr(env, "task", ""), seed=int(seed),
+                   attrs={"kind": "policy", "task_id": int(initial_state)})
 
 
 class EvalWorker:
@@ -101,8 +139,9 @@ class EvalWorker:
         self.policy.load_state_dict(state_dict)
 
     def run(self, reset_ids: list[int], seed: int, deterministic: bool, temperature: float,
-            num_videos: int = 0) -> dict[str, Any]:
-        return run_episodes(self.env, self.policy, reset_ids, seed, deterministic, temperature, num_videos)
+            num_videos: int = 0, record_episodes: bool = False) -> dict[str, Any]:
+        return run_episodes(self.env, self.policy, reset_ids, seed, deterministic, temperature, num_videos,
+                            record_episodes)
 
     def close(self) -> None:
         self.env.close()

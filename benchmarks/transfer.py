@@ -1,0 +1,217 @@
+"""Does RL in the world model transfer to the real simulator? The comparison behind the project's claim.
+
+For one task and each RL seed, starting from the quickstart's SFT base policy and world model:
+
+* ``base``               the SFT policy, evaluated in the real simulator;
+* ``grpo_world_model``   after GRPO in the world model (``metaworld_<task>_grpo_tinyvla``) for ``--iterations``;
+* ``grpo_real_updates``  after GRPO in the real simulator for the same number of iterations, i.e. the same number
+                         of policy updates on batches of the same size (``..._grpo_tinyvla_realsim``);
+* ``grpo_real_steps``    after GRPO in the real simulator until it has used as many real env steps as the world
+                         model was trained on (``runner.max_env_steps`` = the collected dataset's steps);
+* ``imagined``           the world-model-trained policy evaluated inside the world model (same protocol as the
+                         real evaluations), beside its real success: the calibration gap at the end of RL.
+
+Every real evaluation runs ``--eval-episodes`` episodes (>= 100) with sampled actions (the RL policy is a
+stochastic policy; sampling also makes the episodes independent, whereas greedy actions repeat on Meta-World's
+50 initial states) and reports a 95 % Wilson interval. Each RL run goes through ``run_embodiment.sh``, exactly as
+a user launches it; every finished piece is cached under ``--out`` so an interrupted benchmark resumes.
+
+    .venv/bin/python benchmarks/transfer.py [--seeds 0 1 2] [--iterations 20] [--eval-episodes 100]
+        [--artifacts outputs/drawer-open-v3] [--out outputs/drawer-open-v3/transfer] [--skip grpo_real_steps]
+        [key=value ...]          # Hydra overrides for every RL run (e.g. actor.lr=1e-4)
+
+Needs the quickstart's artifacts (``bash scripts/quickstart.sh``). Prints one JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+os.environ.setdefault("MUJOCO_GL", "egl")
+os.environ.setdefault("RAY_AUTH_MODE", "disabled")
+os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+TASK_SLUG = {"drawer-open-v3": "drawer_open"}
+RL_RUNS = ("grpo_world_model", "grpo_real_updates", "grpo_real_steps")
+# Targets of issue 7, in percentage points.
+TARGETS = {"gain_over_base_pp": 20.0, "fraction_of_real_gain": 0.6, "abs_imagined_minus_real_pp": 5.0}
+
+
+def run_logged(command: list[str], log_path: Path, env: dict | None = None) -> float:
+    """Run a command with its output in ``log_path``; fail with the log's tail. Returns wall seconds."""
+    log_path.parent.mkdir(parents=True, exist_ok=True)
+    start = time.perf_counter()
+    with open(log_path, "w") as log:
+        result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
+    if result.returncode != 0:
+        raise SystemExit(f"[transfer] failed (exit {result.returncode}): {' '.join(command)}\n"
+                         f"last lines of {log_path}:\n{log_path.read_text()[-3000:]}")
+    return time.perf_counter() - start
+
+
+def real_eval(policy_dir: Path, out_dir: Path, args, seed: int) -> dict:
+    """Real-simulator success of a policy (cached in ``out_dir/summary.json``)."""
+    summary_path = out_dir / "summary.json"
+    if not summary_path.is_file():
+        run_logged([sys.executable, "examples/embodiment/eval_embodied_agent.py", "--config-name",
+                    f"eval_metaworld_{TASK_SLUG[args.task]}", f"task={args.task}", f"artifacts_dir={args.artifacts}",
+                    f"policy_path={policy_dir}", f"eval.output_dir={out_dir}", f"eval.num_episodes={args.eval_episodes}",
+                    f"eval.seed={seed}", "eval.deterministic=false", "eval.num_videos=2"],
+                   out_dir.parent / f"{out_dir.name}.log")
+    summary = json.loads(summary_path.read_text())
+    return {"success_rate": summary["success_rate"], "ci95": summary["success_rate_ci95"],
+            "num_episodes": summary["num_episodes"], "mean_episode_length": summary["mean_episode_length"]}
+
+
+def rl_run(name: str, args, seed: int, run_dir: Path, extra: list[str]) -> dict:
+    """One GRPO run through run_embodiment.sh (cached: skipped when its final policy exists)."""
+    slug = TASK_SLUG[args.task]
+    config = f"metaworld_{slug}_grpo_tinyvla" if name == "grpo_world_model" else f"metaworld_{slug}_grpo_tinyvla_realsim"
+    final = run_dir / "final" / "model"
+    wall = None
+    if not (final / "model.safetensors").is_file():
+        overrides = [f"task={args.task}", f"artifacts_dir={args.artifacts}", f"runner.seed={seed}",
+                     "runner.eval_interval=0", "runner.save_interval=0", "runner.progress_bar=false", *extra]
+        wall = run_logged(["bash", "examples/embodiment/run_embodiment.sh", config, *overrides, *args.overrides],
+                          run_dir.parent / f"{run_dir.name}.log", env={"LOG_DIR": str(run_dir), "PYTHON": sys.executable})
+    from rlinf_wm.runners.metric_logger import read_metrics
+
+    rows = read_metrics(run_dir)
+    summary = json.loads((run_dir / "summary.json").read_text())
+    return {
+        "iterations": summary["iterations"], "env_steps": summary["env_steps"], "episodes": summary["episodes"],
+        "optimizer_steps": int(sum(r.get("train/actor/num_updates", 0) or 0 for r in rows)),
+        "train_success_first": rows[0]["env/success_once"], "train_success_last": rows[-1]["env/success_once"],
+        "wall_seconds": wall if wall is not None else sum(r.get("time/iteration", 0) or 0 for r in rows),
+        "final_policy": str(final),
+    }
+
+
+def imagined_eval(run_dir: Path, out_path: Path, args, seed: int) -> dict:
+    """The world-model-trained policy evaluated inside the world model it trained in (cached)."""
+    if not out_path.is_file():
+        import numpy as np
+        import torch
+        import yaml
+
+        from rlinf_wm.envs import make_env
+        from rlinf_wm.models.policy import load_policy
+        from rlinf_wm.utils.io import write_json_atomic
+        from rlinf_wm.workers.eval_worker import run_episodes
+
+        torch.set_num_threads(2)
+        env_cfg = dict(yaml.safe_load((run_dir / "config.yaml").read_text())["env"]["train"])
+        env_cfg["num_envs"] = min(env_cfg.get("num_envs") or 16, args.eval_episodes)
+        env = make_env(env_cfg.pop("env_type"), **env_cfg)
+        reset_ids = np.random.default_rng(seed).integers(0, env.num_initial_states, args.eval_episodes).tolist()
+        started = time.perf_counter()
+        result = run_episodes(env, load_policy(run_dir / "final" / "model"), reset_ids, seed=seed, deterministic=False)
+        successes = [bool(e["success"]) for e in result["episodes"]]
+        write_json_atomic(out_path, {"successes": successes, "wall_seconds": time.perf_counter() - started})
+    from rlinf_wm.utils.stats import wilson_interval
+
+    data = json.loads(out_path.read_text())
+    k, n = sum(data["successes"]), len(data["successes"])
+    return {"success_rate": k / n, "ci95": list(wilson_interval(k, n)), "num_episodes": n}
+
+
+def run_seed(seed: int, args, data_steps: int) -> dict:
+    out = args.out / f"seed_{seed}"
+    result: dict = {"seed": seed, "base": real_eval(args.artifacts / "sft" / "model", out / "eval_base", args, seed)}
+    extra = {"grpo_world_model": [f"runner.max_iterations={args.iterations}"],
+             "grpo_real_updates": [f"runner.max_iterations={args.iterations}"],
+             "grpo_real_steps": ["runner.max_iterations=100000", f"runner.max_env_steps={data_steps}"]}
+    for name in RL_RUNS:
+        if name in args.skip:
+            continue
+        run_dir = out / name
+        result[name] = {"train": rl_run(name, args, seed, run_dir, extra[name]),
+                        **real_eval(run_dir / "final" / "model", out / f"eval_{name}", args, seed)}
+        print(f"[transfer] seed {seed} {name}: real success {result[name]['success_rate']:.2f}", flush=True)
+    if "grpo_world_model" in result:
+        result["imagined"] = imagined_eval(out / "grpo_world_model", out / "eval_imagined.json", args, seed)
+    return result
+
+
+def pp(x: float) -> float:
+    return round(100.0 * x, 1)
+
+
+def compare(result: dict) -> dict:
+    """Gains in percentage points and the issue's targets for one seed (or the seed mean)."""
+    base = result["base"]["success_rate"]
+    out = {}
+    if "grpo_world_model" in result:
+        wm = result["grpo_world_model"]["success_rate"]
+        out["gain_world_model_pp"] = pp(wm - base)
+        out["imagined_minus_real_pp"] = pp(result["imagined"]["success_rate"] - wm)
+        for name in ("grpo_real_updates", "grpo_real_steps"):
+            if name in result:
+                real_gain = result[name]["success_rate"] - base
+                out[f"gain_{name}_pp"] = pp(real_gain)
+                out[f"fraction_of_{name}_gain"] = round((wm - base) / real_gain, 3) if real_gain > 0 else None
+        out["targets_met"] = {
+            "gain_over_base": out["gain_world_model_pp"] >= TARGETS["gain_over_base_pp"],
+            "fraction_of_real_gain_at_equal_updates": (out.get("fraction_of_grpo_real_updates_gain") or 0)
+            >= TARGETS["fraction_of_real_gain"],
+            "imagined_close_to_real": abs(out["imagined_minus_real_pp"]) <= TARGETS["abs_imagined_minus_real_pp"],
+        }
+    return out
+
+
+def mean_over_seeds(results: list[dict]) -> dict:
+    keys = [k for k in ("base", *RL_RUNS, "imagined") if all(k in r for r in results)]
+    return {k: {"success_rate": sum(r[k]["success_rate"] for r in results) / len(results)} for k in keys}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--task", default="drawer-open-v3", choices=sorted(TASK_SLUG))
+    parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+    parser.add_argument("--iterations", type=int, default=None,
+                        help="RL iterations of the world-model run and of grpo_real_updates (default: the config's)")
+    parser.add_argument("--eval-episodes", type=int, default=100)
+    parser.add_argument("--artifacts", type=Path, default=None, help="default: outputs/<task> (the quickstart's)")
+    parser.add_argument("--out", type=Path, default=None, help="default: <artifacts>/transfer")
+    parser.add_argument("--skip", nargs="*", default=[], choices=RL_RUNS)
+    parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every RL run")
+    args = parser.parse_args()
+    args.artifacts = (args.artifacts or ROOT / "outputs" / args.task).resolve()
+    args.out = (args.out or args.artifacts / "transfer").resolve()
+    if args.eval_episodes < 1:
+        parser.error("--eval-episodes must be >= 1")
+    for needed in (args.artifacts / "sft" / "model" / "model.safetensors",
+                   args.artifacts / "world_model" / "world_model.json",
+                   args.artifacts / "data" / "collection_summary.json"):
+        if not needed.is_file():
+            raise SystemExit(f"[transfer] missing {needed}: run `bash scripts/quickstart.sh` first")
+    if args.iterations is None:
+        import yaml
+
+        config = ROOT / "examples/embodiment/config" / f"metaworld_{TASK_SLUG[args.task]}_grpo_tinyvla.yaml"
+        args.iterations = yaml.safe_load(config.read_text())["runner"]["max_iterations"]
+    data_steps = json.loads((args.artifacts / "data" / "collection_summary.json").read_text())["steps"]
+
+    results = [run_seed(seed, args, data_steps) for seed in args.seeds]
+    for result in results:
+        result["comparison"] = compare(result)
+    mean = mean_over_seeds(results)
+    report = {"task": args.task, "seeds": args.seeds, "iterations": args.iterations,
+              "eval_episodes": args.eval_episodes, "eval_actions": "sampled (temperature 1)",
+              "world_model_data_env_steps": data_steps, "overrides": args.overrides, "targets": TARGETS,
+              "per_seed": results, "mean": {**mean, "comparison": compare(mean) if "imagined" in mean else {}}}
+    (args.out / "transfer.json").write_text(json.dumps(report, indent=2))
+    print(json.dumps(report))
+
+
+if __name__ == "__main__":
+    main()
