@@ -7,7 +7,8 @@ For one task and each RL seed, starting from the quickstart's SFT base policy an
 * ``grpo_real_updates``  after GRPO in the real simulator for the same number of iterations, i.e. the same number
                          of policy updates on batches of the same size (``..._grpo_tinyvla_realsim``);
 * ``grpo_real_steps``    after GRPO in the real simulator until it has used as many real env steps as the world
-                         model was trained on (``runner.max_env_steps`` = the collected dataset's steps);
+                         model was trained on (``runner.max_env_steps`` = ``world_model/training_data.json``'s
+                         steps: the scripted collection plus the base policy's recorded rollouts);
 * ``imagined``           the world-model-trained policy evaluated inside the world model (same protocol as the
                          real evaluations), beside its real success: the calibration gap at the end of RL.
 
@@ -189,9 +190,9 @@ def main() -> None:
     args.out = (args.out or args.artifacts / "transfer").resolve()
     if args.eval_episodes < 1:
         parser.error("--eval-episodes must be >= 1")
+    training_data = args.artifacts / "world_model" / "training_data.json"
     for needed in (args.artifacts / "sft" / "model" / "model.safetensors",
-                   args.artifacts / "world_model" / "world_model.json",
-                   args.artifacts / "data" / "collection_summary.json"):
+                   args.artifacts / "world_model" / "world_model.json", training_data):
         if not needed.is_file():
             raise SystemExit(f"[transfer] missing {needed}: run `bash scripts/quickstart.sh` first")
     if args.iterations is None:
@@ -199,7 +200,8 @@ def main() -> None:
 
         config = ROOT / "examples/embodiment/config" / f"metaworld_{TASK_SLUG[args.task]}_grpo_tinyvla.yaml"
         args.iterations = yaml.safe_load(config.read_text())["runner"]["max_iterations"]
-    data_steps = json.loads((args.artifacts / "data" / "collection_summary.json").read_text())["steps"]
+    # every real env step behind the world model: scripted collection + the base policy's recorded rollouts
+    data_steps = json.loads(training_data.read_text())["env_steps"]
 
     results = [run_seed(seed, args, data_steps) for seed in args.seeds]
     for result in results:

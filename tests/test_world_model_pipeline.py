@@ -19,7 +19,7 @@ from hydra import compose, initialize_config_dir
 from rlinf_wm.config.validate import ConfigError, validate
 from rlinf_wm.config.world_model_config import WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
-from rlinf_wm.data.trajectories import Episode, write_episodes
+from rlinf_wm.data.trajectories import Episode, read_episodes, write_episodes
 
 CONFIG_DIR = str(Path(__file__).resolve().parents[1] / "examples" / "embodiment" / "config")
 SIZE = 32
@@ -339,3 +339,27 @@ def test_autoregressive_rollout_passes_each_new_window_through_reencode():
                                      reencode=lambda window: 2 * window)
     assert [w.flatten().tolist() for w in seen] == [[0.0, 0.0], [0.0, 2.0], [4.0, 4.0]]
     assert doubled.flatten().tolist() == [1.0, 2.0, 5.0]
+
+
+def test_extra_data_dirs_are_trained_on_and_make_the_later_stages_stale(trained, dataset, tmp_path):
+    """The base policy's recorded rollouts (another trajectory directory) join the training data; the tokenizer is
+    kept, the latents, the DiT and the reward model are redone."""
+    import shutil
+
+    from rlinf_wm.data.initial_states import InitialStates
+    from rlinf_wm.runners.world_model_pipeline import run_stage, training_data_files
+
+    root = tmp_path / "run"
+    shutil.copytree(dataset, root)  # the trained world model of the `trained` fixture, mtimes kept
+    extra = tmp_path / "policy_rollouts"
+    write_episodes(extra / "shard_00000.hdf5", [make_episode(np.random.default_rng(1), i) for i in range(3)])
+    cfg = compose_config(tiny_overrides(root) + [f"extra_data_dirs=[{extra}]"])
+    assert training_data_files(cfg) == [root / "data" / "shard_00000.hdf5", extra / "shard_00000.hdf5"]
+    report = run_stage(cfg, "all")
+    assert report["tokenizer"]["status"] == "cached"
+    assert [report[s]["status"] for s in ("encode", "dit", "reward")] == ["ran"] * 3
+    assert report["encode"]["episodes"] == 15
+    data = json.loads((root / "world_model" / "training_data.json").read_text())
+    assert data["episodes"] == 15 and data["files"][-1] == str(extra / "shard_00000.hdf5")
+    assert data["env_steps"] == sum(ep.length for path in training_data_files(cfg) for ep in read_episodes(path))
+    assert len(InitialStates.load(root / "world_model" / "initial_states.hdf5")) == 15

@@ -8,6 +8,7 @@
     reward_model/           train_reward_model's run: model/, checkpoints/, tensorboard/, metrics.json
     world_model.json        what the env needs: component paths, window sizes, action_scaler, sampler defaults
     timings.json            wall and CPU time of the last run of every stage
+    training_data.json      the trajectory files, episodes and env steps the latents were encoded from
 
 Stages: ``tokenizer`` -> ``encode`` -> ``dit``, and ``reward`` (which needs the tokenizer when it trains on
 reconstructed frames). A stage is skipped when its output exists and is newer than its inputs (like ``make``);
@@ -22,6 +23,7 @@ import logging
 import resource
 import shutil
 import time
+from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
@@ -43,6 +45,7 @@ LATENTS_FILE = "latents.hdf5"
 INITIAL_STATES_FILE = "initial_states.hdf5"
 WORLD_MODEL_FILE = "world_model.json"
 TIMINGS_FILE = "timings.json"
+TRAINING_DATA_FILE = "training_data.json"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -86,6 +89,10 @@ class Layout:
     @property
     def reward_model(self) -> Path:
         return self.reward_run / "model"
+
+    @property
+    def training_data(self) -> Path:
+        return self.root / TRAINING_DATA_FILE
 
     @property
     def world_model_json(self) -> Path:
@@ -314,6 +321,12 @@ def run_stage(
         copy_statistics(cfg.data_dir, layout, data)
         encode_dataset(tokenizer, episodes_list, layout.latents, progress=progress)
         write_initial_states(layout.initial_states, episodes_list, cond_frames)
+        kinds = Counter(str(ep.attrs.get("kind", "unknown")) for ep in episodes_list)
+        # What the world model learned from, in real env steps: what a same-data baseline may spend.
+        write_json_atomic(layout.training_data, {
+            "files": [str(p) for p in data_files], "episodes": len(episodes_list),
+            "env_steps": int(sum(ep.length for ep in episodes_list)), "episodes_by_kind": dict(sorted(kinds.items())),
+        })
         return {"episodes": len(episodes_list)}
 
     def dit_stage():
