@@ -6,7 +6,8 @@ recorded) -> train the world model on both -> GRPO in the world model -> evaluat
 simulator, then prints a table. The world model trains on the base policy's real rollouts too: from scripted
 data alone it judged nearly every policy episode a success (it had never seen the policy's failures).
 
-    python examples/quickstart.py [--task drawer-open-v3] [--smoke] [--force STAGE ...]
+    python examples/quickstart.py [--task drawer-open-v3|libero_spatial] [--smoke] [--force STAGE ...]
+                                  [--override STAGE:KEY=VALUE ...]
 
 ``--smoke`` shrinks every stage to seconds (used by CI); it writes under outputs-smoke/ so it never
 mixes with a real run.
@@ -26,7 +27,21 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-TASK_SLUG = {"drawer-open-v3": "drawer_open"}
+
+
+@dataclass(frozen=True)
+class TaskConfigs:
+    """Where a task's configs are: collect_<prefix>, sft_<prefix>, eval_<prefix>, world_model_<prefix> and
+    <prefix>_grpo_tinyvla under examples/embodiment/config/."""
+
+    prefix: str
+    smoke_eval_envs: int  # envs per evaluation batch at smoke size (a LIBERO scene is ~1.5 GB)
+
+
+TASKS = {
+    "drawer-open-v3": TaskConfigs("metaworld_drawer_open", smoke_eval_envs=4),
+    "libero_spatial": TaskConfigs("libero_spatial", smoke_eval_envs=1),  # needs the libero extra
+}
 
 
 @dataclass
@@ -37,40 +52,43 @@ class Stage:
     smoke_overrides: list[str] = field(default_factory=list)
 
 
-def config_suffix(task: str) -> str:
-    if task not in TASK_SLUG:
-        raise SystemExit(f"quickstart: no configs for task {task!r}; known: {sorted(TASK_SLUG)}")
-    return TASK_SLUG[task]
+def task_configs(task: str) -> TaskConfigs:
+    if task not in TASKS:
+        raise SystemExit(f"quickstart: no configs for task {task!r}; known: {sorted(TASKS)}")
+    return TASKS[task]
 
 
-def build_stages(task: str, artifacts: Path, smoke: bool) -> list[Stage]:
-    slug = config_suffix(task)
+def build_stages(task: str, artifacts: Path) -> list[Stage]:
+    configs = task_configs(task)
+    prefix = configs.prefix
+    smoke_eval = ["eval.num_episodes=4", "env.eval.max_episode_steps=16", "eval.num_workers=0",
+                  f"env.eval.num_envs={configs.smoke_eval_envs}"]
     python = sys.executable
     common = [f"task={task}", f"artifacts_dir={artifacts}"]
     rl_dir = artifacts / "rl_grpo_wm"
     stages = [
         Stage(
             "collect",
-            [python, "examples/collect/collect_data.py", "--config-name", f"collect_metaworld_{slug}", *common],
+            [python, "examples/collect/collect_data.py", "--config-name", f"collect_{prefix}", *common],
             artifacts / "data" / "dataset_statistics.json",
             ["num_episodes=5", "episodes_per_shard=5", "env.max_episode_steps=110", "progress_bar=false"],
         ),
         Stage(
             "sft",
-            [python, "examples/sft/train_sft.py", "--config-name", f"sft_metaworld_{slug}", *common],
+            [python, "examples/sft/train_sft.py", "--config-name", f"sft_{prefix}", *common],
             artifacts / "sft" / "model" / "model.safetensors",
             ["sft.max_steps=5", "sft.num_demos=-1"],
         ),
         Stage(
             "eval_base",
-            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_metaworld_{slug}", *common,
+            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
              f"policy_path={artifacts}/sft/model", f"eval.output_dir={artifacts}/eval_base", "eval.save_episodes=true"],
             artifacts / "eval_base" / "summary.json",
-            ["eval.num_episodes=4", "env.eval.max_episode_steps=16", "eval.num_workers=0", "env.eval.num_envs=4"],
+            smoke_eval,
         ),
         Stage(
             "world_model",
-            [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_metaworld_{slug}",
+            [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_{prefix}",
              "stage=all", *common, f"extra_data_dirs=[{artifacts}/eval_base/episodes]"],
             artifacts / "world_model" / "world_model.json",
             ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4", "++train.reward.batch_size=8",
@@ -78,17 +96,17 @@ def build_stages(task: str, artifacts: Path, smoke: bool) -> list[Stage]:
         ),
         Stage(
             "grpo_world_model",
-            ["bash", "examples/embodiment/run_embodiment.sh", f"metaworld_{slug}_grpo_tinyvla", *common],
+            ["bash", "examples/embodiment/run_embodiment.sh", f"{prefix}_grpo_tinyvla", *common],
             rl_dir / "final" / "model" / "model.safetensors",
             ["runner.max_iterations=1", "runner.eval_interval=0", "env.train.num_envs=4", "algorithm.group_size=2",
              "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false"],
         ),
         Stage(
             "eval_rl",
-            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_metaworld_{slug}", *common,
+            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
              f"policy_path={rl_dir}/final/model", f"eval.output_dir={artifacts}/eval_rl"],
             artifacts / "eval_rl" / "summary.json",
-            ["eval.num_episodes=4", "env.eval.max_episode_steps=16", "eval.num_workers=0", "env.eval.num_envs=4"],
+            smoke_eval,
         ),
     ]
     return stages
@@ -163,9 +181,11 @@ def format_rate(summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="drawer-open-v3")
+    parser.add_argument("--task", default="drawer-open-v3", choices=sorted(TASKS))
     parser.add_argument("--smoke", action="store_true", help="tiny settings for CI (seconds per stage)")
     parser.add_argument("--force", nargs="*", default=[], help="stages to rerun even when cached")
+    parser.add_argument("--override", nargs="*", default=[], metavar="STAGE:KEY=VALUE",
+                        help="a Hydra override for one stage, e.g. world_model:train.dit.steps=1500")
     args = parser.parse_args()
 
     artifacts = ROOT / ("outputs-smoke" if args.smoke else "outputs") / args.task
@@ -173,10 +193,16 @@ def main() -> None:
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable}
-    stages = build_stages(args.task, artifacts, args.smoke)
-    unknown = set(args.force) - {s.name for s in stages}
+    stages = build_stages(args.task, artifacts)
+    by_name = {s.name: s for s in stages}
+    unknown = set(args.force) - set(by_name)
+    for item in args.override:
+        name, _, override = item.partition(":")
+        if name not in by_name or "=" not in override:
+            raise SystemExit(f"quickstart: --override {item!r} is not STAGE:KEY=VALUE with a stage of {list(by_name)}")
+        by_name[name].command.append(override)
     if unknown:
-        raise SystemExit(f"quickstart: unknown stage(s) {sorted(unknown)}; stages: {[s.name for s in stages]}")
+        raise SystemExit(f"quickstart: unknown stage(s) {sorted(unknown)}; stages: {list(by_name)}")
 
     sampler = MemorySampler()
     sampler.start()

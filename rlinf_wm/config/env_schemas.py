@@ -7,10 +7,10 @@ An env YAML's keys are exactly the constructor kwargs of its env class plus ``en
 from __future__ import annotations
 
 from dataclasses import dataclass, field
-from typing import Literal
+from typing import Any, Literal
 
 from rlinf_wm.config.libero_schema import LiberoEnvConfig
-from rlinf_wm.config.validate import require
+from rlinf_wm.config.validate import dispatch_field, require
 from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig
 
 # Named cameras of Meta-World's sawyer scenes (metaworld/assets/objects/assets/xyz_base.xml).
@@ -50,6 +50,8 @@ ENV_SCHEMAS: dict[str, type] = {
     "world_model": WorldModelEnvConfig,
     "libero": LiberoEnvConfig,
 }
+# Simulators that data collection can drive (each has a scripted expert in rlinf_wm.envs.registry).
+COLLECT_ENV_SCHEMAS: dict[str, type] = {"metaworld": MetaWorldEnvConfig, "libero": LiberoEnvConfig}
 
 
 @dataclass
@@ -58,7 +60,7 @@ class CollectConfig:
 
     task: str
     artifacts_dir: str
-    env: MetaWorldEnvConfig
+    env: Any = dispatch_field("env_type", COLLECT_ENV_SCHEMAS)  # a real simulator with a scripted expert
     output_dir: str  # where shard_*.hdf5 and dataset_statistics.json go
     num_episodes: int = 200
     episodes_per_shard: int = 10
@@ -72,7 +74,8 @@ class CollectConfig:
 
     def check(self, path: str) -> None:
         at = (lambda key: f"{path}.{key}") if path else (lambda key: key)
-        require(self.env.task == self.task, at("env.task"), f"{self.env.task!r} differs from task={self.task!r}")
+        env_task = getattr(self.env, "task", None)  # LIBERO envs name a suite and task ids instead
+        require(env_task is None or env_task == self.task, at("env.task"), f"{env_task!r} differs from task={self.task!r}")
         require(self.env.num_envs == 1, at("env.num_envs"),
                 f"collection runs one env per collector actor (scale with num_workers); got {self.env.num_envs}")
         require(self.num_episodes >= 1, at("num_episodes"), f"must be >= 1, got {self.num_episodes}")

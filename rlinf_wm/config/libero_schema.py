@@ -30,6 +30,7 @@ class LiberoEnvConfig:
     settle_steps: int = 10  # no-op steps after restoring an initial state, not counted
     cheap_rendering: bool = True  # no reflections / multisampling (~2.5x faster software rendering)
     render_images: bool = True  # false: black images (state-only users such as expert success rates)
+    render_every_step: bool = False  # info["frames"]: a frame after every step (to record rollouts; slower)
     seed: int = 0
 
     def check(self, path: str) -> None:

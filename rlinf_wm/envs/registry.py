@@ -14,6 +14,12 @@ _BUILTIN: dict[str, str] = {
     "world_model": "rlinf_wm.envs.world_model_env:WorldModelEnv",
     "libero": "rlinf_wm.envs.libero_env:LiberoEnv",
 }
+# Scripted-episode recorders for data collection, with the signature of
+# rlinf_wm.envs.experts.record_episode(env, kind, seed, task_id, expert_noise_std) -> Episode.
+_RECORDERS: dict[str, str] = {
+    "metaworld": "rlinf_wm.envs.experts:record_episode",
+    "libero": "rlinf_wm.envs.libero_expert:record_episode",
+}
 
 
 def register_env(name: str) -> Callable[[type[ChunkEnv]], type[ChunkEnv]]:
@@ -32,8 +38,7 @@ def available_envs() -> list[str]:
 
 def get_env_class(name: str) -> type[ChunkEnv]:
     if name not in _REGISTRY and name in _BUILTIN:
-        module_name, class_name = _BUILTIN[name].split(":")
-        _REGISTRY[name] = getattr(importlib.import_module(module_name), class_name)
+        _REGISTRY[name] = _load(_BUILTIN[name])
     if name not in _REGISTRY:
         raise KeyError(f"unknown env_type {name!r}; available: {', '.join(available_envs())}")
     return _REGISTRY[name]
@@ -41,3 +46,15 @@ def get_env_class(name: str) -> type[ChunkEnv]:
 
 def make_env(env_type: str, **kwargs) -> ChunkEnv:
     return get_env_class(env_type)(**kwargs)
+
+
+def _load(target: str):
+    module_name, name = target.split(":")
+    return getattr(importlib.import_module(module_name), name)
+
+
+def get_episode_recorder(env_type: str) -> Callable:
+    """The scripted-expert episode recorder of ``env_type`` (what data collection runs)."""
+    if env_type not in _RECORDERS:
+        raise KeyError(f"no scripted expert for env_type {env_type!r}; collection supports: {', '.join(sorted(_RECORDERS))}")
+    return _load(_RECORDERS[env_type])

@@ -1,4 +1,4 @@
-"""Collect scripted Meta-World episodes into HDF5 shards, resumably, with Ray collector actors.
+"""Collect scripted-expert episodes (Meta-World or LIBERO, by ``env.env_type``) into HDF5 shards, resumably, with Ray collector actors.
 
 Episode ``g`` (global index) belongs to shard ``g // episodes_per_shard``; its kind (expert /
 perturbed / random), seed and initial state depend only on ``g`` and the config, so a rerun
@@ -127,18 +127,18 @@ class _InProcessRecorder:
     """Runs episodes one by one in this process (``num_workers=0``; tests, notebooks)."""
 
     def __init__(self, cfg: CollectConfig) -> None:
-        from rlinf_wm.envs.metaworld_env import MetaWorldEnv
+        from rlinf_wm.envs.registry import get_episode_recorder, make_env
 
-        env_kwargs = {k: v for k, v in dataclasses.asdict(cfg.env).items() if k != "env_type"}
-        self.env = MetaWorldEnv(**{**env_kwargs, "num_envs": 1})
+        env_kwargs = dataclasses.asdict(cfg.env)
+        env_type = env_kwargs.pop("env_type")
+        self.env = make_env(env_type, **{**env_kwargs, "num_envs": 1})
+        self.record_episode = get_episode_recorder(env_type)
         self.noise = cfg.expert_noise_std
 
     def run(self, plans: deque, on_episode: Callable[[EpisodePlan, Episode], None]) -> None:
-        from rlinf_wm.envs.experts import record_episode
-
         while plans:
             plan = plans.popleft()
-            on_episode(plan, record_episode(self.env, plan.kind, plan.seed, plan.task_id, self.noise))
+            on_episode(plan, self.record_episode(self.env, plan.kind, plan.seed, plan.task_id, self.noise))
 
     def close(self) -> None:
         self.env.close()
@@ -159,11 +159,10 @@ class _RayRecorder:
                 f"num_workers={cfg.num_workers} x num_cpus_per_worker={cfg.num_cpus_per_worker} needs {needed} CPUs, "
                 f"the Ray cluster has {available}"
             )
-        env_kwargs = {k: v for k, v in dataclasses.asdict(cfg.env).items() if k != "env_type"}
         # Episodes are deterministic, so a crashed actor can be restarted and its episode retried.
         self.actors = [
             CollectorWorker.options(num_cpus=cfg.num_cpus_per_worker, max_restarts=2, max_task_retries=2).remote(
-                env_kwargs, cfg.expert_noise_std
+                dataclasses.asdict(cfg.env), cfg.expert_noise_std
             )
             for _ in range(cfg.num_workers)
         ]

@@ -39,7 +39,7 @@ def run_episodes(
 
     ``record_episodes``: also return every episode as a :class:`~rlinf_wm.data.trajectories.Episode` (``kind``
     attr ``policy``) under ``"recorded"`` - world-model training data that shows the policy's own behaviour. The
-    env must report a frame per step (``info["frames"]``, e.g. ``MetaWorldEnv(render_every_step=True)``).
+    env must report a frame per step (``info["frames"]``, e.g. ``render_every_step=True`` in the Meta-World and LIBERO envs).
     """
     generator = torch.Generator().manual_seed(seed)
     batch = env.num_envs
@@ -52,6 +52,7 @@ def run_episodes(
         used = len(ids)
         ids += [ids[-1]] * (batch - used)  # a short last round: spare envs replay an id, results dropped
         obs = env.reset(ids=np.asarray(ids), seed=seed + round_index)
+        instructions = list(obs.instructions)
         record = min(max(num_videos - len(videos), 0), used)
         frames = [[obs.images[b]] for b in range(record)]
         done = np.zeros(batch, bool)
@@ -91,7 +92,8 @@ def run_episodes(
             episodes.append({"reset_id": int(ids[b]), "initial_state": state, "success": bool(success[b]),
                              "length": int(lengths[b])})
             if record_episodes:
-                recorded.append(_as_episode(env, [part[b] for part in steps], bool(success[b]), state, seed))
+                recorded.append(_as_episode(env, [part[b] for part in steps], bool(success[b]), state, seed,
+                                            instructions[b]))
         videos += [np.stack(f) for f in frames]
     result = {"episodes": episodes, "videos": videos}
     if record_episodes:
@@ -104,7 +106,7 @@ def _append_steps(steps, step, actions: np.ndarray, was_done: np.ndarray, num_st
     frames = step.info.get("frames")
     if frames is None:
         raise ValueError("record_episodes needs an env that reports a frame per step in info['frames'] "
-                         "(MetaWorldEnv(render_every_step=True))")
+                         "(render_every_step=True)")
     for b in np.flatnonzero(~was_done):
         n = int(num_steps[b])
         steps[0][b].extend(frames[b, :n])
@@ -112,13 +114,13 @@ def _append_steps(steps, step, actions: np.ndarray, was_done: np.ndarray, num_st
         steps[2][b].extend(step.rewards[b, :n])
 
 
-def _as_episode(env: ChunkEnv, parts, success: bool, initial_state: int, seed: int) -> Episode:
+def _as_episode(env: ChunkEnv, parts, success: bool, initial_state: int, seed: int, instruction: str) -> Episode:
     frames, actions, rewards = parts
     dones = np.zeros(len(actions), bool)
     dones[-1] = success  # robomimic-style: 1 where the task is done
     return Episode(frames=np.stack(frames), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
-                   dones=dones, success=success, instruction=getattr(env, "instruction", ""),
-                   task=getattr(env, "task", ""), seed=int(seed),
+                   dones=dones, success=success, instruction=instruction,
+                   task=str(getattr(env, "task", "")), seed=int(seed),
                    attrs={"kind": "policy", "task_id": int(initial_state)})
 
 
