@@ -289,9 +289,8 @@ def test_cosmos_2b_dit_builds_from_config_on_meta_device():
 
 
 def test_image_metrics_and_baseline_helpers():
-    from rlinf_wm.runners.eval_world_model import (
-        FrameErrors, gaussian_window, moving_masks, shuffled_partner, ssim_map,
-    )
+    from rlinf_wm.runners.eval_world_model import shuffled_partner
+    from rlinf_wm.utils.frame_metrics import FrameErrors, gaussian_window, moving_masks, ssim_map
 
     rng = np.random.default_rng(0)
     a = torch.rand(2, 3, 16, 16)

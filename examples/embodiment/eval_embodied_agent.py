@@ -19,7 +19,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[2]))
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import hydra  # noqa: E402
-from omegaconf import DictConfig, OmegaConf  # noqa: E402
+from omegaconf import DictConfig  # noqa: E402
 
 from rlinf_wm.config.policy_schema import EvalRunConfig  # noqa: E402
 from rlinf_wm.config.validate import ConfigError, validate  # noqa: E402

@@ -85,7 +85,7 @@ class SFTConfig:
         require(self.learning_rate > 0, f"{path}.learning_rate", f"must be > 0, got {self.learning_rate}")
         require(self.warmup_steps >= 0, f"{path}.warmup_steps", f"must be >= 0, got {self.warmup_steps}")
         require(self.random_shift >= 0, f"{path}.random_shift", f"must be >= 0, got {self.random_shift}")
-        require(0.0 <= self.label_smoothing < 1.0, f"{path}.label_smoothing", f"must be in [0, 1)")
+        require(0.0 <= self.label_smoothing < 1.0, f"{path}.label_smoothing", f"must be in [0, 1), got {self.label_smoothing}")
         require(self.num_threads >= 0, f"{path}.num_threads", f"must be >= 0, got {self.num_threads}")
 
 

@@ -35,12 +35,11 @@ import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable, Sequence
+from typing import Sequence
 
 import h5py
 import numpy as np
 import torch
-import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from rlinf_wm.config.world_model_schema import TokenizerConfig, TokenizerTrainConfig

@@ -34,7 +34,7 @@ import torch
 from rlinf_wm.config.world_model_config import STAGES, WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode
-from rlinf_wm.utils.io import atomic_path, read_json, write_json_atomic
+from rlinf_wm.utils.io import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
 

@@ -23,7 +23,6 @@ from typing import Sequence
 import numpy as np
 import torch
 import torch.nn as nn
-import torch.nn.functional as F
 from huggingface_hub import PyTorchModelHubMixin
 
 from rlinf_wm.config.policy_schema import TinyVLAConfig
