@@ -1,4 +1,4 @@
-"""Collect scripted-expert episodes (Meta-World or LIBERO, by ``env.env_type``) into HDF5 shards, resumably, with Ray collector actors.
+"""Collect scripted-expert episodes (Meta-World or LIBERO, by ``env.env_type``) into HDF5 shards, resumably.
 
 Episode ``g`` (global index) belongs to shard ``g // episodes_per_shard``; its kind (expert /
 perturbed / random), seed and initial state depend only on ``g`` and the config, so a rerun
@@ -127,21 +127,17 @@ class _InProcessRecorder:
     """Runs episodes one by one in this process (``num_workers=0``; tests, notebooks)."""
 
     def __init__(self, cfg: CollectConfig) -> None:
-        from rlinf_wm.envs.registry import get_episode_recorder, make_env
+        from rlinf_wm.workers.collector_worker import EpisodeCollector
 
-        env_kwargs = dataclasses.asdict(cfg.env)
-        env_type = env_kwargs.pop("env_type")
-        self.env = make_env(env_type, **{**env_kwargs, "num_envs": 1})
-        self.record_episode = get_episode_recorder(env_type)
-        self.noise = cfg.expert_noise_std
+        self.collector = EpisodeCollector(dataclasses.asdict(cfg.env), cfg.expert_noise_std)
 
     def run(self, plans: deque, on_episode: Callable[[EpisodePlan, Episode], None]) -> None:
         while plans:
             plan = plans.popleft()
-            on_episode(plan, self.record_episode(self.env, plan.kind, plan.seed, plan.task_id, self.noise))
+            on_episode(plan, self.collector.record(plan.kind, plan.seed, plan.task_id))
 
     def close(self) -> None:
-        self.env.close()
+        self.collector.close()
 
 
 class _RayRecorder:

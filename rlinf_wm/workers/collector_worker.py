@@ -1,4 +1,4 @@
-"""Ray actor that records scripted episodes in its own simulator env (one env per actor)."""
+"""Records scripted episodes in its own simulator env (one env); as a Ray actor, one collector per actor."""
 
 from __future__ import annotations
 
@@ -7,8 +7,9 @@ import ray
 from rlinf_wm.data.trajectories import Episode
 
 
-@ray.remote
-class CollectorWorker:
+class EpisodeCollector:
+    """One env built from ``env_cfg`` (``env_type`` + the env class's kwargs) and that env's scripted expert."""
+
     def __init__(self, env_cfg: dict, expert_noise_std: float) -> None:
         # Imported here so the driver never loads a simulator just to create actors.
         from rlinf_wm.envs.registry import get_episode_recorder, make_env
@@ -24,3 +25,6 @@ class CollectorWorker:
 
     def close(self) -> None:
         self.env.close()
+
+
+CollectorWorker = ray.remote(EpisodeCollector)
