@@ -235,6 +235,25 @@ def test_interrupted_dit_run_resumes_from_its_checkpoint(trained, monkeypatch):
     assert (dit_dir / "model" / "model.safetensors").is_file()
 
 
+def test_shipped_dit_is_the_warmed_up_average_not_the_initialisation(trained):
+    """The EMA ramps its decay up: after 6 steps at ema_decay 0.999 the shipped DiT is close to the trained weights.
+    (A constant decay kept 0.999^6 of the initialisation: its zero-initialised output layer stayed ~0.)"""
+    from rlinf_wm.models.dit import ActionDiT
+    from rlinf_wm.utils.checkpoint import load_model
+
+    cfg, _ = trained
+    assert cfg.train.dit.ema_decay == 0.999
+    dit_dir = Path(cfg.world_model_dir) / "dit"
+    shipped = load_model(ActionDiT, dit_dir / "model")
+    latest = sorted((dit_dir / "checkpoints").iterdir())[-1]  # raw weights of the last step
+    raw = load_model(ActionDiT, latest / "model")
+    # proj_out starts at zero (reset_parameters), so its size measures how much training the average holds.
+    shipped_w, raw_w = shipped.transformer.proj_out.weight, raw.transformer.proj_out.weight
+    assert raw_w.norm() > 0
+    assert shipped_w.norm() > 0.5 * raw_w.norm()
+    assert (shipped_w - raw_w).norm() < raw_w.norm()
+
+
 def test_eval_reports_model_and_both_baselines_per_horizon(trained):
     from rlinf_wm.runners.eval_world_model import evaluate_world_model, headline
 
