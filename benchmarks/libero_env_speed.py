@@ -5,7 +5,7 @@ and without ``cheap_rendering`` (no reflections / multisampling), and without re
 CPU time (process_time, counting llvmpipe's render threads) is reported besides wall time: on a
 shared machine wall time mostly measures the other processes.
 
-Usage: .venv_libero/bin/python benchmarks/libero_env_speed.py [--task 0] [--image-size 64] [--steps 40]
+Usage: .venv/bin/python benchmarks/libero_env_speed.py [--task 0] [--image-size 64] [--steps 40]
 Needs the libero extra. Prints one JSON object as its last line.
 """
 
