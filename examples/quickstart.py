@@ -196,13 +196,13 @@ def main() -> None:
     stages = build_stages(args.task, artifacts)
     by_name = {s.name: s for s in stages}
     unknown = set(args.force) - set(by_name)
+    if unknown:
+        raise SystemExit(f"quickstart: unknown stage(s) {sorted(unknown)}; stages: {list(by_name)}")
     for item in args.override:
         name, _, override = item.partition(":")
         if name not in by_name or "=" not in override:
             raise SystemExit(f"quickstart: --override {item!r} is not STAGE:KEY=VALUE with a stage of {list(by_name)}")
         by_name[name].command.append(override)
-    if unknown:
-        raise SystemExit(f"quickstart: unknown stage(s) {sorted(unknown)}; stages: {list(by_name)}")
 
     sampler = MemorySampler()
     sampler.start()
