@@ -279,7 +279,7 @@ def evaluate_world_model(
     from rlinf_wm.models.samplers import FlowSampler
     from rlinf_wm.models.tokenizer import VideoTokenizer
     from rlinf_wm.runners.train_dit import scale_actions
-    from rlinf_wm.runners.train_tokenizer import load_encoded_dataset
+    from rlinf_wm.data.latents import load_encoded_dataset
     from rlinf_wm.runners.world_model_pipeline import (
         Layout, heldout_indices, load_training_episodes, load_world_model_settings,
     )

@@ -34,13 +34,13 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from rlinf_wm.config.world_model_config import DiTConfig, DiTTrainConfig
+from rlinf_wm.data.latents import LatentEpisode
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.models.dit import ActionDiT
 from rlinf_wm.models.flow_matching import flow_matching_loss
 from rlinf_wm.models.samplers import FlowSampler
 from rlinf_wm.runners.train_tokenizer import (
     CheckpointManager,
-    LatentEpisode,
     make_summary_writer,
     restore_training_state,
     resume_latest,

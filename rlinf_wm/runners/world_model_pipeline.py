@@ -313,7 +313,7 @@ def run_stage(
         return {"heldout_psnr": metrics["heldout_psnr"]}
 
     def encode_stage():
-        from rlinf_wm.runners.train_tokenizer import encode_dataset
+        from rlinf_wm.data.latents import encode_dataset
 
         _check_tokenizer_matches(cfg, layout)
         tokenizer = _load_tokenizer(layout)
@@ -331,7 +331,7 @@ def run_stage(
 
     def dit_stage():
         from rlinf_wm.runners.train_dit import train_dit
-        from rlinf_wm.runners.train_tokenizer import load_encoded_dataset
+        from rlinf_wm.data.latents import load_encoded_dataset
 
         latent_episodes, attrs = load_encoded_dataset(layout.latents)
         if int(attrs["latent_channels"]) != cfg.tokenizer.latent_channels:

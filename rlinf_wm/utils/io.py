@@ -53,3 +53,8 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def json_round_trip(value: Any) -> Any:
+    """``value`` as JSON gives it back (tuples become lists): compares equal to what a JSON file stores."""
+    return json.loads(json.dumps(value))
