@@ -1,5 +1,6 @@
 """Every advantage and loss function against values worked out by hand on tiny tensors."""
 
+import dataclasses
 import math
 import statistics
 from pathlib import Path
@@ -153,10 +154,10 @@ VALUES = [0.5, 0.4, 0.3]
 NEXT_VALUES = [0.4, 0.3, 0.9]
 
 
-def _gae(rewards, values, next_values, terminated, truncated):
+def _gae(rewards, values, next_values, terminated, truncated, bootstrap_truncated=True):
     return gae_advantages(
         t([rewards]), t([values]), t([next_values]),
-        torch.tensor([terminated]), torch.tensor([truncated]), GAMMA, LAM,
+        torch.tensor([terminated]), torch.tensor([truncated]), GAMMA, LAM, bootstrap_truncated=bootstrap_truncated,
     )
 
 
@@ -178,6 +179,16 @@ def test_gae_truncation_bootstraps_from_next_value_and_stops_at_the_boundary():
     assert adv[0].tolist() == pytest.approx([a0, a1, 0.0])
     assert a0 == pytest.approx(1.0256)
     assert ret[0].tolist() == pytest.approx([a0 + 0.5, a1 + 0.4, 0.0])
+
+
+def test_gae_without_truncation_bootstrap_a_timeout_is_worth_its_rewards_only():
+    # The same episode as above, with the step limit as part of the task: V(final obs) = 0.7 is ignored.
+    adv, ret = _gae([1.0, 0.0, NAN], [0.5, 0.4, NAN], [0.4, 0.7, NAN], [False] * 3, [False, True, True],
+                    bootstrap_truncated=False)
+    a1 = 0.0 - 0.4
+    a0 = (1.0 + GAMMA * 0.4 - 0.5) + GAMMA * LAM * a1
+    assert adv[0].tolist() == pytest.approx([a0, a1, 0.0])
+    assert ret[0].tolist() == pytest.approx([a0 + 0.5, 0.0, 0.0])
 
 
 def test_gae_termination_ignores_next_value_even_if_garbage():
@@ -215,7 +226,7 @@ def test_normalize_advantages_over_valid_entries():
 
 def test_compute_advantages_ppo_success_reward_gae_and_normalisation():
     cfg = AlgorithmConfig(name="ppo", group_size=1, zero_variance_groups="keep", gamma=GAMMA, gae_lambda=LAM,
-                          normalize_advantages=False, reward_type="success")
+                          normalize_advantages=False, reward_type="success", bootstrap_truncated=True)
     terminated = torch.tensor([[False, True, False], [False, False, False]])
     truncated = torch.tensor([[False, False, False], [False, False, True]])
     values = t([[0.5, 0.4, NAN], [0.2, 0.2, 0.2]])
@@ -231,6 +242,13 @@ def test_compute_advantages_ppo_success_reward_gae_and_normalisation():
     assert flat(out.advantages) == pytest.approx([a00, a01, 0.0, a10, a11, a12])
     assert flat(out.returns) == pytest.approx([a00 + 0.5, a01 + 0.4, 0.0, a10 + 0.2, a11 + 0.2, a12 + 0.2])
     assert out.loss_mask.tolist() == [[True, True, False], [True, True, True]]
+
+    # The default: env 1's timeout is a failure, V(final obs) = 0.6 is not bootstrapped.
+    timeout = compute_advantages(dataclasses.replace(cfg, bootstrap_truncated=False), rewards=torch.zeros(2, 3, 4),
+                                 terminated=terminated, truncated=truncated, success=torch.tensor([True, False]),
+                                 values=values, next_values=next_values)
+    assert timeout.returns[1, 2].item() == 0.0 and timeout.advantages[1, 2].item() == pytest.approx(-0.2)
+    assert flat(timeout.advantages)[:2] == pytest.approx([a00, a01])
 
     cfg.normalize_advantages = True
     normed = compute_advantages(cfg, rewards=torch.zeros(2, 3, 4), terminated=terminated, truncated=truncated,

@@ -105,6 +105,7 @@ def gae_advantages(
     truncated: Tensor,
     gamma: float,
     gae_lambda: float,
+    bootstrap_truncated: bool = True,
 ) -> tuple[Tensor, Tensor]:
     """GAE (Schulman et al. 2016) over chunks; returns ``(advantages, returns)``, each ``[B, N]``.
 
@@ -116,7 +117,10 @@ def gae_advantages(
         A_n     = delta_n + gamma * lambda * (1 - done_n) * A_{n+1},     done = terminated | truncated
 
     A truncated chunk bootstraps from the next value but does not pass advantages across the
-    episode boundary; a terminated chunk does neither. The end of the buffer without a done flag is
+    episode boundary; a terminated chunk does neither. ``bootstrap_truncated=False`` treats
+    truncation as termination: right when the step limit is part of the task (success within
+    ``max_episode_steps``) and the observation carries no clock, where bootstrapping would value a
+    timed-out failure like the state it stopped in. The end of the buffer without a done flag is
     a cut: it bootstraps from ``next_values`` with ``A_N = 0``. Padding chunks (after the episode
     ended) get advantage and return 0, whatever the inputs hold there.
     """
@@ -132,8 +136,9 @@ def gae_advantages(
     zero = torch.zeros(batch, dtype=rewards.dtype, device=rewards.device)
     advantages = torch.zeros_like(rewards)
     next_advantage = zero
+    ends_value = terminated if bootstrap_truncated else terminated | truncated
     for n in reversed(range(chunks)):
-        bootstrap = torch.where(terminated[:, n], zero, next_values[:, n].float())
+        bootstrap = torch.where(ends_value[:, n], zero, next_values[:, n].float())
         delta = rewards[:, n] + gamma * bootstrap - values[:, n].float()
         carried = torch.where(continues[:, n], next_advantage, zero)
         advantages[:, n] = delta + gamma * gae_lambda * carried
@@ -215,7 +220,8 @@ def compute_advantages(
         else:
             per_chunk = chunk_rewards(rewards)
         advantages, value_targets = gae_advantages(
-            per_chunk, values, next_values, terminated, truncated, config.gamma, config.gae_lambda
+            per_chunk, values, next_values, terminated, truncated, config.gamma, config.gae_lambda,
+            bootstrap_truncated=config.bootstrap_truncated,
         )
         loss_mask = valid
         informative = torch.ones(batch, dtype=torch.bool, device=valid.device)

@@ -52,6 +52,10 @@ class AlgorithmConfig:
     # --- PPO only: GAE and the value head ---
     gamma: float = 0.99  # discount per chunk
     gae_lambda: float = 0.95
+    # A time-limit truncation bootstraps from V(final obs) (gymnasium semantics) only when true. Our tasks
+    # are "succeed within max_episode_steps" and the policy sees no clock: a timeout is a failure, and
+    # bootstrapping values every timed-out failure like the state it stopped in (PPO then learns nothing).
+    bootstrap_truncated: bool = False
     value_loss_coef: float = 0.5
     value_clip: float | None = 0.2  # PPO2 value clipping around the rollout values; null = off
     huber_delta: float | None = 1.0  # Huber loss threshold; null = squared error
