@@ -1,0 +1,32 @@
+"""benchmarks/wm_calibration.py's success rules, applied to per-chunk reward-model probabilities."""
+
+import importlib.util
+from pathlib import Path
+
+import numpy as np
+
+ROOT = Path(__file__).resolve().parents[1]
+spec = importlib.util.spec_from_file_location("wm_calibration", ROOT / "benchmarks" / "wm_calibration.py")
+wm_calibration = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(wm_calibration)
+
+PROBS = np.array([
+    [0.1, 0.9, 0.2, 0.9, 0.9],  # two isolated spikes, then two in a row
+    [0.6, 0.6, 0.6, 0.1, 0.1],  # three in a row at a middling score
+    [0.1, 0.2, 0.3, 0.4, 0.5],  # reaches 0.5 at the very end
+])
+
+
+def test_one_frame_rule_fires_at_the_first_frame_over_the_threshold():
+    success, steps, chunks_run = wm_calibration.imagined_outcome(PROBS, 0.5, 1, chunk=4)
+    assert success.tolist() == [True, True, True]
+    assert chunks_run.tolist() == [2, 1, 5]
+    assert steps.tolist() == [7, 3, 19]  # last step of the chunk whose frame was scored
+
+
+def test_consecutive_frames_rule_ignores_isolated_spikes():
+    success, steps, chunks_run = wm_calibration.imagined_outcome(PROBS, 0.8, 2, chunk=4)
+    assert success.tolist() == [True, False, False]
+    assert steps.tolist() == [19, -1, -1]
+    assert chunks_run.tolist() == [5, 5, 5]  # failures run to the horizon
+    assert wm_calibration.imagined_outcome(PROBS, 0.5, 3, chunk=4)[0].tolist() == [False, True, False]
