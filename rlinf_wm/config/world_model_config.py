@@ -164,8 +164,8 @@ class SamplerConfig:
     """:class:`rlinf_wm.models.samplers.FlowSampler` arguments (the env's defaults, written to world_model.json)."""
 
     solver: Literal["2ab", "euler", "unipc"] = "2ab"
-    num_steps: int = 10
-    guidance: float = 0.0
+    num_steps: int = 4
+    guidance: float = 1.5  # w on the actions; 0 runs one branch
     sigma_min: float = 0.01
     sigma_max: float = 200.0
     rho: float = 7.0
