@@ -111,7 +111,7 @@ class DiTTrainConfig:
     num_pred_latent_frames: int = 4
     # normalised actions (q01..q99 -> [-1, 1]) are multiplied by this before the DiT (Cosmos Predict 2.5: 20)
     action_scaler: float = 20.0
-    steps: int = 3000
+    steps: int = 1500
     batch_size: int = 32
     lr: float = 5e-4
     min_lr: float = 1e-5
