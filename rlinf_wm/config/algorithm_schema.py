@@ -54,7 +54,7 @@ class AlgorithmConfig:
     gae_lambda: float = 0.95
     # A time-limit truncation bootstraps from V(final obs) (gymnasium semantics) only when true. Our tasks
     # are "succeed within max_episode_steps" and the policy sees no clock: a timeout is a failure, and
-    # bootstrapping values every timed-out failure like the state it stopped in (PPO then learns nothing).
+    # bootstrapping values every timed-out failure like the state it stopped in (tests/test_learning.py).
     bootstrap_truncated: bool = False
     value_loss_coef: float = 0.5
     value_clip: float | None = 0.2  # PPO2 value clipping around the rollout values; null = off
