@@ -63,7 +63,8 @@ class ColourBandit(ChunkEnv):
         terminated = np.zeros((self.num_envs, K), bool)
         truncated = np.zeros((self.num_envs, K), bool)
         rewards = np.zeros((self.num_envs, K), np.float32)
-        terminated[hit, -1] = rewards[hit, -1] = True
+        terminated[hit, -1] = True
+        rewards[hit, -1] = 1.0
         truncated[timeout, -1] = True
         self.done |= hit | timeout
         return ChunkStep(self._obs(), rewards, terminated, truncated, {"success": hit})
