@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.models.reward_model import success_step
 from rlinf_wm.models.tokenizer import VideoTokenizer
-from rlinf_wm.utils.io import atomic_path, json_round_trip
+from rlinf_wm.utils.io import atomic_path, json_round_trip, open_hdf5
 
 LATENT_FORMAT_VERSION = 1
 
@@ -101,13 +101,7 @@ def encode_dataset(
 def load_encoded_dataset(path: str | os.PathLike) -> tuple[list[LatentEpisode], dict]:
     """Read a file written by :func:`encode_dataset`: (episodes, file attrs)."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"latent dataset not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path} is not a readable HDF5 file (truncated?): {error}") from error
-    with f:
+    with open_hdf5(path, "latent dataset") as f:
         attrs = {k: (v.item() if isinstance(v, np.generic) else v) for k, v in f.attrs.items()}
         if attrs.get("format_version") != LATENT_FORMAT_VERSION or "episodes" not in f:
             raise ValueError(f"{path}: not a latent dataset (format_version {attrs.get('format_version')!r})")

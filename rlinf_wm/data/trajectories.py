@@ -25,7 +25,7 @@ from typing import Iterable
 import h5py
 import numpy as np
 
-from rlinf_wm.utils.io import atomic_path
+from rlinf_wm.utils.io import atomic_path, open_hdf5
 
 CAMERA_KEY = "agentview_rgb"
 # Per-demo attributes with their own Episode field; any other attribute round-trips through Episode.attrs.
@@ -105,14 +105,8 @@ def _require(group: h5py.Group, key: str, path: Path) -> h5py.Dataset:
 def read_episodes(path: str | os.PathLike, load_frames: bool = True) -> list[Episode]:
     """Read every episode of one file; a truncated or malformed file raises naming the file and key."""
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"trajectory file not found: {path}")
-    try:
-        f = h5py.File(path, "r")
-    except OSError as error:
-        raise ValueError(f"{path} is not a readable HDF5 file (truncated?): {error}") from error
     episodes = []
-    with f:
+    with open_hdf5(path, "trajectory file") as f:
         if "data" not in f:
             raise KeyError(f"{path}: no 'data' group (expected the robomimic/LIBERO layout)")
         data = f["data"]

@@ -1,4 +1,4 @@
-"""Atomic file and directory writes: nothing half-written is ever left under the final name."""
+"""File I/O: atomic writes (nothing half-written is left under the final name) and readers whose errors name the file."""
 
 from __future__ import annotations
 
@@ -9,6 +9,8 @@ import shutil
 import tempfile
 from pathlib import Path
 from typing import Any, Iterator
+
+import h5py
 
 
 @contextlib.contextmanager
@@ -53,6 +55,17 @@ def read_json(path: str | os.PathLike) -> Any:
         return json.loads(path.read_text())
     except json.JSONDecodeError as error:
         raise ValueError(f"{path} is not valid JSON: {error}") from error
+
+
+def open_hdf5(path: str | os.PathLike, what: str) -> h5py.File:
+    """Open ``path`` read-only; a missing or unreadable file raises naming it (``what``: what it should hold)."""
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"{what} not found: {path}")
+    try:
+        return h5py.File(path, "r")
+    except OSError as error:
+        raise ValueError(f"{path} is not a readable HDF5 file (truncated?): {error}") from error
 
 
 def json_round_trip(value: Any) -> Any:
