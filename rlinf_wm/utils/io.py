@@ -1,4 +1,4 @@
-"""File I/O: atomic writes (nothing half-written is left under the final name) and readers whose errors name the file."""
+"""File I/O: atomic writes (nothing half-written under the final name), readers whose errors name the file."""
 
 from __future__ import annotations
 
