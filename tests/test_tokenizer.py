@@ -8,9 +8,9 @@ import torch
 
 from rlinf_wm.config.validate import ConfigError, validate
 from rlinf_wm.config.world_model_schema import TokenizerConfig, TokenizerTrainConfig
+from rlinf_wm.data.latents import encode_dataset, load_encoded_dataset
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.models.tokenizer import VideoTokenizer, frames_to_uint8
-from rlinf_wm.data.latents import encode_dataset, load_encoded_dataset
 from rlinf_wm.runners.train_tokenizer import train_tokenizer
 from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
 

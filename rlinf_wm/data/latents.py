@@ -29,7 +29,7 @@ from tqdm.auto import tqdm
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.models.reward_model import success_step
 from rlinf_wm.models.tokenizer import VideoTokenizer
-from rlinf_wm.utils.io import atomic_path, json_round_trip, open_hdf5
+from rlinf_wm.utils.io import atomic_path, open_hdf5
 
 LATENT_FORMAT_VERSION = 1
 
@@ -63,7 +63,7 @@ def encode_dataset(
         f.attrs.update(
             format_version=LATENT_FORMAT_VERSION,
             tokenizer_kind=tokenizer.kind,
-            tokenizer_config=json.dumps(json_round_trip(tokenizer._hub_mixin_config)),
+            tokenizer_config=json.dumps(tokenizer._hub_mixin_config),
             latent_channels=tokenizer.latent_channels,
             latent_size=tokenizer.latent_size,
             temporal_compression=c,

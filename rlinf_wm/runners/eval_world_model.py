@@ -274,12 +274,12 @@ def evaluate_world_model(
 ) -> dict:
     """Run the evaluation described in the module docstring; returns the summary also written to
     ``<output_dir>/eval_summary.json``. ``episodes`` may be given instead of reading ``cfg.data_dir``."""
+    from rlinf_wm.data.latents import load_encoded_dataset
     from rlinf_wm.models.dit import ActionDiT
     from rlinf_wm.models.reward_model import RewardModel
     from rlinf_wm.models.samplers import FlowSampler
     from rlinf_wm.models.tokenizer import VideoTokenizer
     from rlinf_wm.runners.train_dit import scale_actions
-    from rlinf_wm.data.latents import load_encoded_dataset
     from rlinf_wm.runners.world_model_pipeline import (
         Layout, heldout_indices, load_training_episodes, load_world_model_settings,
     )
