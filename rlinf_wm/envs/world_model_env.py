@@ -17,7 +17,8 @@ One ``chunk_step`` over ``B`` envs:
 
 Settings not given (``None``) come from ``world_model.json`` in ``world_model_dir`` - the values the world model
 was trained with (window sizes, action scaler, sampler) - so one file is the source of truth; given values override
-it (a warning names any that differ from training).
+it (a warning names any that differ from training); loading and checking the parts is
+:mod:`rlinf_wm.envs.world_model_parts`.
 
 Randomness: every env has its own noise stream, seeded from ``(seed, env index)``; ``reset(seed=s)`` re-seeds all
 of them. An env's rollout therefore depends only on its seed, its initial state and its actions - not on the
@@ -27,38 +28,17 @@ because their streams differ.
 
 from __future__ import annotations
 
-import logging
 import time
 from dataclasses import dataclass
-from pathlib import Path
 from typing import Any, Literal
 
 import numpy as np
 import torch
 
-from rlinf_wm.data.initial_states import InitialStates
-from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
-from rlinf_wm.models.dit import ActionDiT
-from rlinf_wm.models.reward_model import RewardModel
-from rlinf_wm.models.samplers import FlowSampler
-from rlinf_wm.models.tokenizer import VideoTokenizer
-from rlinf_wm.utils.checkpoint import load_model
-from rlinf_wm.utils.io import read_json
+from rlinf_wm.envs.world_model_parts import load_world_model_parts
 
-logger = logging.getLogger(__name__)
-
-WORLD_MODEL_FILE = "world_model.json"
-# Where world_model_pipeline puts each part inside world_model_dir (used when world_model.json has no "paths").
-DEFAULT_PATHS = {
-    "tokenizer": "tokenizer/model",
-    "dit": "dit/model",
-    "reward_model": "reward_model/model",
-    "dataset_statistics": "dataset_statistics.json",
-    "initial_states": "initial_states.hdf5",
-}
-SAMPLER_KEYS = ("solver", "num_steps", "guidance", "sigma_min", "sigma_max", "rho")
 REWARD_TYPES = ("success_once", "relative")
 REWARD_FRAMES = ("last", "all")
 
@@ -84,14 +64,6 @@ class StepTimings:
 
     def as_dict(self) -> dict[str, float]:
         return dict(vars(self))
-
-
-def resolve_model_dir(path: str | Path) -> Path:
-    """A ``save_pretrained`` directory, or a training run directory holding one in ``model/``."""
-    path = Path(path)
-    if not (path / "config.json").is_file() and (path / "model" / "config.json").is_file():
-        return path / "model"
-    return path
 
 
 class _CountingModel(torch.nn.Module):
@@ -171,28 +143,17 @@ class WorldModelEnv(ChunkEnv):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
             raise ValueError(f"dtype must be a torch dtype name like 'float32' or 'bfloat16', got {dtype!r}")
-        self.world_model_dir = Path(world_model_dir)
-        if not self.world_model_dir.is_dir():
-            raise FileNotFoundError(f"world_model_dir {self.world_model_dir} does not exist; train the world model first")
-        trained = self._read_training_settings()
-        self.task = task if task is not None else trained.get("task", "")
-        if task is not None and trained.get("task") not in (None, task):
-            raise ValueError(f"task={task!r} but {self.world_model_dir / WORLD_MODEL_FILE} is for task {trained['task']!r}")
-
-        def setting(name: str, given, key: str | None = None):
-            key = key or name
-            if given is None:
-                if key not in trained:
-                    raise ValueError(f"{name} is not set and {self.world_model_dir / WORLD_MODEL_FILE} has no '{key}'")
-                return trained[key]
-            if key in trained and trained[key] != given:
-                logger.warning("world model was trained with %s=%s; the env uses %s", key, trained[key], given)
-            return given
-
+        parts = load_world_model_parts(
+            world_model_dir, task, tokenizer_path, dit_path, reward_model_path, stats_path, initial_states_path,
+            chunk_size, num_cond_latent_frames, action_scaler, sampler,
+        )
+        self.world_model_dir, self.task = parts.world_model_dir, parts.task
+        self.chunk_size, self.num_cond_latent_frames = parts.chunk_size, parts.num_cond_latent_frames
+        self.action_scaler, self.sampler = parts.action_scaler, parts.sampler
+        self.stats, self.action_dim = parts.stats, parts.action_dim
+        self.tokenizer, self.dit, self.reward_model = parts.tokenizer, parts.dit, parts.reward_model
+        self.initial_states = parts.initial_states
         self.num_envs = int(num_envs)
-        self.chunk_size = int(setting("chunk_size", chunk_size))
-        self.num_cond_latent_frames = int(setting("num_cond_latent_frames", num_cond_latent_frames))
-        self.action_scaler = float(setting("action_scaler", action_scaler))
         self.max_episode_steps = int(max_episode_steps)
         self.batch_size = int(batch_size)
         self.reward_type = reward_type
@@ -200,33 +161,7 @@ class WorldModelEnv(ChunkEnv):
         self.device = torch.device(device)
         self.dtype = getattr(torch, dtype)
         self.seed = int(seed)
-        if self.chunk_size < 1 or self.num_cond_latent_frames < 1:
-            raise ValueError(f"chunk_size and num_cond_latent_frames must be >= 1, got {self.chunk_size}, "
-                             f"{self.num_cond_latent_frames}")
-
-        sampler = dict(sampler or {})
-        unknown = sorted(set(sampler) - set(SAMPLER_KEYS))
-        if unknown:
-            raise ValueError(f"unknown sampler keys {unknown}; valid: {list(SAMPLER_KEYS)}")
-        trained_sampler = trained.get("sampler", {})
-        self.sampler = FlowSampler(**{
-            key: sampler[key] if sampler.get(key) is not None else trained_sampler[key]
-            for key in SAMPLER_KEYS if sampler.get(key) is not None or key in trained_sampler
-        })
-
-        paths = {**DEFAULT_PATHS, **trained.get("paths", {})}
-
-        def part(given, key):
-            return Path(given) if given is not None else self.world_model_dir / paths[key]
-
-        self.stats = ActionStatistics.load(part(stats_path, "dataset_statistics"))
-        self.action_dim = self.stats.action_dim
-        self.tokenizer = load_model(VideoTokenizer, resolve_model_dir(part(tokenizer_path, "tokenizer"))).eval()
-        self.dit = load_model(ActionDiT, resolve_model_dir(part(dit_path, "dit"))).eval()
-        self.reward_model = load_model(RewardModel, resolve_model_dir(part(reward_model_path, "reward_model"))).eval()
         self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
-        self.initial_states = InitialStates.load(part(initial_states_path, "initial_states"))
-        self._check_parts()
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
         self._per_frame_tokenizer = self.tokenizer.temporal_compression == 1
         self.reencode_context = self._per_frame_tokenizer if reencode_context is None else bool(reencode_context)
@@ -255,37 +190,6 @@ class WorldModelEnv(ChunkEnv):
         self._seed_streams(self.seed)
 
     # ------------------------------------------------------------------ setup
-    def _read_training_settings(self) -> dict:
-        path = self.world_model_dir / WORLD_MODEL_FILE
-        return read_json(path) if path.is_file() else {}
-
-    def _check_parts(self) -> None:
-        tok, dit, rm, states = self.tokenizer, self.dit, self.reward_model, self.initial_states
-        problems = []
-        if dit.latent_channels != tok.latent_channels:
-            problems.append(f"DiT latent_channels={dit.latent_channels} but the tokenizer has {tok.latent_channels}")
-        if dit.action_dim != self.action_dim:
-            problems.append(f"DiT action_dim={dit.action_dim} but the action statistics have {self.action_dim} dims")
-        if dit.actions_per_latent_frame != tok.temporal_compression:
-            problems.append(f"DiT actions_per_latent_frame={dit.actions_per_latent_frame} but the tokenizer's "
-                            f"temporal compression is {tok.temporal_compression}")
-        if self.chunk_size % dit.actions_per_latent_frame:
-            problems.append(f"chunk_size={self.chunk_size} is not a multiple of the DiT's actions_per_latent_frame="
-                            f"{dit.actions_per_latent_frame}")
-        frames = self.num_cond_latent_frames + self.chunk_size // dit.actions_per_latent_frame
-        max_frames = self.dit.transformer.config.max_size[0]
-        if frames > max_frames:
-            problems.append(f"num_cond_latent_frames + chunk latent frames = {frames} exceeds the DiT's max_size[0]="
-                            f"{max_frames}")
-        size = (tok.image_size, tok.image_size)
-        if states.image_size != size:
-            problems.append(f"initial states are {states.image_size[0]}x{states.image_size[1]} frames but the "
-                            f"tokenizer expects {size[0]}x{size[1]}")
-        if rm.image_size != tok.image_size:
-            problems.append(f"reward model image_size={rm.image_size} but the tokenizer's is {tok.image_size}")
-        if problems:
-            raise ValueError(f"world model {self.world_model_dir} is inconsistent: " + "; ".join(problems))
-
     def _seed_streams(self, seed: int) -> None:
         self._rng = np.random.default_rng(seed)
         # One noise stream per env, independent of the others (np SeedSequence spawns well-mixed child seeds).
