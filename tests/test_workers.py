@@ -39,13 +39,13 @@ def policy_dir(tmp_path_factory):
     return str(path)
 
 
-def policy_cfg(path):
-    return {"path": path, "model": {}, "temperature": 1.0}
+def policy_cfg(path, temperature=1.0):
+    return {"path": path, "model": {}, "temperature": temperature}
 
 
-def make_batch(policy_dir, success, chunks=3, seed=0, group_ids=None):
+def make_batch(policy_dir, success, chunks=3, seed=0, group_ids=None, temperature=1.0):
     """Trajectories acted by the policy itself (ratio 1 at the first step); episodes end in the last chunk."""
-    policy = RolloutWorker(policy_cfg(policy_dir))
+    policy = RolloutWorker(policy_cfg(policy_dir, temperature))
     rng = np.random.default_rng(seed)
     b = len(success)
     images = rng.integers(0, 256, (b, chunks, IMAGE, IMAGE, 3), dtype=np.uint8)
@@ -86,6 +86,17 @@ def test_grpo_update_moves_the_policy_and_reports_metrics(policy_dir):
     assert metrics["train/actor/ratio_mean"] == pytest.approx(1.0, abs=0.05)
     assert all(math.isfinite(v) for v in metrics.values())
     assert actor.reference is None  # kl_coef == 0: no reference policy is held
+
+
+@pytest.mark.parametrize("temperature", [0.5, 1.6])
+def test_learner_scores_tokens_at_the_rollout_temperature(policy_dir, temperature):
+    # Before the weights move (the first minibatch of the first epoch) the ratio must be exactly 1.
+    algorithm = AlgorithmConfig(group_size=2, minibatch_size=12)
+    actor = ActorWorker(policy_cfg(policy_dir, temperature), algorithm, ActorConfig(lr=1e-2), 0)
+    metrics = actor.update(make_batch(policy_dir, [True, False, True, False], temperature=temperature), iteration=0)
+    assert metrics["train/actor/num_updates"] == 1
+    assert metrics["train/actor/ratio_mean"] == pytest.approx(1.0, abs=1e-5)
+    assert metrics["train/actor/approx_kl"] == pytest.approx(0.0, abs=1e-6)
 
 
 def test_zero_variance_groups_are_filtered_out_of_the_update(policy_dir):

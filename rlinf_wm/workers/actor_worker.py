@@ -52,6 +52,8 @@ class ActorWorker:
         if num_threads:
             torch.set_num_threads(num_threads)
         self.algorithm, self.actor_cfg, self.seed = algorithm, actor, seed
+        # The rollout workers sample at this temperature; old and new log-probs must be of the same distribution.
+        self.temperature = float(policy_cfg.get("temperature", 1.0))
         self.device = pick_device(use_gpu)
         # The reference is the starting policy (the SFT checkpoint), also when resuming a run.
         start_cfg = dict(policy_cfg, path=resume_policy_dir) if resume_policy_dir else policy_cfg
@@ -208,11 +210,13 @@ class ActorWorker:
         """One optimizer step; None when the loss or gradient was non-finite and the step was skipped."""
         algo = self.algorithm
         mb = {k: v.to(self.device) for k, v in minibatch.items()}
-        evaluation = self.policy.evaluate_tensors(mb["images"], mb["instruction_ids"], mb["tokens"])
+        evaluation = self.policy.evaluate_tensors(mb["images"], mb["instruction_ids"], mb["tokens"], self.temperature)
         ref_logprobs = None
         if self.reference is not None:
             with torch.no_grad():
-                ref_logprobs = self.reference.evaluate_tensors(mb["images"], mb["instruction_ids"], mb["tokens"]).logprobs
+                ref_logprobs = self.reference.evaluate_tensors(
+                    mb["images"], mb["instruction_ids"], mb["tokens"], self.temperature
+                ).logprobs
         mask = torch.ones(mb["tokens"].shape[0], dtype=torch.bool, device=self.device)
         loss, metrics = policy_loss(
             evaluation.logprobs, mb["old_logprobs"], mb["advantages"], mask,
