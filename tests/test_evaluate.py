@@ -145,6 +145,10 @@ def test_summary_statistics():
     assert summary["success_rate"] == 0.75 and summary["num_successes"] == 3
     assert summary["mean_episode_length"] == 11.5 and summary["mean_success_length"] == 11.0
     assert summary["num_distinct_initial_states"] == 2
+    # state 0: episodes 0 and 2 succeed; state 1: episode 1 succeeds, episode 3 fails
+    assert summary["initial_states_by_outcome"] == {"always": 1, "sometimes": 1, "never": 0}
+    never = summarize([{"reset_id": 5, "success": False, "length": 3}] * 2)
+    assert never["initial_states_by_outcome"] == {"always": 0, "sometimes": 0, "never": 1}
     assert summary["success_rate_ci95"] == list(wilson_interval(3, 4))
 
 

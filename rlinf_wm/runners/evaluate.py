@@ -38,6 +38,9 @@ def split_episodes(num_episodes: int, num_workers: int) -> list[range]:
 
 def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
     successes = sum(ep["success"] for ep in episodes)
+    outcomes_by_state: dict[int, set[bool]] = {}
+    for ep in episodes:
+        outcomes_by_state.setdefault(ep.get("initial_state", ep["reset_id"]), set()).add(bool(ep["success"]))
     lengths = np.array([ep["length"] for ep in episodes], float)
     success_lengths = np.array([ep["length"] for ep in episodes if ep["success"]], float)
     low, high = wilson_interval(successes, len(episodes))
@@ -49,7 +52,14 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
         "mean_episode_length": float(lengths.mean()),
         "mean_success_length": float(success_lengths.mean()) if len(success_lengths) else None,
         # Deterministic episodes from one initial state repeat each other: this is the effective sample.
-        "num_distinct_initial_states": len({ep.get("initial_state", ep["reset_id"]) for ep in episodes}),
+        "num_distinct_initial_states": len(outcomes_by_state),
+        # GRPO learns only from initial states whose episodes differ in outcome: with "never" and "always"
+        # states dominating, a group of rollouts from them carries no advantage.
+        "initial_states_by_outcome": {
+            "always": sum(o == {True} for o in outcomes_by_state.values()),
+            "sometimes": sum(o == {True, False} for o in outcomes_by_state.values()),
+            "never": sum(o == {False} for o in outcomes_by_state.values()),
+        },
     }
 
 
