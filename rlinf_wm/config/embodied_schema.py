@@ -123,7 +123,7 @@ class ClusterConfig:
 class PolicySection:
     model: TinyVLAConfig = field(default_factory=TinyVLAConfig)  # architecture of a fresh policy (path: null)
     path: str | None = None  # save_pretrained directory (the SFT checkpoint); its config.json wins over `model`
-    temperature: float = 1.0  # rollout sampling temperature
+    temperature: float = 1.0  # rollout sampling temperature; the learner scores tokens at the same one
 
     def check(self, path: str) -> None:
         require(self.temperature > 0, f"{path}.temperature", f"must be > 0, got {self.temperature}")
