@@ -14,6 +14,7 @@ from rlinf_wm.algorithms import (
     NonFiniteLossError,
     check_finite,
     compute_advantages,
+    episode_equal_weights,
     episode_returns,
     explained_variance,
     flatten_valid,
@@ -134,6 +135,32 @@ def test_compute_advantages_grpo_filters_zero_variance_groups_and_padding():
     summed = compute_advantages(_grpo_config(reward_type="sum"), **{**kwargs, "rewards": rewards})
     # Returns: env 0 = 2 (only chunk 0 valid), env 1 = 3 -> env 1 is above its group mean.
     assert summed.advantages[1, 0].item() > 0 > summed.advantages[0, 0].item()
+
+
+def test_episode_equal_weights_give_every_episode_the_same_total():
+    mask = t([[1, 0, 0, 0], [1, 1, 1, 1], [0, 0, 0, 0], [1, 1, 0, 0]]).bool()
+    w = episode_equal_weights(mask)
+    assert w.sum(dim=1).tolist() == pytest.approx([7 / 3, 7 / 3, 0.0, 7 / 3])  # 7 chunks over 3 episodes
+    assert masked_mean(w, mask).item() == pytest.approx(1.0)
+    assert torch.all(w[~mask] == 0)
+
+
+def test_episode_weighting_removes_the_length_bias_of_grpo_advantages():
+    # One group: a success that ends in chunk 0 and a failure that runs all 4 chunks to the time limit.
+    terminated = torch.zeros(2, 4, 1, dtype=torch.bool)
+    terminated[0, 0, 0] = True
+    truncated = torch.zeros_like(terminated)
+    truncated[1, 3, 0] = True
+    kwargs = dict(rewards=torch.zeros(2, 4, 1), terminated=terminated, truncated=truncated,
+                  success=torch.tensor([True, False]), group_id=torch.tensor([0, 0]))
+    per_chunk = compute_advantages(_grpo_config(), **kwargs)
+    per_episode = compute_advantages(_grpo_config(loss_weighting="episode"), **kwargs)
+    # Summed over the loss's chunks, the failure's four chunks outweigh the success's one...
+    assert per_chunk.advantages.sum().item() < -1.0
+    # ...unless each episode weighs the same; the signs per chunk stay.
+    assert per_episode.advantages.sum().item() == pytest.approx(0.0, abs=1e-5)
+    assert torch.equal(per_episode.advantages > 0, per_chunk.advantages > 0)
+    assert torch.equal(per_episode.loss_mask, per_chunk.loss_mask)
 
 
 def test_compute_advantages_grpo_requires_group_ids_and_success():
@@ -539,6 +566,7 @@ def test_grpo_yaml_matches_schema_defaults():
         ({"name": "ppo", "gamma": 1.5, "zero_variance_groups": "keep"}, "algorithm.gamma"),
         ({"name": "ppo"}, "algorithm.zero_variance_groups"),
         ({"logprob_aggregation": "sequence"}, "algorithm.logprob_aggregation"),
+        ({"loss_weighting": "token"}, "algorithm.loss_weighting"),
         ({"minibatch_size": 0}, "algorithm.minibatch_size"),
         ({"update_epochs": 0}, "algorithm.update_epochs"),
         ({"kl_coef": -1.0}, "algorithm.kl_coef"),

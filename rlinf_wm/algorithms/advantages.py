@@ -157,11 +157,25 @@ def normalize_advantages(advantages: Tensor, loss_mask: Tensor, eps: float = 1e-
     return torch.where(loss_mask.bool(), normalized, torch.zeros_like(normalized))
 
 
+def episode_equal_weights(loss_mask: Tensor) -> Tensor:
+    """float ``[B, N]``: ``1 / L_b`` on the ``L_b`` loss chunks of trajectory ``b``, scaled to mean 1 over all loss chunks.
+
+    A mean over chunks weighs an episode by its length. Successes end early and failures run to the time limit, so
+    group-normalised advantages, which sum to zero over a group's episodes, sum to a negative number over its
+    chunks: the update then pushes down the behaviour that successes and failures share. With these weights every
+    episode weighs the same (verl's "seq-mean-token-mean"), whatever its length.
+    """
+    counts = loss_mask.sum(dim=1, keepdim=True).float()  # [B, 1]
+    episodes = (counts > 0).sum()
+    total = loss_mask.sum()
+    return torch.where(loss_mask, total / (episodes * counts.clamp(min=1.0)), 0.0)
+
+
 @dataclass
 class AdvantageBatch:
     """Everything the policy update needs from a batch of trajectories, per chunk ``[B, N]``."""
 
-    advantages: Tensor  # float [B, N], 0 on padding
+    advantages: Tensor  # float [B, N], 0 on padding (times the loss weight with loss_weighting=episode)
     loss_mask: Tensor  # bool [B, N]: chunk enters the loss (valid, and informative for GRPO filtering)
     returns: Tensor | None  # float [B, N] value targets (PPO), None for GRPO
     informative: Tensor  # bool [B]: env's GRPO group has non-zero variance (all True for PPO)
@@ -236,6 +250,9 @@ def compute_advantages(
 
     if config.normalize_advantages:
         advantages = normalize_advantages(advantages, loss_mask)
+    if config.loss_weighting == "episode":
+        # Scaling an advantage by w > 0 scales its clipped policy-gradient term by w: a per-chunk loss weight.
+        advantages = advantages * episode_equal_weights(loss_mask)
     metrics.update(
         {
             "rollout/advantages_mean": masked_mean(advantages, loss_mask),

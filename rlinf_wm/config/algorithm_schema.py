@@ -46,6 +46,9 @@ class AlgorithmConfig:
     entropy_coef: float = 0.0
     kl_coef: float = 0.0  # k3 KL to a frozen reference policy; 0 = no reference policy is loaded
     normalize_advantages: bool = False  # re-normalise over the whole batch (GRPO is already group-normalised)
+    # How chunks weigh in the policy loss: "chunk" = each valid chunk equally (long episodes weigh more),
+    # "episode" = each episode equally (rlinf_wm.algorithms.episode_equal_weights explains the length bias).
+    loss_weighting: Literal["chunk", "episode"] = "chunk"
     max_grad_norm: float | None = 1.0
     max_consecutive_nonfinite: int = 3  # skip steps with NaN/inf loss; raise when this many occur in a row
 
