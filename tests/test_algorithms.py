@@ -570,6 +570,7 @@ def test_grpo_yaml_matches_schema_defaults():
         ({"minibatch_size": 0}, "algorithm.minibatch_size"),
         ({"update_epochs": 0}, "algorithm.update_epochs"),
         ({"kl_coef": -1.0}, "algorithm.kl_coef"),
+        ({"target_kl": 0.0}, "algorithm.target_kl"),
         ({"max_consecutive_nonfinite": 0}, "algorithm.max_consecutive_nonfinite"),
         ({"zero_variance_groups": "resample", "max_resample_rounds": 0}, "algorithm.max_resample_rounds"),
         ({"critic_warmup_iterations": 2}, "algorithm.critic_warmup_iterations: GRPO has no critic"),

@@ -88,6 +88,16 @@ def test_grpo_update_moves_the_policy_and_reports_metrics(policy_dir):
     assert actor.reference is None  # kl_coef == 0: no reference policy is held
 
 
+@pytest.mark.parametrize("target_kl, expected_updates", [(None, 9), (1e-6, 1)])
+def test_target_kl_stops_the_update_once_the_policy_leaves_the_trust_region(policy_dir, target_kl, expected_updates):
+    # 12 valid chunks, minibatches of 4, 3 epochs: 9 steps unless the KL stop ends the update after the first.
+    algorithm = AlgorithmConfig(group_size=2, minibatch_size=4, update_epochs=3, target_kl=target_kl)
+    actor = ActorWorker(policy_cfg(policy_dir), algorithm, ActorConfig(lr=1e-2), 0)
+    metrics = actor.update(make_batch(policy_dir, [True, False, True, False]), iteration=0)
+    assert metrics["train/actor/num_updates"] == expected_updates
+    assert metrics["train/actor/kl_early_stopped"] == float(target_kl is not None)
+
+
 @pytest.mark.parametrize("temperature", [0.5, 1.6])
 def test_learner_scores_tokens_at_the_rollout_temperature(policy_dir, temperature):
     # Before the weights move (the first minibatch of the first epoch) the ratio must be exactly 1.

@@ -50,6 +50,9 @@ class AlgorithmConfig:
     # "episode" = each episode equally (rlinf_wm.algorithms.episode_equal_weights explains the length bias).
     loss_weighting: Literal["chunk", "episode"] = "chunk"
     max_grad_norm: float | None = 1.0
+    # Early stop (a KL trust region, as in Stable-Baselines3 PPO): the update of an iteration stops at the
+    # first minibatch whose approx-KL to the rollout policy exceeds 1.5 x target_kl; null = never stop.
+    target_kl: float | None = None
     max_consecutive_nonfinite: int = 3  # skip steps with NaN/inf loss; raise when this many occur in a row
 
     # --- PPO only: GAE and the value head ---
@@ -113,6 +116,8 @@ class AlgorithmConfig:
         if self.max_grad_norm is not None:
             require(self.max_grad_norm > 0.0, at("max_grad_norm"), f"must be > 0 or null, got {self.max_grad_norm}")
 
+        if self.target_kl is not None:
+            require(self.target_kl > 0.0, at("target_kl"), f"must be > 0 or null, got {self.target_kl}")
         require(self.value_loss_coef >= 0.0, at("value_loss_coef"), f"must be >= 0, got {self.value_loss_coef}")
         if self.value_clip is not None:
             require(self.value_clip > 0.0, at("value_clip"), f"must be > 0 or null, got {self.value_clip}")

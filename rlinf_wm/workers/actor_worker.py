@@ -33,6 +33,8 @@ from rlinf_wm.workers.seeding import derive_seed
 from rlinf_wm.workers.trajectory import TrajectoryBatch
 
 VALUE_HEAD_PREFIX = "value_head."
+# Returned by ``_step`` when the minibatch's approx-KL exceeds the trust region (``algorithm.target_kl``).
+KL_EXCEEDED = object()
 
 # Observations arrive as read-only views of Ray's object store; torch warns, but they are only read.
 warnings.filterwarnings("ignore", message="The given NumPy array is not writable")
@@ -183,11 +185,17 @@ class ActorWorker:
 
         sums: dict[str, float] = defaultdict(float)
         steps = skipped = 0
+        kl_stopped = False
         if num_samples > 0:
             for epoch in range(algo.update_epochs):
+                if kl_stopped:
+                    break
                 seed = derive_seed(self.seed, "minibatches", iteration, epoch)
                 for minibatch in iterate_minibatches(flat, algo.minibatch_size, seed=seed):
                     step_metrics = self._step(minibatch, critic_only)
+                    if step_metrics is KL_EXCEEDED:
+                        kl_stopped = True
+                        break
                     if step_metrics is None:
                         skipped += 1
                         continue
@@ -199,6 +207,7 @@ class ActorWorker:
             "train/actor/num_updates": float(steps),
             "train/actor/skipped_nonfinite": float(skipped),
             "train/actor/num_samples": float(num_samples),
+            "train/actor/kl_early_stopped": float(kl_stopped),
             "train/actor/lr": self.optimizer.param_groups[0]["lr"],
             "time/actor_update": time.perf_counter() - start,
         })
@@ -206,8 +215,9 @@ class ActorWorker:
             metrics["train/critic/lr"] = algo.value_lr
         return metrics
 
-    def _step(self, minibatch: dict[str, torch.Tensor], critic_only: bool) -> dict[str, float] | None:
-        """One optimizer step; None when the loss or gradient was non-finite and the step was skipped."""
+    def _step(self, minibatch: dict[str, torch.Tensor], critic_only: bool) -> dict[str, float] | object | None:
+        """One optimizer step; None when the loss or gradient was non-finite and the step was skipped,
+        ``KL_EXCEEDED`` (no step) when the policy has already left the ``target_kl`` trust region."""
         algo = self.algorithm
         mb = {k: v.to(self.device) for k, v in minibatch.items()}
         evaluation = self.policy.evaluate_tensors(mb["images"], mb["instruction_ids"], mb["tokens"], self.temperature)
@@ -222,6 +232,9 @@ class ActorWorker:
             evaluation.logprobs, mb["old_logprobs"], mb["advantages"], mask,
             entropy=evaluation.entropy, ref_logprobs=ref_logprobs, **algo.policy_loss_kwargs(),
         )
+        if (algo.target_kl is not None and not critic_only
+                and float(metrics["train/actor/approx_kl"]) > 1.5 * algo.target_kl):
+            return KL_EXCEEDED
         if algo.uses_critic:
             critic_loss, critic_metrics = value_loss(
                 evaluation.values, mb["old_values"], mb["returns"], mask, **algo.value_loss_kwargs()
