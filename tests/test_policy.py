@@ -147,8 +147,9 @@ def test_sampling_is_reproducible_with_a_generator_and_follows_temperature():
         policy.act(obs, temperature=0.0)
 
 
-def test_save_and_load_give_identical_outputs(tmp_path):
-    policy = make_policy(seed=4)
+@pytest.mark.parametrize("action_head", ["categorical", "gaussian"])
+def test_save_and_load_give_identical_outputs(tmp_path, action_head):
+    policy = make_policy(seed=4, action_head=action_head)
     save_model_atomic(policy, tmp_path / "model")
     loaded = load_policy(tmp_path)  # the run directory resolves to its model/ subdirectory
     assert isinstance(loaded, TinyVLA) and not loaded.training
@@ -157,6 +158,32 @@ def test_save_and_load_give_identical_outputs(tmp_path):
     a, b = policy.act(obs, deterministic=True), loaded.act(obs, deterministic=True)
     assert np.array_equal(a.tokens, b.tokens) and np.array_equal(a.logprobs, b.logprobs)
     assert np.array_equal(a.actions, b.actions)
+
+
+def test_gaussian_head_logits_are_a_discretised_gaussian():
+    policy = make_policy(action_head="gaussian")
+    logits, _ = policy(torch.from_numpy(make_obs(2).images), policy.tokenize_instructions(make_obs(2).instructions))
+    assert logits.shape == (2, 3, 4, 32)
+    # Quadratic in the bin centre: second differences are equal and negative, one peak per dimension.
+    second = logits.diff(dim=-1).diff(dim=-1)
+    assert torch.allclose(second, second[..., :1].expand_as(second), atol=1e-4) and bool((second < 0).all())
+
+
+@pytest.mark.parametrize("action_head, neighbour_rises", [("categorical", False), ("gaussian", True)])
+def test_a_policy_gradient_step_on_one_bin_lifts_the_bin_beyond_only_with_the_gaussian_head(action_head, neighbour_rises):
+    # A small REINFORCE step on a token 3 bins above the mode: the Gaussian head shifts its mean towards it,
+    # so the bin beyond the target rises with it; free per-bin logits raise the target and lower the rest.
+    policy = make_policy(action_head=action_head).train()
+    obs = make_obs(1)
+    images, ids = torch.from_numpy(obs.images), policy.tokenize_instructions(obs.instructions)
+    before = torch.log_softmax(policy(images, ids)[0][0, 0, 0].detach(), -1)
+    target = int(before.argmax()) + 3
+    optimizer = torch.optim.SGD(policy.parameters(), lr=1e-3)
+    (-torch.log_softmax(policy(images, ids)[0][0, 0, 0], -1)[target]).backward()
+    optimizer.step()
+    change = torch.log_softmax(policy(images, ids)[0][0, 0, 0].detach(), -1) - before
+    assert change[target] > 0
+    assert bool(change[target + 1] > 0) == neighbour_rises
 
 
 def test_no_value_head():

@@ -28,6 +28,9 @@ class TinyVLAConfig:
     dropout: float = 0.0
     max_instruction_length: int = 64  # bytes
     value_head: bool = True  # chunk-level value for PPO
+    # categorical: free logits per bin (OpenVLA); gaussian: logits of a discretised Gaussian whose mean and
+    # width are predicted, so a policy-gradient step on one sampled bin moves the whole distribution.
+    action_head: Literal["categorical", "gaussian"] = "categorical"
     # Filled from the data at SFT time (None in the model YAML).
     image_size: int | None = None
     action_dim: int | None = None
@@ -43,6 +46,8 @@ class TinyVLAConfig:
                 f"must be a non-empty list of positive ints, got {self.encoder_channels}")
         require(self.hidden_dim % self.num_heads == 0, f"{path}.hidden_dim",
                 f"{self.hidden_dim} is not divisible by num_heads={self.num_heads}")
+        require(self.action_head in ("categorical", "gaussian"), f"{path}.action_head",
+                f"must be 'categorical' or 'gaussian', got {self.action_head!r}")
         require(0.0 <= self.dropout < 1.0, f"{path}.dropout", f"must be in [0, 1), got {self.dropout}")
         if self.image_size is not None:
             require(self.image_size >= 8, f"{path}.image_size", f"must be >= 8, got {self.image_size}")

@@ -6,6 +6,7 @@ Layout (one forward pass, no autoregression)::
     instruction bytes      -> byte embedding + 1 transformer layer -> masked mean -> 1 language token
     [language, image tokens, K action queries, value query] -> transformer trunk (bidirectional)
     action query k  -> linear -> A x num_bins logits     (OpenVLA-OFT-style parallel decoding)
+                       or (action_head=gaussian) A means and widths -> discretised-Gaussian logits
     value query     -> MLP    -> chunk value             (optional, for PPO)
 
 OpenVLA-OFT (Kim et al., 2025, "Fine-Tuning Vision-Language-Action Models") replaces
@@ -29,6 +30,38 @@ from rlinf_wm.config.policy_schema import TinyVLAConfig
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.models.policy.base import DiscreteActionPolicy
 from rlinf_wm.models.policy.tokenizer import ActionTokenizer, ByteTokenizer
+
+
+# Widths of the discretised Gaussian head, in normalised action units ([-1, 1] spans all bins).
+GAUSSIAN_MIN_STD, GAUSSIAN_MAX_STD, GAUSSIAN_INIT_STD = 1e-3, 2.0, 0.3
+GAUSSIAN_MEAN_LIMIT = 3.0  # means beyond [-1, 1] put the mass on the edge bins (saturated actions)
+
+
+class DiscretizedGaussianHead(nn.Module):
+    """Hidden ``[..., dim]`` -> bin logits ``[..., A, num_bins]`` of a Gaussian over the bin centres.
+
+    ``logit_b = -(c_b - mu)^2 / (2 sigma^2)``: the bins stay an exact categorical (sampling, log-probs,
+    entropy and temperature are unchanged) but neighbouring bins share two parameters per dimension. With free
+    per-bin logits a sampled bin's gradient raises that bin alone, so "act a little further right" has to be
+    learned bin by bin; here it moves ``mu`` (the ordinal structure PixelCNN++'s discretised logistic uses).
+    """
+
+    def __init__(self, dim: int, action_dim: int, num_bins: int) -> None:
+        super().__init__()
+        self.action_dim, self.num_bins = action_dim, num_bins
+        self.project = nn.Linear(dim, 2 * action_dim)
+        nn.init.normal_(self.project.weight, std=0.01)
+        nn.init.zeros_(self.project.bias)
+        with torch.no_grad():
+            self.project.bias[action_dim:] = math.log(GAUSSIAN_INIT_STD)
+        centres = -1.0 + (torch.arange(num_bins, dtype=torch.float32) + 0.5) * (2.0 / num_bins)
+        self.register_buffer("centres", centres, persistent=False)
+
+    def forward(self, hidden: torch.Tensor) -> torch.Tensor:
+        mean, log_std = self.project(hidden).unflatten(-1, (2, self.action_dim)).unbind(-2)
+        mean = mean.clamp(-GAUSSIAN_MEAN_LIMIT, GAUSSIAN_MEAN_LIMIT)
+        std = log_std.exp().clamp(GAUSSIAN_MIN_STD, GAUSSIAN_MAX_STD)
+        return -0.5 * ((self.centres - mean.unsqueeze(-1)) / std.unsqueeze(-1)) ** 2
 
 
 def _groups(channels: int) -> int:
@@ -119,10 +152,13 @@ class TinyVLA(nn.Module, PyTorchModelHubMixin, DiscreteActionPolicy):
                                            activation="gelu", batch_first=True, norm_first=True)
         self.trunk = nn.TransformerEncoder(layer, config.num_layers, norm=nn.LayerNorm(dim),
                                            enable_nested_tensor=False)
-        self.action_head = nn.Linear(dim, config.action_dim * config.num_bins)
-        # Small initial logits: the untrained policy starts near uniform over bins.
-        nn.init.normal_(self.action_head.weight, std=0.01)
-        nn.init.zeros_(self.action_head.bias)
+        if config.action_head == "gaussian":
+            self.action_head = DiscretizedGaussianHead(dim, config.action_dim, config.num_bins)
+        else:
+            self.action_head = nn.Linear(dim, config.action_dim * config.num_bins)
+            # Small initial logits: the untrained policy starts near uniform over bins.
+            nn.init.normal_(self.action_head.weight, std=0.01)
+            nn.init.zeros_(self.action_head.bias)
         self.value_head = (
             nn.Sequential(nn.Linear(dim, dim), nn.GELU(), nn.Linear(dim, 1)) if config.value_head else None
         )
