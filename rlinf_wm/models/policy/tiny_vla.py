@@ -54,8 +54,8 @@ class DiscretizedGaussianHead(nn.Module):
         nn.init.zeros_(self.project.bias)
         with torch.no_grad():
             self.project.bias[action_dim:] = math.log(GAUSSIAN_INIT_STD)
-        centres = -1.0 + (torch.arange(num_bins, dtype=torch.float32) + 0.5) * (2.0 / num_bins)
-        self.register_buffer("centres", centres, persistent=False)
+        centres = ActionTokenizer(num_bins).decode(np.arange(num_bins))  # what each token decodes to
+        self.register_buffer("centres", torch.from_numpy(centres), persistent=False)
 
     def forward(self, hidden: torch.Tensor) -> torch.Tensor:
         mean, log_std = self.project(hidden).unflatten(-1, (2, self.action_dim)).unbind(-2)
