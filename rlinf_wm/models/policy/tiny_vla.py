@@ -48,7 +48,7 @@ class DiscretizedGaussianHead(nn.Module):
 
     def __init__(self, dim: int, action_dim: int, num_bins: int) -> None:
         super().__init__()
-        self.action_dim, self.num_bins = action_dim, num_bins
+        self.action_dim = action_dim
         self.project = nn.Linear(dim, 2 * action_dim)
         nn.init.normal_(self.project.weight, std=0.01)
         nn.init.zeros_(self.project.bias)
