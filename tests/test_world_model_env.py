@@ -150,6 +150,27 @@ def test_success_terminates_with_reward_one_at_the_scored_step(wm_dir):
     assert step.terminated.all() and (step.info["episode_length"] == 1).all()
 
 
+def test_success_consecutive_needs_a_streak_that_may_span_chunks(wm_dir):
+    env = make(wm_dir, reward_threshold=0.5, success_consecutive=2)
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    # chunk-end scores: env 0 high, high (a streak across chunks); envs 1 and 3 high, low, high, high (the broken
+    # streak starts again); env 2 never high
+    env._score = ScriptedScores(env, [[0.9, 0.9, 0.1, 0.9], [0.9, 0.1, 0.1, 0.1], [0.9, 0.1, 0.9], [0.9, 0.1, 0.9]])
+    first = env.chunk_step(actions(0))
+    assert not first.terminated.any() and not first.rewards.any()
+    second = env.chunk_step(actions(1))
+    np.testing.assert_array_equal(second.terminated[:, -1], [True, False, False, False])
+    np.testing.assert_array_equal(second.rewards[:, -1], [1.0, 0.0, 0.0, 0.0])
+    third = env.chunk_step(actions(2))  # env 0 is done: three rows scored
+    np.testing.assert_array_equal(third.terminated[:, -1], [True, False, False, False])
+    fourth = env.chunk_step(actions(3))
+    np.testing.assert_array_equal(fourth.info["success"], [True, True, False, True])
+    np.testing.assert_array_equal(fourth.rewards[:, -1], [0.0, 1.0, 0.0, 1.0])
+    env.reset(ids=[0, 1, 2, 0], seed=0)  # a reset clears the streak
+    env._score = ScriptedScores(env, [[0.9, 0.1, 0.1, 0.1]])
+    assert not env.chunk_step(actions(0)).terminated.any()
+
+
 def test_truncation_at_max_episode_steps_mid_chunk(wm_dir):
     env = make(wm_dir, max_episode_steps=3, reencode_context=False)  # decode counts without re-encoding
     env.reset(ids=[0, 1, 2, 0], seed=0)
@@ -359,6 +380,7 @@ def test_schema_rejects_bad_values():
         ("sampler", {"solver": "rk4"}, "sampler.solver"),
         ("chunk_size", 0, "chunk_size"),
         ("dtype", "float64x", "dtype"),
+        ("success_consecutive", 0, "success_consecutive"),
     ]:
         with pytest.raises(ConfigError, match=match):
             validate({**base, key: value}, WorldModelEnvConfig, "env.train")

@@ -58,6 +58,7 @@ class WorldModelEnvConfig:
     reward_type: Literal["success_once", "relative"] = "success_once"
     reward_frames: Literal["last", "all"] = "last"
     reward_threshold: float | None = None
+    success_consecutive: int = 1
     reencode_context: bool | None = None  # None: on for per-frame tokenizers (WorldModelEnv)
     device: str = "cpu"
     dtype: str = "float32"
@@ -65,7 +66,7 @@ class WorldModelEnvConfig:
 
     def check(self, path: str) -> None:
         at = (lambda key: f"{path}.{key}") if path else (lambda key: key)
-        for name in ("num_envs", "batch_size", "max_episode_steps"):
+        for name in ("num_envs", "batch_size", "max_episode_steps", "success_consecutive"):
             require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
         for name in ("chunk_size", "num_cond_latent_frames"):
             value = getattr(self, name)

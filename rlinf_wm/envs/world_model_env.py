@@ -29,7 +29,6 @@ because their streams differ.
 from __future__ import annotations
 
 import time
-from dataclasses import dataclass
 from typing import Any, Literal
 
 import numpy as np
@@ -38,46 +37,10 @@ import torch
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
+from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
 
 REWARD_TYPES = ("success_once", "relative")
 REWARD_FRAMES = ("last", "all")
-
-
-@dataclass
-class StepTimings:
-    """Work done by ``chunk_step`` / ``reset``, accumulated until :meth:`clear` (benchmarks and metrics)."""
-
-    dit_seconds: float = 0.0  # the sampler runs (all DiT calls)
-    decode_seconds: float = 0.0
-    reward_seconds: float = 0.0
-    encode_seconds: float = 0.0  # initial states (cached per id) and reencode_context
-    dit_calls: int = 0
-    dit_rows: int = 0  # rows summed over DiT calls (CFG's doubled batch counts twice)
-    decoded_frames: int = 0
-    scored_frames: int = 0
-    env_steps: int = 0  # actions executed by running envs
-    chunks: int = 0
-
-    def clear(self) -> None:
-        for name, value in vars(StepTimings()).items():
-            setattr(self, name, value)
-
-    def as_dict(self) -> dict[str, float]:
-        return dict(vars(self))
-
-
-class _CountingModel(torch.nn.Module):
-    """Forwards to the DiT and counts calls and rows (the cost the tests and benchmarks check)."""
-
-    def __init__(self, model: torch.nn.Module, timings: StepTimings) -> None:
-        super().__init__()
-        self.model = model
-        self.timings = timings
-
-    def forward(self, x, *args, **kwargs):
-        self.timings.dit_calls += 1
-        self.timings.dit_rows += x.shape[0]
-        return self.model(x, *args, **kwargs)
 
 
 @register_env("world_model")
@@ -101,6 +64,9 @@ class WorldModelEnv(ChunkEnv):
         reward_type: ``success_once`` or ``relative`` (module docstring).
         reward_frames: ``last`` scores the last frame of each chunk; ``all`` every generated frame.
         reward_threshold: success probability threshold (``None``: the reward model's own).
+        success_consecutive: scored frames in a row at or above the threshold before an env succeeds (1: the
+            first). More rejects one-frame false successes of long imagined rollouts, at the cost of detecting a
+            real success one scored frame later.
         reencode_context: decode the new conditioning frames and encode them again instead of sliding the
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
@@ -129,6 +95,7 @@ class WorldModelEnv(ChunkEnv):
         reward_type: Literal["success_once", "relative"] = "success_once",
         reward_frames: Literal["last", "all"] = "last",
         reward_threshold: float | None = None,
+        success_consecutive: int = 1,
         reencode_context: bool | None = None,
         device: str = "cpu",
         dtype: str = "float32",
@@ -138,7 +105,8 @@ class WorldModelEnv(ChunkEnv):
             raise ValueError(f"reward_type must be one of {REWARD_TYPES}, got {reward_type!r}")
         if reward_frames not in REWARD_FRAMES:
             raise ValueError(f"reward_frames must be one of {REWARD_FRAMES}, got {reward_frames!r}")
-        for name, value in (("num_envs", num_envs), ("batch_size", batch_size), ("max_episode_steps", max_episode_steps)):
+        for name, value in (("num_envs", num_envs), ("batch_size", batch_size), ("max_episode_steps", max_episode_steps),
+                            ("success_consecutive", success_consecutive)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
@@ -162,6 +130,7 @@ class WorldModelEnv(ChunkEnv):
         self.dtype = getattr(torch, dtype)
         self.seed = int(seed)
         self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
+        self.success_consecutive = int(success_consecutive)
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
         self._per_frame_tokenizer = self.tokenizer.temporal_compression == 1
         self.reencode_context = self._per_frame_tokenizer if reencode_context is None else bool(reencode_context)
@@ -170,7 +139,7 @@ class WorldModelEnv(ChunkEnv):
                              f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")
 
         self.timings = StepTimings()
-        self._counting_dit = _CountingModel(self.dit, self.timings)
+        self._counting_dit = CountingModel(self.dit, self.timings)
         self._onloaded = True
         self._move_models(self.device)
 
@@ -184,6 +153,7 @@ class WorldModelEnv(ChunkEnv):
         self._steps = np.zeros(b, np.int64)
         self._done = np.ones(b, bool)
         self._success = np.zeros(b, bool)
+        self._streak = np.zeros(b, np.int64)  # scored frames in a row at or above the threshold
         self._last_prob = np.zeros(b, np.float32)
         self._latent_cache: dict[int, torch.Tensor] = {}  # reset id -> context latents [C, Tc, h, w]
         self._prob_cache: dict[int, float] = {}  # reset id -> success probability of the reset frame
@@ -301,6 +271,7 @@ class WorldModelEnv(ChunkEnv):
         self._steps[rows] = 0
         self._done[rows] = False
         self._success[rows] = False
+        self._streak[rows] = 0
 
     def chunk_step(self, actions) -> ChunkStep:
         self._require_ready("chunk_step")
@@ -455,21 +426,8 @@ class WorldModelEnv(ChunkEnv):
         for (i, j), prob in zip(owners, probs.tolist()):
             by_row.setdefault(i, []).append((j, prob))
         for i, row in enumerate(rows.tolist()):
-            end = int(ends[i])
-            last_step, previous = end - 1, self._last_prob[row]
-            for j, prob in by_row[i]:
-                if self.reward_type == "relative":
-                    rewards[row, j] = prob - previous
-                previous = prob
-                if prob >= self.reward_threshold:
-                    last_step = j
-                    if self.reward_type == "success_once":
-                        rewards[row, j] = 1.0
-                    terminated[row, j:] = True
-                    self._success[row] = self._done[row] = True
-                    break
-            self._last_prob[row] = previous
-            scored_probs[row] = previous
+            last_step = self._settle(row, by_row[i], int(ends[i]), rewards, terminated)
+            scored_probs[row] = self._last_prob[row]
             self._steps[row] += last_step + 1
             self.timings.env_steps += last_step + 1
             if not self._done[row] and self._steps[row] >= self.max_episode_steps:
@@ -479,3 +437,25 @@ class WorldModelEnv(ChunkEnv):
             if nf > 1:
                 seen = list(self._history[row]) + [decoded[i].get(t) for t in range(last_step + 1)]
                 self._history[row] = np.stack(seen[-(nf - 1):])
+
+    def _settle(self, row: int, probs: list[tuple[int, float]], end: int, rewards, terminated) -> int:
+        """Rewards and success of one env from its scored ``(step, probability)`` pairs of this chunk, in order.
+
+        Success needs ``success_consecutive`` scored frames in a row at or above the threshold (the streak may
+        span chunks). Returns the last step of the chunk the env executes: its success step, else ``end - 1``.
+        """
+        last_step, previous = end - 1, self._last_prob[row]
+        for j, prob in probs:
+            if self.reward_type == "relative":
+                rewards[row, j] = prob - previous
+            previous = prob
+            self._streak[row] = self._streak[row] + 1 if prob >= self.reward_threshold else 0
+            if self._streak[row] >= self.success_consecutive:
+                last_step = j
+                if self.reward_type == "success_once":
+                    rewards[row, j] = 1.0
+                terminated[row, j:] = True
+                self._success[row] = self._done[row] = True
+                break
+        self._last_prob[row] = previous
+        return last_step
