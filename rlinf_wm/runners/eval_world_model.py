@@ -42,7 +42,8 @@ from rlinf_wm.config.world_model_config import WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.utils.frame_metrics import FrameErrors, gaussian_window, horizon_metrics, moving_masks
-from rlinf_wm.utils.io import atomic_path, write_json_atomic
+from rlinf_wm.utils.io import write_json_atomic
+from rlinf_wm.utils.media import image_grid, mp4_available, side_by_side_frames, write_png, write_video
 
 logger = logging.getLogger(__name__)
 
@@ -159,67 +160,6 @@ def _decode_horizon(tokenizer, cond: torch.Tensor, generated: torch.Tensor, hori
         return tokenizer.decode_to_uint8(generated).numpy()[:, :horizon_frames]
     frames = tokenizer.decode_to_uint8(torch.cat([cond, generated], dim=2)).numpy()
     return frames[:, -horizon_frames:]
-
-
-# ------------------------------------------------------------------------------------------------ outputs
-def _upscale(frames: np.ndarray, factor: int) -> np.ndarray:
-    return frames.repeat(factor, axis=-3).repeat(factor, axis=-2) if factor > 1 else frames
-
-
-def side_by_side_frames(real: np.ndarray, generated: np.ndarray, cond: np.ndarray, factor: int = 3) -> np.ndarray:
-    """uint8 ``[1 + T, rows * H', 2 * W' + gap, 3]``: per rollout row, real | generated; frame 0 is the conditioning."""
-    gap = 4
-    real = np.concatenate([cond[:, None], real], axis=1)
-    generated = np.concatenate([cond[:, None], generated], axis=1)
-    real, generated = _upscale(real, factor), _upscale(generated, factor)
-    r, t, h, w, _ = real.shape
-    canvas = np.full((t, r * (h + gap) - gap, 2 * w + gap, 3), 255, np.uint8)
-    for i in range(r):
-        y = i * (h + gap)
-        canvas[:, y : y + h, :w] = real[i]
-        canvas[:, y : y + h, w + gap :] = generated[i]
-    return canvas
-
-
-def image_grid(real: np.ndarray, generated: np.ndarray, cond: np.ndarray, every: int, factor: int = 2) -> np.ndarray:
-    """uint8 image: per rollout a real row above a generated row, at the conditioning frame and every ``every``
-    frames up to the horizon."""
-    gap = 4
-    index = list(range(every - 1, real.shape[1], every))
-    if index[-1] != real.shape[1] - 1:
-        index.append(real.shape[1] - 1)
-    rows = []
-    for i in range(len(real)):
-        for source in (real, generated):
-            tiles = [cond[i]] + [source[i, t] for t in index]
-            tiles = [np.pad(_upscale(tile, factor), ((0, 0), (0, 2), (0, 0)), constant_values=255) for tile in tiles]
-            rows.append(np.concatenate(tiles, axis=1))
-        rows.append(np.full((gap, rows[-1].shape[1], 3), 255, np.uint8))
-    return np.concatenate(rows[:-1], axis=0)
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int) -> list[str]:
-    """GIF always (Pillow); MP4 too when imageio has an ffmpeg plugin. Returns the paths written."""
-    import imageio.v3 as iio
-
-    written = []
-    with atomic_path(path.with_suffix(".gif"), suffix=".gif") as tmp:
-        iio.imwrite(tmp, list(frames), extension=".gif", duration=1000 / fps, loop=0)
-    written.append(str(path.with_suffix(".gif")))
-    try:
-        with atomic_path(path.with_suffix(".mp4"), suffix=".mp4") as tmp:
-            iio.imwrite(tmp, frames, extension=".mp4", fps=fps)
-        written.append(str(path.with_suffix(".mp4")))
-    except Exception as error:  # no imageio-ffmpeg / pyav: the GIF is enough
-        logger.info("no MP4 written (%s); install imageio-ffmpeg for MP4", type(error).__name__)
-    return written
-
-
-def write_png(path: Path, image: np.ndarray) -> None:
-    import imageio.v3 as iio
-
-    with atomic_path(path, suffix=".png") as tmp:
-        iio.imwrite(tmp, image, extension=".png")
 
 
 # ------------------------------------------------------------------------------------------------- driver
@@ -404,7 +344,8 @@ def evaluate_world_model(
     media = {}
     if shown:
         video = side_by_side_frames(real[shown], predicted["model"][shown], cond_frames[shown])
-        media["video"] = write_video(output_dir / "rollouts", video, ecfg.video_fps)
+        formats = ("gif", "mp4") if mp4_available() else ("gif",)
+        media["video"] = [str(write_video(output_dir / "rollouts", video, ecfg.video_fps, f)) for f in formats]
         grid = image_grid(real[shown], predicted["model"][shown], cond_frames[shown], every=max(1, chunk_frames))
         write_png(output_dir / "rollouts_grid.png", grid)
         media["grid"] = str(output_dir / "rollouts_grid.png")

@@ -20,7 +20,8 @@ import numpy as np
 from rlinf_wm.config.policy_schema import EvalConfig, EvalRunConfig
 from rlinf_wm.data.trajectories import write_episodes
 from rlinf_wm.models.policy import resolve_policy_dir
-from rlinf_wm.utils.io import atomic_path, write_json_atomic
+from rlinf_wm.utils.io import write_json_atomic
+from rlinf_wm.utils.media import write_video
 from rlinf_wm.utils.stats import wilson_interval
 from rlinf_wm.workers.eval_worker import EvalWorker
 
@@ -61,25 +62,6 @@ def summarize(episodes: list[dict[str, Any]]) -> dict[str, Any]:
             "never": sum(o == {False} for o in outcomes_by_state.values()),
         },
     }
-
-
-def write_video(path: Path, frames: np.ndarray, fps: int, video_format: str) -> Path:
-    """Write frames atomically as mp4 (needs imageio-ffmpeg) or gif; falls back to gif without ffmpeg."""
-    import imageio.v2 as imageio
-
-    if video_format == "mp4":
-        try:
-            import imageio_ffmpeg  # noqa: F401
-        except ImportError:
-            logger.warning("imageio-ffmpeg is not installed: writing gif instead of mp4")
-            video_format = "gif"
-    path = path.with_suffix(f".{video_format}")
-    with atomic_path(path, suffix=f".{video_format}") as tmp:
-        if video_format == "gif":
-            imageio.mimsave(tmp, list(frames), format="GIF", duration=1000.0 / fps, loop=0)
-        else:
-            imageio.mimsave(tmp, list(frames), format="FFMPEG", fps=fps)
-    return path
 
 
 def run_evaluation(run: EvalRunConfig, show_progress: bool = True) -> dict[str, Any]:
