@@ -20,6 +20,10 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     result = json.loads((artifacts / "quickstart.json").read_text())
     assert result["base"]["num_episodes"] == 4 and result["after_rl"]["num_episodes"] == 4
     assert 0.0 <= result["base"]["success_rate"] <= 1.0
+    # Both evaluations sample at GRPO's rollout temperature, from a Gaussian-head base
+    assert result["base"]["temperature"] == result["after_rl"]["temperature"] == 4.0
+    policy_config = json.loads((artifacts / "sft" / "model" / "config.json").read_text())
+    assert policy_config["action_head"] == "gaussian"
     assert result["peak_memory_bytes"] > 0
     second = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
