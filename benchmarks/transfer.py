@@ -12,9 +12,9 @@ For one task and each RL seed, starting from the quickstart's SFT base policy an
 * ``imagined``           the world-model-trained policy evaluated inside the world model (same protocol as the
                          real evaluations), beside its real success: the calibration gap at the end of RL.
 
-Every real evaluation runs ``--eval-episodes`` episodes (>= 100) with sampled actions (the RL policy is a
-stochastic policy; sampling also makes the episodes independent, whereas greedy actions repeat on Meta-World's
-50 initial states) and reports a 95 % Wilson interval. Each RL run goes through ``run_embodiment.sh``, exactly as
+Every real evaluation runs ``--eval-episodes`` episodes (>= 100) with actions sampled at the world-model run's
+rollout temperature (``policy.temperature``: the RL policy is a stochastic policy; sampling also makes the episodes
+independent, whereas greedy actions repeat on Meta-World's 50 initial states) and reports a 95 % Wilson interval. Each RL run goes through ``run_embodiment.sh``, exactly as
 a user launches it; every finished piece is cached under ``--out`` so an interrupted benchmark resumes.
 
     .venv/bin/python benchmarks/transfer.py [--seeds 0 1 2] [--iterations 20] [--eval-episodes 100]
@@ -66,7 +66,8 @@ def real_eval(policy_dir: Path, out_dir: Path, args, seed: int) -> dict:
         run_logged([sys.executable, "examples/embodiment/eval_embodied_agent.py", "--config-name",
                     f"eval_metaworld_{TASK_SLUG[args.task]}", f"task={args.task}", f"artifacts_dir={args.artifacts}",
                     f"policy_path={policy_dir}", f"eval.output_dir={out_dir}", f"eval.num_episodes={args.eval_episodes}",
-                    f"eval.seed={seed}", "eval.deterministic=false", "eval.num_videos=2"],
+                    f"eval.seed={seed}", "eval.deterministic=false", f"eval.temperature={args.temperature}",
+                    "eval.num_videos=2"],
                    out_dir.parent / f"{out_dir.name}.log")
     summary = json.loads(summary_path.read_text())
     return {"success_rate": summary["success_rate"], "ci95": summary["success_rate_ci95"],
@@ -115,7 +116,8 @@ def imagined_eval(run_dir: Path, out_path: Path, args, seed: int) -> dict:
         env = make_env(env_cfg.pop("env_type"), **env_cfg)
         reset_ids = np.random.default_rng(seed).integers(0, env.num_initial_states, args.eval_episodes).tolist()
         started = time.perf_counter()
-        result = run_episodes(env, load_policy(run_dir / "final" / "model"), reset_ids, seed=seed, deterministic=False)
+        result = run_episodes(env, load_policy(run_dir / "final" / "model"), reset_ids, seed=seed, deterministic=False,
+                              temperature=args.temperature)
         successes = [bool(e["success"]) for e in result["episodes"]]
         write_json_atomic(out_path, {"successes": successes, "wall_seconds": time.perf_counter() - started})
     from rlinf_wm.utils.stats import wilson_interval
@@ -200,11 +202,14 @@ def main() -> None:
                    args.artifacts / "world_model" / "world_model.json", training_data):
         if not needed.is_file():
             raise SystemExit(f"[transfer] missing {needed}: run `bash scripts/quickstart.sh` first")
-    if args.iterations is None:
-        import yaml
+    import yaml
 
-        config = ROOT / "examples/embodiment/config" / f"metaworld_{TASK_SLUG[args.task]}_grpo_tinyvla.yaml"
-        args.iterations = yaml.safe_load(config.read_text())["runner"]["max_iterations"]
+    config = yaml.safe_load((ROOT / "examples/embodiment/config" / f"metaworld_{TASK_SLUG[args.task]}_grpo_tinyvla.yaml").read_text())
+    if args.iterations is None:
+        args.iterations = config["runner"]["max_iterations"]
+    # the rollout temperature, as the RL runs get it (an override wins over the config)
+    args.temperature = float(next((o.split("=", 1)[1] for o in args.overrides if o.startswith("policy.temperature=")),
+                                  config["policy"]["temperature"]))
     # every real env step behind the world model: scripted collection + the base policy's recorded rollouts
     data_steps = json.loads(training_data.read_text())["env_steps"]
 
@@ -213,7 +218,7 @@ def main() -> None:
         result["comparison"] = compare(result)
     mean = mean_over_seeds(results)
     report = {"task": args.task, "seeds": args.seeds, "iterations": args.iterations,
-              "eval_episodes": args.eval_episodes, "eval_actions": "sampled (temperature 1)",
+              "eval_episodes": args.eval_episodes, "eval_actions": f"sampled (temperature {args.temperature:g})",
               "world_model_data_env_steps": data_steps, "overrides": args.overrides, "targets": TARGETS,
               "per_seed": results, "mean": {**mean, "comparison": compare(mean) if "imagined" in mean else {}}}
     (args.out / "transfer.json").write_text(json.dumps(report, indent=2))
