@@ -1,30 +1,33 @@
 #!/usr/bin/env bash
 # Start a Ray node for rlinf_wm.
-#   Head:   bash ray_utils/start_ray.sh head   [--port 6379] [--num-cpus N] [--num-gpus N]
-#   Worker: bash ray_utils/start_ray.sh worker --address HEAD_IP:6379 [--num-cpus N] [--num-gpus N]
+#   Head:   bash ray_utils/start_ray.sh head   [--port 6379] [--num-cpus N] [--num-gpus N] [--temp-dir DIR]
+#   Worker: bash ray_utils/start_ray.sh worker --address HEAD_IP:6379 [--num-cpus N] [--num-gpus N] [--temp-dir DIR]
 # Then, on the head node: export RAY_ADDRESS=HEAD_IP:6379 and launch run_embodiment.sh.
+# --temp-dir gives the node its own Ray directory, so that stop_ray.sh --temp-dir DIR stops this node alone.
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
 RAY="${RAY:-$ROOT/.venv/bin/ray}"
 [ -x "$RAY" ] || RAY="$(command -v ray)"
 export RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_USAGE_STATS_ENABLED=0
 
-usage() { sed -n '2,6p' "$0" >&2; exit 2; }
+usage() { sed -n '2,7p' "$0" >&2; exit 2; }
 [ $# -ge 1 ] || usage
 ROLE="$1"; shift
-PORT=6379 ADDRESS="" NUM_CPUS="" NUM_GPUS=""
+PORT=6379 ADDRESS="" NUM_CPUS="" NUM_GPUS="" TEMP_DIR=""
 while [ $# -gt 0 ]; do
     case "$1" in
         --port) PORT="$2"; shift 2 ;;
         --address) ADDRESS="$2"; shift 2 ;;
         --num-cpus) NUM_CPUS="$2"; shift 2 ;;
         --num-gpus) NUM_GPUS="$2"; shift 2 ;;
+        --temp-dir) TEMP_DIR="$2"; shift 2 ;;
         *) echo "start_ray.sh: unknown option $1" >&2; usage ;;
     esac
 done
 RESOURCES=()
 [ -n "$NUM_CPUS" ] && RESOURCES+=(--num-cpus "$NUM_CPUS")
 [ -n "$NUM_GPUS" ] && RESOURCES+=(--num-gpus "$NUM_GPUS")
+[ -n "$TEMP_DIR" ] && RESOURCES+=(--temp-dir "$TEMP_DIR")
 
 case "$ROLE" in
     head)

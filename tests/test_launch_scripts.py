@@ -1,7 +1,9 @@
 import os
+import shutil
 import socket
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -29,11 +31,21 @@ def test_run_embodiment_rejects_unknown_config_and_lists_available(tmp_path):
 
 
 @pytest.mark.ray
-def test_start_ray_head_runs_a_job_then_stops(tmp_path):
+def test_start_ray_head_runs_a_job_then_stops_only_itself(tmp_path):
+    """The head runs a job; stop_ray.sh --temp-dir stops it and leaves another Ray instance on the machine alone
+    (plain `ray stop` would kill every Ray process here, a user's running experiment included)."""
     port = _free_port()
     env = {**os.environ, "RAY_AUTH_MODE": "disabled"}
+    # Ray's socket paths must stay short: not under pytest's long tmp_path
+    temp_dir = tempfile.mkdtemp(prefix="ray_t", dir="/tmp")
+    # another Ray instance on the machine, up until its stdin closes
+    bystander = subprocess.Popen([sys.executable, "-c", "import ray, sys; ray.init(include_dashboard=False, "
+                                  "num_cpus=1); print('up', flush=True); sys.stdin.read()"],
+                                 stdin=subprocess.PIPE, stdout=subprocess.PIPE, text=True, env=env)
+    assert bystander.stdout.readline().strip() == "up"
     started = subprocess.run(
-        ["bash", str(ROOT / "ray_utils/start_ray.sh"), "head", "--port", str(port), "--num-cpus", "1"],
+        ["bash", str(ROOT / "ray_utils/start_ray.sh"), "head", "--port", str(port), "--num-cpus", "1",
+         "--temp-dir", temp_dir],
         capture_output=True,
         text=True,
         env=env,
@@ -51,5 +63,21 @@ def test_start_ray_head_runs_a_job_then_stops(tmp_path):
         )
         result = subprocess.run([sys.executable, "-c", job], capture_output=True, text=True, env=env, timeout=180)
         assert "result 42 1" in result.stdout, result.stderr[-2000:]
+        stopped = subprocess.run(["bash", str(ROOT / "ray_utils/stop_ray.sh"), "--temp-dir", temp_dir],
+                                 capture_output=True, text=True, env=env, timeout=120)
+        assert stopped.returncode == 0, stopped.stderr
+        assert subprocess.run(["pgrep", "-f", f"{temp_dir}/session_"]).returncode == 1  # none of its processes left
+        # the other instance's raylet still runs
+        assert any("session_" in line for line in _raylet_command_lines() if temp_dir not in line)
+        assert bystander.poll() is None
     finally:
-        subprocess.run(["bash", str(ROOT / "ray_utils/stop_ray.sh")], capture_output=True, env=env, timeout=120)
+        subprocess.run(["bash", str(ROOT / "ray_utils/stop_ray.sh"), "--temp-dir", temp_dir], capture_output=True,
+                       env=env, timeout=120)
+        bystander.stdin.close()
+        bystander.wait(timeout=60)
+        shutil.rmtree(temp_dir, ignore_errors=True)
+
+
+def _raylet_command_lines() -> list[str]:
+    listing = subprocess.run(["pgrep", "-a", "raylet"], capture_output=True, text=True).stdout
+    return listing.splitlines()
