@@ -14,8 +14,9 @@ For one task and each RL seed, starting from the quickstart's SFT base policy an
 
 Every real evaluation runs ``--eval-episodes`` episodes (>= 100) with actions sampled at the world-model run's
 rollout temperature (``policy.temperature``: the RL policy is a stochastic policy; sampling also makes the episodes
-independent, whereas greedy actions repeat on Meta-World's 50 initial states) and reports a 95 % Wilson interval. Each RL run goes through ``run_embodiment.sh``, exactly as
-a user launches it; every finished piece is cached under ``--out`` so an interrupted benchmark resumes.
+independent, whereas greedy actions repeat on Meta-World's 50 initial states) and reports a 95 % Wilson interval.
+Each RL run goes through ``run_embodiment.sh``, exactly as a user launches it; every finished piece is cached under
+``--out`` so an interrupted benchmark resumes.
 
     .venv/bin/python benchmarks/transfer.py [--seeds 0 1 2] [--iterations 20] [--eval-episodes 100]
         [--artifacts outputs/drawer-open-v3] [--out outputs/drawer-open-v3/transfer] [--skip grpo_real_steps]
