@@ -4,7 +4,7 @@ GRPO's advantage for an initial state is the spread of its group's outcomes, so 
 from is the imagined success rate of each state. This benchmark runs a policy closed loop in the world model from
 the initial states recorded at each real reset id (Meta-World's 50 states) and compares the imagined rate of every
 state with its real rate, read from real-simulator evaluations of the same policy at the same temperature
-(``eval_embodied_agent.py``'s ``summary.json``: one entry per episode with its ``reset_id``).
+(``eval_embodied_agent.py``'s ``summary.json``: one entry per episode with its ``initial_state``).
 
 It reports the overall imagined and real rates, the per-state correlation, the imagined rate on states that never
 succeed for real (false successes) and on states that always do (misses), and the per-state rates. The world
@@ -34,7 +34,7 @@ sys.path.insert(0, str(ROOT))
 
 
 def real_rates(summary_paths: list[Path], temperature: float) -> dict[int, tuple[int, int]]:
-    """(successes, episodes) per real reset id over the evaluations' episodes."""
+    """(successes, episodes) per real initial state over the evaluations' episodes."""
     counts: dict[int, list[int]] = defaultdict(lambda: [0, 0])
     for path in summary_paths:
         summary = json.loads(path.read_text())
@@ -99,12 +99,7 @@ def main() -> None:
     if args.episodes_per_state < 1:
         parser.error("--episodes-per-state must be >= 1")
 
-    import torch
     import yaml
-
-    from rlinf_wm.envs import make_env
-    from rlinf_wm.models.policy import load_policy
-    from rlinf_wm.workers.eval_worker import run_episodes
 
     config_path = args.run_dir / "config.yaml"
     if not config_path.is_file():
@@ -119,6 +114,12 @@ def main() -> None:
                           "imagined_from": str(args.imagined_from), "real_episodes": sum(n for _, n in real.values()),
                           **compare(imagined, real)}))
         return
+
+    import torch  # only for the imagined episodes
+
+    from rlinf_wm.envs import make_env
+    from rlinf_wm.models.policy import load_policy
+    from rlinf_wm.workers.eval_worker import run_episodes
 
     torch.set_num_threads(args.threads)
     env_cfg = dict(config["env"]["train"])
