@@ -8,6 +8,9 @@ their dotted key, and the Cosmos-2B DiT shape builds from the config (on the met
 from __future__ import annotations
 
 import json
+import os
+import time
+from dataclasses import replace
 from pathlib import Path
 
 import h5py
@@ -198,8 +201,6 @@ def test_rerun_skips_cached_stages_and_force_reruns(trained):
     assert {r["status"] for r in report.values()} == {"cached"}
     assert weights.stat().st_mtime_ns == before
     # a forced single stage reruns from scratch
-    from dataclasses import replace
-
     report = run_stage(replace(cfg, force=True), "reward")
     assert report["reward"]["status"] == "ran"
 
@@ -220,7 +221,6 @@ def test_interrupted_dit_run_resumes_from_its_checkpoint(trained, monkeypatch):
         return real_loss(*args, **kwargs)
 
     monkeypatch.setattr(train_dit_module, "flow_matching_loss", crashing_loss)
-    from dataclasses import replace
 
     with pytest.raises(KeyboardInterrupt):
         run_stage(replace(cfg, force=True), "dit")
@@ -381,3 +381,101 @@ def test_extra_data_dirs_are_trained_on_and_make_the_later_stages_stale(trained,
     assert data["episodes"] == 15 and data["files"][-1] == str(extra / "shard_00000.hdf5")
     assert data["env_steps"] == sum(ep.length for path in training_data_files(cfg) for ep in read_episodes(path))
     assert len(InitialStates.load(root / "world_model" / "initial_states.hdf5")) == 15
+
+
+def test_generated_episodes_replay_the_recorded_actions_and_join_the_reward_models_data(trained, dataset, tmp_path):
+    """stage generate: world-model replays of recorded episodes with their real labels, which the reward stage
+    trains on (held-out sources stay held out and are scored per episode)."""
+    import shutil
+
+    from rlinf_wm.runners.train_tokenizer import split_episodes
+    from rlinf_wm.runners.world_model_pipeline import run_stage
+
+    root = tmp_path / "run"
+    shutil.copytree(dataset, root)  # the `trained` world model, mtimes kept: only the new stages run
+    cfg = compose_config(tiny_overrides(root) + ["train.reward_generated_episodes=12", "train.reward_generated_batch_size=5"])
+    report = run_stage(cfg, "all")
+    assert {name: r["status"] for name, r in report.items()} == {
+        "tokenizer": "cached", "encode": "cached", "dit": "cached", "generate": "ran", "reward": "ran"
+    }
+    sources = read_episodes(root / "data" / "shard_00000.hdf5")
+    generated = read_episodes(root / "world_model" / "generated_episodes.hdf5")
+    assert report["generate"]["episodes"] == 12 and report["generate"]["failed"] == sum(not e.success for e in sources)
+    assert sorted(int(ep.attrs["source_episode"]) for ep in generated) == list(range(12))
+    for ep in generated:
+        source = sources[int(ep.attrs["source_episode"])]
+        assert ep.attrs["kind"] == "generated" and len(ep.frames) == source.length + 1
+        assert (ep.frames[0] == source.frames[0]).all()  # replayed from the recorded first frame
+        assert not (ep.frames[1:] == source.frames[1:]).all()  # the rest is generated, not copied
+        np.testing.assert_array_equal(ep.actions, source.actions)
+        assert ep.success == source.success and (ep.rewards == source.rewards).all()
+
+    metrics = json.loads((root / "world_model" / "reward_model" / "metrics.json").read_text())
+    _, held = split_episodes(list(range(12)), cfg.train.reward.holdout_fraction, cfg.seed)
+    assert metrics["heldout_generated_episodes"] == len(held) and metrics["train_generated_episodes"] == 12 - len(held)
+    assert metrics["heldout_generated_failed_episodes"] == sum(not sources[i].success for i in held)
+    assert {r["status"] for r in run_stage(cfg, "all").values()} == {"cached"}
+    # the generated episodes are an input of the reward stage: newer ones make it stale
+    later = time.time() + 5
+    os.utime(root / "world_model" / "generated_episodes.hdf5", (later, later))
+    report = run_stage(cfg, "all")
+    assert report["generate"]["status"] == "cached" and report["reward"]["status"] == "ran"
+
+
+def test_generated_replays_are_seeded_and_follow_the_actions(trained):
+    from rlinf_wm.models.dit import ActionDiT
+    from rlinf_wm.models.samplers import FlowSampler
+    from rlinf_wm.models.tokenizer import VideoTokenizer
+    from rlinf_wm.runners.generate_episodes import generate_episodes
+    from rlinf_wm.utils.checkpoint import load_model
+
+    cfg, _ = trained
+    root = Path(cfg.world_model_dir)
+    tokenizer = load_model(VideoTokenizer, root / "tokenizer" / "model")
+    dit = load_model(ActionDiT, root / "dit" / "model")
+    sampler = FlowSampler(num_steps=2, guidance=1.5)
+    stats = ActionStatistics.load(root / "dataset_statistics.json")
+    episodes = read_episodes(Path(cfg.data_dir) / "shard_00000.hdf5")[:3]
+
+    def replay(eps, seed):
+        return generate_episodes(tokenizer, dit, sampler, stats, 20.0, 2, 2, eps, batch_size=2, seed=seed)
+
+    first, again = replay(episodes, 0), replay(episodes, 0)
+    for a, b in zip(first, again):
+        np.testing.assert_array_equal(a.frames, b.frames)
+    flipped = [replace(ep, actions=-ep.actions) for ep in episodes]
+    assert any(not (a.frames[-1] == b.frames[-1]).all() for a, b in zip(first, replay(flipped, 0)))
+
+
+def test_generated_sources_are_drawn_by_kind_and_a_bad_kind_names_the_key():
+    from rlinf_wm.runners.generate_episodes import select_sources
+
+    rng = np.random.default_rng(0)
+    episodes = [make_episode(rng, i, max_steps=4) for i in range(6)]
+    for i, ep in enumerate(episodes):
+        ep.attrs["kind"] = "policy" if i % 2 else "expert"
+    assert select_sources(episodes, 10, ["policy"], seed=0) == [1, 3, 5]
+    assert len(select_sources(episodes, 2, [], seed=0)) == 2
+    with pytest.raises(ValueError, match="reward_generated_kinds"):
+        select_sources(episodes, 2, ["random"], seed=0)
+
+
+def test_generated_episode_metrics_count_flagged_episodes(monkeypatch):
+    """A failed replay flagged at any frame is a false success; a successful replay flagged at any frame is detected."""
+    from rlinf_wm.models.reward_model import RewardModel
+    from rlinf_wm.runners import train_reward
+
+    rng = np.random.default_rng(0)
+    episodes = [make_episode(rng, i) for i in range(8)]  # index 3 and 7 fail
+    flag = {0, 3}  # episodes the stub flags at one frame
+    lengths = [len(ep.frames) for ep in episodes]
+    probs = np.zeros(sum(lengths), np.float32)
+    for i in flag:
+        probs[sum(lengths[:i]) + 1] = 0.9
+
+    monkeypatch.setattr(train_reward, "predict_probs", lambda model, data, *a, **k: probs)
+    model = RewardModel(image_size=SIZE, hidden_sizes=[8], depths=[1], embedding_size=8)
+    result = train_reward.generated_episode_metrics(model, episodes)
+    assert result["failed_episodes"] == 2 and result["successful_episodes"] == 6
+    assert result["false_success_rate"] == 0.5  # episode 3 of the failed 3 and 7
+    assert result["success_detected_rate"] == 1 / 6  # episode 0

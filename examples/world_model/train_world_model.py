@@ -1,7 +1,7 @@
 """Train the world model (tokenizer -> latents -> DiT, and the reward model) into ``world_model_dir``.
 
     python examples/world_model/train_world_model.py --config-name world_model_metaworld_drawer_open \
-        [stage=tokenizer|encode|dit|reward|all] [force=true] [train.dit.steps=...]
+        [stage=tokenizer|encode|dit|generate|reward|all] [force=true] [train.dit.steps=...]
 
 Stages whose outputs exist are skipped (``force=true`` reruns them); an interrupted stage resumes from its last
 checkpoint. Prints one JSON object (per-stage status and wall time) as the last line.

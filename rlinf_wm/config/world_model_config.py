@@ -31,7 +31,7 @@ from rlinf_wm.config.world_model_schema import (
     TokenizerTrainConfig,
 )
 
-STAGES = ("tokenizer", "encode", "dit", "reward", "all")
+STAGES = ("tokenizer", "encode", "dit", "generate", "reward", "all")
 
 
 def _at(path: str):
@@ -187,10 +187,19 @@ class TrainSection:
     # probability that a reward-model training frame is replaced by its tokenizer reconstruction (the blur of
     # generated frames); 0 trains on real frames only
     reward_reconstruction_prob: float = 0.5
+    # world-model replays of this many recorded episodes (drawn among those of reward_generated_kinds; []: any)
+    # join the reward model's training data with the real outcome as label (stage generate); 0: off
+    reward_generated_episodes: int = 0
+    reward_generated_kinds: list[str] = field(default_factory=list)
+    reward_generated_batch_size: int = 32
 
     def check(self, path: str) -> None:
         require(0.0 <= self.reward_reconstruction_prob <= 1.0, f"{path}.reward_reconstruction_prob",
                 f"must be in [0, 1], got {self.reward_reconstruction_prob}")
+        require(self.reward_generated_episodes >= 0, f"{path}.reward_generated_episodes",
+                f"must be >= 0, got {self.reward_generated_episodes}")
+        require(self.reward_generated_batch_size >= 1, f"{path}.reward_generated_batch_size",
+                f"must be >= 1, got {self.reward_generated_batch_size}")
 
 
 @dataclass
@@ -252,7 +261,7 @@ class WorldModelConfig:
     train: TrainSection = field(default_factory=TrainSection)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    stage: Literal["tokenizer", "encode", "dit", "reward", "all"] = "all"
+    stage: Literal["tokenizer", "encode", "dit", "generate", "reward", "all"] = "all"
     force: bool = False  # re-run stages whose outputs exist
     seed: int = 0
     holdout_fraction: float = 0.1  # episodes held out from DiT training and scored by the evaluation

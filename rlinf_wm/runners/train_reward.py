@@ -11,6 +11,11 @@ If a tokenizer is given, training frames are also passed through it (encode -> d
 ``tokenizer_reconstruction_prob``, so the classifier sees the blur of world-model frames; held-out metrics
 are then reported on both the real and the reconstructed frames. To keep this cheap, only every success
 frame plus random others (``reconstruction_max_frames`` in all) are reconstructed.
+
+``generated`` episodes (world-model replays of recorded ones, :mod:`rlinf_wm.runners.generate_episodes`) join the
+training frames with their source's labels; those whose source episode is held out are held out too and scored
+per episode: how often a replay of a failed episode is flagged as a success at some frame (what would end an
+imagined episode as a false success), and how often a replay of a successful one is.
 """
 
 from __future__ import annotations
@@ -128,6 +133,26 @@ def predict_probs(
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
+def generated_episode_metrics(model: RewardModel, episodes: Sequence[Episode], batch_size: int = 256) -> dict:
+    """Frame metrics on generated episodes, and per episode the fraction flagged as a success at any frame
+    (``false_success_rate`` over failed sources, ``success_detected_rate`` over successful ones)."""
+    data = label_episodes(episodes, model.num_frames)
+    probs = predict_probs(model, data, batch_size=batch_size)
+    flagged, start = [], 0
+    for ep in episodes:
+        flagged.append(bool((probs[start : start + len(ep.frames)] >= model.threshold).any()))
+        start += len(ep.frames)
+    flagged, succeeded = np.array(flagged), np.array([bool(ep.success) for ep in episodes])
+    result = classification_metrics(data.labels, probs, model.threshold)
+    return {
+        **{k: result[k] for k in ("balanced_accuracy", "auc", "recall", "specificity", "frames")},
+        "false_success_rate": float(flagged[~succeeded].mean()) if (~succeeded).any() else None,
+        "success_detected_rate": float(flagged[succeeded].mean()) if succeeded.any() else None,
+        "failed_episodes": int((~succeeded).sum()),
+        "successful_episodes": int(succeeded.sum()),
+    }
+
+
 @torch.no_grad()
 def reconstruct_frames(tokenizer: VideoTokenizer, frames: np.ndarray, batch_size: int = 64) -> np.ndarray:
     """uint8 frames -> uint8 frames after the tokenizer's encode/decode (per frame; frames are independent)."""
@@ -174,6 +199,7 @@ def train_reward_model(
     episodes: Sequence[Episode] | None = None,
     tokenizer: VideoTokenizer | None = None,
     tokenizer_reconstruction_prob: float = 0.5,
+    generated: Sequence[Episode] = (),
     progress: bool = True,
 ) -> dict:
     """Train (or resume) the reward model; returns the metrics also written to ``metrics.json``."""
@@ -191,8 +217,16 @@ def train_reward_model(
     shift_generator = torch.Generator().manual_seed(cfg.seed)
 
     episodes = list(episodes) if episodes is not None else load_episodes(data_dir)
-    train_eps, held_eps = split_episodes(episodes, cfg.holdout_fraction, cfg.seed)
-    train = label_episodes(train_eps, model_cfg.num_frames)
+    train_idx, held_idx = split_episodes(list(range(len(episodes))), cfg.holdout_fraction, cfg.seed)
+    train_eps, held_eps = [episodes[i] for i in train_idx], [episodes[i] for i in held_idx]
+    held_set = set(held_idx)
+    for ep in generated:
+        if not 0 <= int(ep.attrs.get("source_episode", -1)) < len(episodes):
+            raise ValueError(f"a generated episode's attrs['source_episode']={ep.attrs.get('source_episode')} is not "
+                             f"one of the {len(episodes)} training episodes: regenerate them from this data")
+    held_generated = [ep for ep in generated if int(ep.attrs["source_episode"]) in held_set]
+    train_generated = [ep for ep in generated if int(ep.attrs["source_episode"]) not in held_set]
+    train = label_episodes([*train_eps, *train_generated], model_cfg.num_frames)
     held = label_episodes(held_eps, model_cfg.num_frames)
     positives, negatives = np.flatnonzero(train.labels), np.flatnonzero(~train.labels)
     if len(positives) == 0 or len(negatives) == 0:
@@ -287,6 +321,8 @@ def train_reward_model(
             held.labels[subset], predict_probs(model, held, subset, held_recon), model.threshold
         )
         metrics.update({f"heldout_reconstructed_{k}": recon_result[k] for k in ("balanced_accuracy", "auc", "recall", "specificity")})
+    if held_generated:
+        metrics.update({f"heldout_generated_{k}": v for k, v in generated_episode_metrics(model, held_generated).items()})
     writer.close()
     save_model_atomic(model, out_dir / "model")
     metrics.update(
@@ -295,6 +331,8 @@ def train_reward_model(
         wall_seconds=elapsed_before + time.time() - start_time,
         train_episodes=len(train_eps),
         heldout_episodes=len(held_eps),
+        train_generated_episodes=len(train_generated),
+        heldout_generated_episodes=len(held_generated),
         train_positive_fraction=float(train.labels.mean()),
         history=history,
         model_dir=str(out_dir / "model"),

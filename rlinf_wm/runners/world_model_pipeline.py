@@ -5,13 +5,14 @@
     initial_states.hdf5     reset states for the world-model env (InitialStates: first frame repeated, instruction)
     dataset_statistics.json copied from the data directory (the action normalisation of policy, DiT and env)
     dit/                    train_dit's run: model/, checkpoints/, tensorboard/, metrics.json
+    generated_episodes.hdf5 world-model replays of recorded episodes, for the reward model (optional)
     reward_model/           train_reward_model's run: model/, checkpoints/, tensorboard/, metrics.json
     world_model.json        what the env needs: component paths, window sizes, action_scaler, sampler defaults
     timings.json            wall and CPU time of the last run of every stage
     training_data.json      the trajectory files, episodes and env steps the latents were encoded from
 
-Stages: ``tokenizer`` -> ``encode`` -> ``dit``, and ``reward`` (which needs the tokenizer when it trains on
-reconstructed frames). A stage is skipped when its output exists and is newer than its inputs (like ``make``);
+Stages: ``tokenizer`` -> ``encode`` -> ``dit`` -> ``generate`` (only with ``train.reward_generated_episodes``)
+and ``reward`` (which needs the tokenizer when it trains on reconstructed frames, and the generated episodes). A stage is skipped when its output exists and is newer than its inputs (like ``make``);
 ``force=True`` reruns it. A rerun starts the stage's directory afresh; an interrupted one (no metrics.json yet)
 resumes from its newest checkpoint.
 """
@@ -46,6 +47,7 @@ INITIAL_STATES_FILE = "initial_states.hdf5"
 WORLD_MODEL_FILE = "world_model.json"
 TIMINGS_FILE = "timings.json"
 TRAINING_DATA_FILE = "training_data.json"
+GENERATED_EPISODES_FILE = "generated_episodes.hdf5"
 
 
 @dataclasses.dataclass(frozen=True)
@@ -81,6 +83,10 @@ class Layout:
     @property
     def dit_model(self) -> Path:
         return self.dit_run / "model"
+
+    @property
+    def generated_episodes(self) -> Path:
+        return self.root / GENERATED_EPISODES_FILE
 
     @property
     def reward_run(self) -> Path:
@@ -277,7 +283,13 @@ def run_stage(
     data = _Episodes(cfg, episodes)
     # New or changed trajectory files make the encoded latents (hence the DiT) and the reward model stale.
     data_files = [] if episodes is not None else training_data_files(cfg)
-    selected = ("tokenizer", "encode", "dit", "reward") if stage == "all" else (stage,)
+    use_generated = cfg.train.reward_generated_episodes > 0
+    if stage == "all":
+        selected = ("tokenizer", "encode", "dit", *(("generate",) if use_generated else ()), "reward")
+    elif stage == "generate" and not use_generated:
+        raise ValueError("stage=generate needs train.reward_generated_episodes > 0")
+    else:
+        selected = (stage,)
     report: dict[str, dict] = {}
     timings = read_json(layout.root / TIMINGS_FILE) if (layout.root / TIMINGS_FILE).is_file() else {}
 
@@ -349,7 +361,27 @@ def run_stage(
         )
         return {"heldout_loss": metrics.get("heldout_loss"), "steps": metrics["steps"]}
 
+    def generate_stage():
+        from rlinf_wm.data.trajectories import write_episodes
+        from rlinf_wm.models.dit import ActionDiT
+        from rlinf_wm.models.samplers import FlowSampler
+        from rlinf_wm.runners.generate_episodes import generate_episodes, select_sources
+        from rlinf_wm.utils.checkpoint import load_model
+
+        episodes_list = data.get()
+        sources = select_sources(episodes_list, cfg.train.reward_generated_episodes, cfg.train.reward_generated_kinds,
+                                 cfg.seed)
+        generated = generate_episodes(
+            _load_tokenizer(layout), load_model(ActionDiT, layout.dit_model), FlowSampler(**dataclasses.asdict(cfg.sampler)),
+            ActionStatistics.load(layout.statistics), cfg.train.dit.action_scaler, cfg.train.dit.num_cond_latent_frames,
+            cfg.train.dit.num_pred_latent_frames, [episodes_list[i] for i in sources], sources,
+            batch_size=cfg.train.reward_generated_batch_size, seed=cfg.seed, progress=progress,
+        )
+        write_episodes(layout.generated_episodes, generated)
+        return {"episodes": len(generated), "failed": sum(not ep.success for ep in generated)}
+
     def reward_stage():
+        from rlinf_wm.data.trajectories import read_episodes
         from rlinf_wm.runners.train_reward import train_reward_model
 
         prob = cfg.train.reward_reconstruction_prob
@@ -357,10 +389,14 @@ def run_stage(
         if tokenizer is not None and tokenizer.temporal_compression != 1:
             logger.warning("reward model: the %s tokenizer is not per-frame; training on real frames only", tokenizer.kind)
             tokenizer = None
+        if use_generated and not layout.generated_episodes.is_file():
+            raise FileNotFoundError(f"no generated episodes at {layout.generated_episodes}: run stage=generate first")
+        generated = read_episodes(layout.generated_episodes) if use_generated else []
         metrics = train_reward_model(cfg.train.reward, cfg.data_dir, layout.reward_run, cfg.reward_model,
                                      episodes=data.get(), tokenizer=tokenizer, tokenizer_reconstruction_prob=prob,
-                                     progress=progress)
-        return {"heldout_accuracy": metrics["heldout_accuracy"], "heldout_auc": metrics["heldout_auc"]}
+                                     generated=generated, progress=progress)
+        return {k: metrics[k] for k in ("heldout_accuracy", "heldout_auc", "heldout_generated_false_success_rate")
+                if k in metrics}
 
     tokenizer_weights = layout.tokenizer_model / "model.safetensors"
     cond_frames = num_cond_frames(cfg.train.dit.num_cond_latent_frames, cfg.tokenizer.temporal_compression)
@@ -371,8 +407,12 @@ def run_stage(
             run(name, layout.initial_states, [tokenizer_weights, *data_files], None, encode_stage)
         elif name == "dit":
             run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage)
+        elif name == "generate":
+            run(name, layout.generated_episodes, [layout.dit_model / "model.safetensors", *data_files], None,
+                generate_stage)
         elif name == "reward":
             inputs = ([tokenizer_weights] if cfg.train.reward_reconstruction_prob > 0 else []) + data_files
+            inputs += [layout.generated_episodes] if use_generated else []
             run(name, layout.reward_run / "metrics.json", inputs, layout.reward_run, reward_stage)
 
     statistics = ActionStatistics.load(layout.statistics) if layout.statistics.is_file() else None
