@@ -414,6 +414,10 @@ def test_generated_episodes_replay_the_recorded_actions_and_join_the_reward_mode
     _, held = split_episodes(list(range(12)), cfg.train.reward.holdout_fraction, cfg.seed)
     assert metrics["heldout_generated_episodes"] == len(held) and metrics["train_generated_episodes"] == 12 - len(held)
     assert metrics["heldout_generated_failed_episodes"] == sum(not sources[i].success for i in held)
+    # the shipped model carries the threshold chosen on the held-out replays, and world_model.json records it
+    shipped = json.loads((root / "world_model" / "reward_model" / "model" / "config.json").read_text())
+    assert shipped["threshold"] == metrics["threshold"]
+    assert json.loads((root / "world_model" / "world_model.json").read_text())["reward_threshold"] == metrics["threshold"]
     assert {r["status"] for r in run_stage(cfg, "all").values()} == {"cached"}
     # the generated episodes are an input of the reward stage: newer ones make it stale
     later = time.time() + 5
@@ -460,22 +464,51 @@ def test_generated_sources_are_drawn_by_kind_and_a_bad_kind_names_the_key():
         select_sources(episodes, 2, ["random"], seed=0)
 
 
-def test_generated_episode_metrics_count_flagged_episodes(monkeypatch):
-    """A failed replay flagged at any frame is a false success; a successful replay flagged at any frame is detected."""
-    from rlinf_wm.models.reward_model import RewardModel
+def stub_probs(monkeypatch, probs: np.ndarray) -> None:
     from rlinf_wm.runners import train_reward
 
-    rng = np.random.default_rng(0)
-    episodes = [make_episode(rng, i) for i in range(8)]  # index 3 and 7 fail
-    flag = {0, 3}  # episodes the stub flags at one frame
-    lengths = [len(ep.frames) for ep in episodes]
-    probs = np.zeros(sum(lengths), np.float32)
-    for i in flag:
-        probs[sum(lengths[:i]) + 1] = 0.9
-
     monkeypatch.setattr(train_reward, "predict_probs", lambda model, data, *a, **k: probs)
+
+
+def frame_offsets(episodes) -> list[int]:
+    return np.cumsum([0] + [len(ep.frames) for ep in episodes]).tolist()
+
+
+def test_generated_episode_metrics_count_flagged_episodes(monkeypatch):
+    """A failed replay flagged at any frame is a false success; a successful replay is detected when its success
+    frame (the last) is flagged, not an earlier one."""
+    from rlinf_wm.models.reward_model import RewardModel
+    from rlinf_wm.runners.train_reward import generated_episode_metrics
+
+    rng = np.random.default_rng(0)
+    episodes = [make_episode(rng, i) for i in range(8)]  # 3 and 7 fail
+    start = frame_offsets(episodes)
+    probs = np.zeros(start[-1], np.float32)
+    probs[start[1] - 1] = 0.9  # episode 0's success frame
+    probs[start[1] + 1] = 0.9  # an early frame of episode 1: not its success frame
+    probs[start[3] + 1] = 0.9  # a frame of failed episode 3
+    stub_probs(monkeypatch, probs)
     model = RewardModel(image_size=SIZE, hidden_sizes=[8], depths=[1], embedding_size=8)
-    result = train_reward.generated_episode_metrics(model, episodes)
+    result = generated_episode_metrics(model, episodes)
     assert result["failed_episodes"] == 2 and result["successful_episodes"] == 6
-    assert result["false_success_rate"] == 0.5  # episode 3 of the failed 3 and 7
-    assert result["success_detected_rate"] == 1 / 6  # episode 0
+    assert result["false_success_rate"] == 0.5
+    assert result["success_detected_rate"] == 1 / 6
+    assert generated_episode_metrics(model, episodes, threshold=0.95)["false_success_rate"] == 0.0
+
+
+def test_threshold_is_chosen_to_separate_the_replays(monkeypatch):
+    """Failed replays reach 0.85 somewhere, successful ones 0.92 at their success frame: 0.9 separates them all."""
+    from rlinf_wm.models.reward_model import RewardModel
+    from rlinf_wm.runners.train_reward import choose_threshold
+
+    rng = np.random.default_rng(0)
+    episodes = [make_episode(rng, i) for i in range(8)]
+    start = frame_offsets(episodes)
+    probs = np.full(start[-1], 0.1, np.float32)
+    for i, ep in enumerate(episodes):
+        probs[start[i + 1] - 1 if ep.success else start[i] + 2] = 0.92 if ep.success else 0.85
+    stub_probs(monkeypatch, probs)
+    model = RewardModel(image_size=SIZE, hidden_sizes=[8], depths=[1], embedding_size=8)
+    assert choose_threshold(model, episodes) == 0.9
+    assert choose_threshold(model, episodes, grid=[0.3, 0.5]) == 0.3  # equally bad: the lower one
+    assert choose_threshold(model, [ep for ep in episodes if ep.success]) is None

@@ -154,6 +154,10 @@ class RewardTrainConfig:
     # with a tokenizer: frames reconstructed once for the reconstruction augmentation (all success frames
     # + random others); a quarter as many held-out ones score the classifier on reconstructions
     reconstruction_max_frames: int = 4096
+    # with generated episodes: the success threshold becomes the one that best separates the held-out replays
+    # (train_reward.choose_threshold); balanced sampling calibrates probabilities to a 50 % prior, so 0.5 flags a
+    # frame of most long failed replays
+    calibrate_threshold: bool = True
     eval_every: int = 250
     checkpoint_every: int = 500
     keep_checkpoints: int = 2

@@ -133,24 +133,58 @@ def predict_probs(
     return np.concatenate(out) if out else np.zeros(0, np.float32)
 
 
-def generated_episode_metrics(model: RewardModel, episodes: Sequence[Episode], batch_size: int = 256) -> dict:
-    """Frame metrics on generated episodes, and per episode the fraction flagged as a success at any frame
-    (``false_success_rate`` over failed sources, ``success_detected_rate`` over successful ones)."""
-    data = label_episodes(episodes, model.num_frames)
-    probs = predict_probs(model, data, batch_size=batch_size)
-    flagged, start = [], 0
+THRESHOLD_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
+
+
+def _episode_outcomes(episodes: Sequence[Episode], probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode: (succeeded for real, flagged). A failed replay is flagged when any frame reaches the threshold
+    (it would end an imagined episode as a false success); a successful one when its success frame (the last) does."""
+    succeeded, flagged, start = [], [], 0
     for ep in episodes:
-        flagged.append(bool((probs[start : start + len(ep.frames)] >= model.threshold).any()))
+        p = probs[start : start + len(ep.frames)]
         start += len(ep.frames)
-    flagged, succeeded = np.array(flagged), np.array([bool(ep.success) for ep in episodes])
-    result = classification_metrics(data.labels, probs, model.threshold)
+        succeeded.append(bool(ep.success))
+        flagged.append(bool(p[-1] >= threshold) if ep.success else bool((p >= threshold).any()))
+    return np.array(succeeded, bool), np.array(flagged, bool)
+
+
+def _rates(succeeded: np.ndarray, flagged: np.ndarray) -> tuple[float | None, float | None]:
+    """(false-success rate over failed episodes, detection rate over successful ones); None without any."""
+    false = float(flagged[~succeeded].mean()) if (~succeeded).any() else None
+    detected = float(flagged[succeeded].mean()) if succeeded.any() else None
+    return false, detected
+
+
+def generated_episode_metrics(model: RewardModel, episodes: Sequence[Episode], threshold: float | None = None) -> dict:
+    """Frame metrics on generated episodes, and per episode how often replays of failed episodes are flagged as a
+    success (``false_success_rate``) and replays of successful ones at their success frame (``success_detected_rate``)."""
+    threshold = model.threshold if threshold is None else threshold
+    data = label_episodes(episodes, model.num_frames)
+    probs = predict_probs(model, data)
+    succeeded, flagged = _episode_outcomes(episodes, probs, threshold)
+    false, detected = _rates(succeeded, flagged)
+    result = classification_metrics(data.labels, probs, threshold)
     return {
         **{k: result[k] for k in ("balanced_accuracy", "auc", "recall", "specificity", "frames")},
-        "false_success_rate": float(flagged[~succeeded].mean()) if (~succeeded).any() else None,
-        "success_detected_rate": float(flagged[succeeded].mean()) if succeeded.any() else None,
+        "false_success_rate": false,
+        "success_detected_rate": detected,
         "failed_episodes": int((~succeeded).sum()),
         "successful_episodes": int(succeeded.sum()),
     }
+
+
+def choose_threshold(model: RewardModel, episodes: Sequence[Episode], grid: Sequence[float] = THRESHOLD_GRID) -> float | None:
+    """The threshold of ``grid`` that best separates the replays (detection rate minus false-success rate; the
+    lower threshold on ties); None unless both outcomes are present."""
+    probs = predict_probs(model, label_episodes(episodes, model.num_frames))
+    best, best_score = None, -np.inf
+    for threshold in sorted(grid):
+        false, detected = _rates(*_episode_outcomes(episodes, probs, threshold))
+        if false is None or detected is None:
+            return None
+        if detected - false > best_score:
+            best, best_score = float(threshold), detected - false
+    return best
 
 
 @torch.no_grad()
@@ -323,6 +357,16 @@ def train_reward_model(
         metrics.update({f"heldout_reconstructed_{k}": recon_result[k] for k in ("balanced_accuracy", "auc", "recall", "specificity")})
     if held_generated:
         metrics.update({f"heldout_generated_{k}": v for k, v in generated_episode_metrics(model, held_generated).items()})
+        threshold = choose_threshold(model, held_generated) if cfg.calibrate_threshold else None
+        if threshold is not None and threshold != model.threshold:
+            metrics["threshold_before_calibration"] = model.threshold
+            model_kwargs["threshold"] = threshold
+            calibrated = RewardModel(**model_kwargs)
+            calibrated.load_state_dict(model.state_dict())
+            model = calibrated.eval()
+            metrics.update({f"heldout_generated_calibrated_{k}": v
+                            for k, v in generated_episode_metrics(model, held_generated).items()})
+    metrics["threshold"] = model.threshold
     writer.close()
     save_model_atomic(model, out_dir / "model")
     metrics.update(

@@ -196,6 +196,7 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
         train = dataclasses.replace(train, **{k: saved[k] for k in _WINDOW_KEYS if k in saved})
     compression = cfg.tokenizer.temporal_compression
     latent_size = cfg.tokenizer.image_size // cfg.tokenizer.spatial_compression
+    reward_config = layout.reward_model / "config.json"
     return {
         "format_version": WORLD_MODEL_FORMAT_VERSION,
         "task": cfg.task,
@@ -219,7 +220,9 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
         "action_dim": None if statistics is None else statistics.action_dim,
         "action_scaler": train.action_scaler,
         "sampler": dataclasses.asdict(cfg.sampler),
-        "reward_threshold": cfg.reward_model.threshold,
+        # the trained model's own (calibrate_threshold may have moved it), informational: the env reads the model
+        "reward_threshold": float(read_json(reward_config).get("threshold", cfg.reward_model.threshold))
+        if reward_config.is_file() else cfg.reward_model.threshold,
         "reward_num_frames": cfg.reward_model.num_frames,
     }
 
