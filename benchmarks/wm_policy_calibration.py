@@ -79,6 +79,9 @@ def compare(imagined: dict[int, tuple[int, int]], real: dict[int, tuple[int, int
         "imagined_on_real_never": None if not never.any() else round(float(im[never].mean()), 4),
         "imagined_on_real_always": None if not always.any() else round(float(im[always].mean()), 4),
         "states_real_never_always": [int(never.sum()), int(always.sum())],
+        # GRPO learns only from groups with mixed outcomes: states whose episodes do not all end alike
+        "mixed_states_imagined_real": [sum(0 < imagined[s][0] < imagined[s][1] for s in states),
+                                       sum(0 < real[s][0] < real[s][1] for s in states)],
         "per_state": {int(s): {"imagined": list(imagined[s]), "real": list(real[s])} for s in states},
     }
 

@@ -39,6 +39,7 @@ def test_compare_separates_false_successes_from_misses():
     imagined = {0: (4, 4), 1: (2, 4), 2: (1, 4), 3: (2, 4), 9: (4, 4)}  # state 9 has no real episodes
     out = calibration.compare(imagined, real)
     assert out["num_states"] == 4 and out["states_real_never_always"] == [2, 1]
+    assert out["mixed_states_imagined_real"] == [3, 1]  # imagined 1, 2, 3 (9 is not compared); real 3
     assert out["imagined_on_real_never"] == pytest.approx(0.75)  # (1.0 + 0.5) / 2
     assert out["imagined_on_real_always"] == pytest.approx(0.25)
     assert out["imagined_success"] == pytest.approx(9 / 16) and out["real_success"] == pytest.approx(3 / 8)
