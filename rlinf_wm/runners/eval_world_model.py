@@ -153,6 +153,16 @@ def autoregressive_rollout(
     return torch.cat(generated, dim=2)
 
 
+def pixel_reencoder(tokenizer) -> Callable[[torch.Tensor], torch.Tensor]:
+    """Latent window -> the same window decoded to uint8 pixels and encoded again, exactly as WorldModelEnv."""
+
+    @torch.no_grad()
+    def reencode(window: torch.Tensor) -> torch.Tensor:
+        return tokenizer.encode(tokenizer.decode_to_uint8(window)).to(window.dtype)
+
+    return reencode
+
+
 def _decode_horizon(tokenizer, cond: torch.Tensor, generated: torch.Tensor, horizon_frames: int) -> np.ndarray:
     """uint8 ``[B, horizon, H, W, 3]`` frames after the conditioning. A causal video tokenizer decodes the generated
     latents after their conditioning (its first latent frame is a single video frame)."""
@@ -220,9 +230,8 @@ def evaluate_world_model(
     from rlinf_wm.models.samplers import FlowSampler
     from rlinf_wm.models.tokenizer import VideoTokenizer
     from rlinf_wm.runners.train_dit import scale_actions
-    from rlinf_wm.runners.world_model_pipeline import (
-        Layout, heldout_indices, load_training_episodes, load_world_model_settings,
-    )
+    from rlinf_wm.runners.world_model_layout import Layout, load_world_model_settings
+    from rlinf_wm.runners.world_model_pipeline import heldout_indices, load_training_episodes
     from rlinf_wm.utils.checkpoint import load_model
 
     ecfg = cfg.eval
@@ -271,11 +280,7 @@ def evaluate_world_model(
     if reencode_context and not per_frame:
         raise ValueError("eval.reencode_context needs a per-frame tokenizer (temporal_compression 1)")
 
-    def reencode(window: torch.Tensor) -> torch.Tensor:  # through uint8 pixels, exactly as WorldModelEnv
-        with torch.no_grad():
-            return tokenizer.encode(tokenizer.decode_to_uint8(window)).to(window.dtype)
-
-    reencode = reencode if reencode_context else None
+    reencode = pixel_reencoder(tokenizer) if reencode_context else None
 
     def cond_latents_of(plan: RolloutPlan) -> torch.Tensor:
         latents = torch.from_numpy(held_latents[plan.episode].latents)  # [C, T', h, w]

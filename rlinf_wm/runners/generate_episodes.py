@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode
-from rlinf_wm.runners.eval_world_model import autoregressive_rollout
+from rlinf_wm.runners.eval_world_model import autoregressive_rollout, pixel_reencoder
 
 GENERATED_KIND = "generated"
 
@@ -83,9 +83,6 @@ def generate_episodes(
     chunk = num_pred_latent_frames * dit.actions_per_latent_frame  # actions per autoregressive chunk
     generator = torch.Generator().manual_seed(seed)
 
-    def reencode(window: torch.Tensor) -> torch.Tensor:  # through uint8 pixels, as WorldModelEnv does
-        return tokenizer.encode(tokenizer.decode_to_uint8(window)).to(window.dtype)
-
     # Similar lengths batch together, so little is generated past an episode's end.
     order = sorted(range(len(episodes)), key=lambda i: episodes[i].length)
     batches = [order[s : s + batch_size] for s in range(0, len(order), batch_size)]
@@ -105,7 +102,7 @@ def generate_episodes(
                              *cond.shape[3:], generator=generator) for _ in range(num_chunks)]
         generated = autoregressive_rollout(
             dit, sampler, cond, torch.from_numpy(actions), num_chunks, num_pred_latent_frames,
-            dit.actions_per_latent_frame, noise, reencode=reencode if reencode_context else None,
+            dit.actions_per_latent_frame, noise, reencode=pixel_reencoder(tokenizer) if reencode_context else None,
         )
         frames = _decode_frames(tokenizer, generated)
         for b, (i, ep) in enumerate(zip(rows, group)):

@@ -155,12 +155,15 @@ def _rates(succeeded: np.ndarray, flagged: np.ndarray) -> tuple[float | None, fl
     return false, detected
 
 
-def generated_episode_metrics(model: RewardModel, episodes: Sequence[Episode], threshold: float | None = None) -> dict:
+def generated_episode_metrics(
+    model: RewardModel, episodes: Sequence[Episode], threshold: float | None = None, probs: np.ndarray | None = None,
+) -> dict:
     """Frame metrics on generated episodes, and per episode how often replays of failed episodes are flagged as a
-    success (``false_success_rate``) and replays of successful ones at their success frame (``success_detected_rate``)."""
+    success (``false_success_rate``) and replays of successful ones at their success frame (``success_detected_rate``).
+    ``probs``: the model's frame probabilities on ``episodes`` if already computed."""
     threshold = model.threshold if threshold is None else threshold
     data = label_episodes(episodes, model.num_frames)
-    probs = predict_probs(model, data)
+    probs = predict_probs(model, data) if probs is None else probs
     succeeded, flagged = _episode_outcomes(episodes, probs, threshold)
     false, detected = _rates(succeeded, flagged)
     result = classification_metrics(data.labels, probs, threshold)
@@ -173,10 +176,13 @@ def generated_episode_metrics(model: RewardModel, episodes: Sequence[Episode], t
     }
 
 
-def choose_threshold(model: RewardModel, episodes: Sequence[Episode], grid: Sequence[float] = THRESHOLD_GRID) -> float | None:
+def choose_threshold(
+    model: RewardModel, episodes: Sequence[Episode], grid: Sequence[float] = THRESHOLD_GRID, probs: np.ndarray | None = None,
+) -> float | None:
     """The threshold of ``grid`` that best separates the replays (detection rate minus false-success rate; the
     lower threshold on ties); None unless both outcomes are present."""
-    probs = predict_probs(model, label_episodes(episodes, model.num_frames))
+    if probs is None:
+        probs = predict_probs(model, label_episodes(episodes, model.num_frames))
     best, best_score = None, -np.inf
     for threshold in sorted(grid):
         false, detected = _rates(*_episode_outcomes(episodes, probs, threshold))
@@ -356,8 +362,10 @@ def train_reward_model(
         )
         metrics.update({f"heldout_reconstructed_{k}": recon_result[k] for k in ("balanced_accuracy", "auc", "recall", "specificity")})
     if held_generated:
-        metrics.update({f"heldout_generated_{k}": v for k, v in generated_episode_metrics(model, held_generated).items()})
-        threshold = choose_threshold(model, held_generated) if cfg.calibrate_threshold else None
+        probs = predict_probs(model, label_episodes(held_generated, model.num_frames))  # once, for every threshold
+        metrics.update({f"heldout_generated_{k}": v
+                        for k, v in generated_episode_metrics(model, held_generated, probs=probs).items()})
+        threshold = choose_threshold(model, held_generated, probs=probs) if cfg.calibrate_threshold else None
         if threshold is not None and threshold != model.threshold:
             metrics["threshold_before_calibration"] = model.threshold
             model_kwargs["threshold"] = threshold
@@ -365,7 +373,7 @@ def train_reward_model(
             calibrated.load_state_dict(model.state_dict())
             model = calibrated.eval()
             metrics.update({f"heldout_generated_calibrated_{k}": v
-                            for k, v in generated_episode_metrics(model, held_generated).items()})
+                            for k, v in generated_episode_metrics(model, held_generated, probs=probs).items()})
     metrics["threshold"] = model.threshold
     writer.close()
     save_model_atomic(model, out_dir / "model")

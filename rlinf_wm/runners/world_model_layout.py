@@ -1,0 +1,135 @@
+"""What a trained world-model directory holds: its file layout and ``world_model.json``, the file the env reads.
+
+``world_model_pipeline`` writes this layout; the env (``world_model_parts``) and the evaluation read it.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+from pathlib import Path
+
+from rlinf_wm.config.world_model_config import WorldModelConfig
+from rlinf_wm.data.statistics import ActionStatistics
+from rlinf_wm.utils.io import read_json
+
+WORLD_MODEL_FORMAT_VERSION = 1
+_WINDOW_KEYS = ("num_cond_latent_frames", "num_pred_latent_frames", "action_scaler")
+STATISTICS_FILE = "dataset_statistics.json"
+LATENTS_FILE = "latents.hdf5"
+INITIAL_STATES_FILE = "initial_states.hdf5"
+WORLD_MODEL_FILE = "world_model.json"
+TIMINGS_FILE = "timings.json"
+TRAINING_DATA_FILE = "training_data.json"
+GENERATED_EPISODES_FILE = "generated_episodes.hdf5"
+
+
+@dataclasses.dataclass(frozen=True)
+class Layout:
+    """Paths inside ``world_model_dir`` (relative names are what world_model.json records)."""
+
+    root: Path
+
+    @property
+    def tokenizer_run(self) -> Path:
+        return self.root / "tokenizer"
+
+    @property
+    def tokenizer_model(self) -> Path:
+        return self.tokenizer_run / "model"
+
+    @property
+    def latents(self) -> Path:
+        return self.root / LATENTS_FILE
+
+    @property
+    def initial_states(self) -> Path:
+        return self.root / INITIAL_STATES_FILE
+
+    @property
+    def statistics(self) -> Path:
+        return self.root / STATISTICS_FILE
+
+    @property
+    def dit_run(self) -> Path:
+        return self.root / "dit"
+
+    @property
+    def dit_model(self) -> Path:
+        return self.dit_run / "model"
+
+    @property
+    def generated_episodes(self) -> Path:
+        return self.root / GENERATED_EPISODES_FILE
+
+    @property
+    def reward_run(self) -> Path:
+        return self.root / "reward_model"
+
+    @property
+    def reward_model(self) -> Path:
+        return self.reward_run / "model"
+
+    @property
+    def training_data(self) -> Path:
+        return self.root / TRAINING_DATA_FILE
+
+    @property
+    def world_model_json(self) -> Path:
+        return self.root / WORLD_MODEL_FILE
+
+
+def num_cond_frames(num_cond_latent_frames: int, temporal_compression: int) -> int:
+    """Video frames behind ``num_cond_latent_frames`` latent frames (a causal tokenizer's first latent is 1 frame)."""
+    return 1 + temporal_compression * (num_cond_latent_frames - 1)
+
+
+def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: ActionStatistics | None) -> dict:
+    """The contents of world_model.json: everything the env needs beyond the component directories.
+
+    Window sizes and action_scaler come from the trained DiT's run (``dit/train_config.json``) when it exists, so
+    the file describes the model on disk even if the config changed since.
+    """
+    train = cfg.train.dit
+    trained = layout.dit_run / "train_config.json"
+    if trained.is_file():
+        saved = read_json(trained).get("train", {})
+        train = dataclasses.replace(train, **{k: saved[k] for k in _WINDOW_KEYS if k in saved})
+    compression = cfg.tokenizer.temporal_compression
+    latent_size = cfg.tokenizer.image_size // cfg.tokenizer.spatial_compression
+    reward_config = layout.reward_model / "config.json"
+    return {
+        "format_version": WORLD_MODEL_FORMAT_VERSION,
+        "task": cfg.task,
+        "paths": {  # relative to the directory holding world_model.json
+            "tokenizer": str(layout.tokenizer_model.relative_to(layout.root)),
+            "dit": str(layout.dit_model.relative_to(layout.root)),
+            "reward_model": str(layout.reward_model.relative_to(layout.root)),
+            "dataset_statistics": STATISTICS_FILE,
+            "initial_states": INITIAL_STATES_FILE,
+            "latents": LATENTS_FILE,
+        },
+        "image_size": cfg.tokenizer.image_size,
+        "latent_shape": [cfg.tokenizer.latent_channels, latent_size, latent_size],
+        "temporal_compression": compression,
+        "num_cond_latent_frames": train.num_cond_latent_frames,
+        # video frames per reset state (initial_states.hdf5) = frames behind the conditioning latents
+        "num_cond_frames": num_cond_frames(train.num_cond_latent_frames, compression),
+        "num_pred_latent_frames": train.num_pred_latent_frames,
+        # actions per world-model step = frames generated per step
+        "chunk_size": train.num_pred_latent_frames * compression,
+        "action_dim": None if statistics is None else statistics.action_dim,
+        "action_scaler": train.action_scaler,
+        "sampler": dataclasses.asdict(cfg.sampler),
+        # the trained model's own (calibrate_threshold may have moved it), informational: the env reads the model
+        "reward_threshold": float(read_json(reward_config).get("threshold", cfg.reward_model.threshold))
+        if reward_config.is_file() else cfg.reward_model.threshold,
+        "reward_num_frames": cfg.reward_model.num_frames,
+    }
+
+
+def load_world_model_settings(world_model_dir: str | Path) -> dict:
+    path = Path(world_model_dir) / WORLD_MODEL_FILE
+    settings = read_json(path)
+    if settings.get("format_version") != WORLD_MODEL_FORMAT_VERSION:
+        raise ValueError(f"{path}: unsupported format_version {settings.get('format_version')!r}")
+    return settings
