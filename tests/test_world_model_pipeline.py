@@ -337,7 +337,7 @@ def test_image_metrics_and_baseline_helpers():
 
 def test_autoregressive_rollout_passes_each_new_window_through_reencode():
     """The evaluation conditions every chunk after the first on the re-encoded window, as the env does."""
-    from rlinf_wm.runners.eval_world_model import autoregressive_rollout
+    from rlinf_wm.runners.world_model_rollout import autoregressive_rollout
 
     seen = []
 

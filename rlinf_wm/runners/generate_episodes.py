@@ -23,7 +23,7 @@ from tqdm.auto import tqdm
 
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode
-from rlinf_wm.runners.eval_world_model import autoregressive_rollout, pixel_reencoder
+from rlinf_wm.runners.world_model_rollout import autoregressive_rollout, pixel_reencoder
 
 GENERATED_KIND = "generated"
 
