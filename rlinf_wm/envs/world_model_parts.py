@@ -15,6 +15,7 @@ from typing import Any
 
 from rlinf_wm.data.initial_states import InitialStates
 from rlinf_wm.data.statistics import ActionStatistics
+from rlinf_wm.data.world_model_layout import INITIAL_STATES_FILE, STATISTICS_FILE, WORLD_MODEL_FILE, Layout
 from rlinf_wm.models.dit import ActionDiT
 from rlinf_wm.models.reward_model import RewardModel
 from rlinf_wm.models.samplers import FlowSampler
@@ -24,14 +25,14 @@ from rlinf_wm.utils.io import read_json
 
 logger = logging.getLogger(__name__)
 
-WORLD_MODEL_FILE = "world_model.json"
 # Where world_model_pipeline puts each part inside world_model_dir (used when world_model.json has no "paths").
+_LAYOUT = Layout(Path("."))
 DEFAULT_PATHS = {
-    "tokenizer": "tokenizer/model",
-    "dit": "dit/model",
-    "reward_model": "reward_model/model",
-    "dataset_statistics": "dataset_statistics.json",
-    "initial_states": "initial_states.hdf5",
+    "tokenizer": str(_LAYOUT.tokenizer_model),
+    "dit": str(_LAYOUT.dit_model),
+    "reward_model": str(_LAYOUT.reward_model),
+    "dataset_statistics": STATISTICS_FILE,
+    "initial_states": INITIAL_STATES_FILE,
 }
 SAMPLER_KEYS = ("solver", "num_steps", "guidance", "sigma_min", "sigma_max", "rho")
 

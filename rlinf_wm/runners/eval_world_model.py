@@ -191,7 +191,7 @@ def evaluate_world_model(
     from rlinf_wm.models.samplers import FlowSampler
     from rlinf_wm.models.tokenizer import VideoTokenizer
     from rlinf_wm.runners.train_dit import scale_actions
-    from rlinf_wm.runners.world_model_layout import Layout, load_world_model_settings
+    from rlinf_wm.data.world_model_layout import Layout, load_world_model_settings
     from rlinf_wm.runners.world_model_pipeline import heldout_indices, load_training_episodes
     from rlinf_wm.utils.checkpoint import load_model
 

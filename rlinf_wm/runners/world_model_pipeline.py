@@ -13,7 +13,7 @@
 
 Stages: ``tokenizer`` -> ``encode`` -> ``dit`` -> ``generate`` (only with ``train.reward_generated_episodes``)
 and ``reward`` (which needs the tokenizer when it trains on reconstructed frames, and the generated episodes).
-The paths and world_model.json are :mod:`rlinf_wm.runners.world_model_layout`'s. A stage is skipped when its
+The paths and world_model.json are :mod:`rlinf_wm.data.world_model_layout`'s. A stage is skipped when its
 output exists and is newer than its inputs (like ``make``);
 ``force=True`` reruns it. A rerun starts the stage's directory afresh; an interrupted one (no metrics.json yet)
 resumes from its newest checkpoint.
@@ -37,7 +37,7 @@ import torch
 from rlinf_wm.config.world_model_config import STAGES, WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode
-from rlinf_wm.runners.world_model_layout import (
+from rlinf_wm.data.world_model_layout import (
     STATISTICS_FILE, TIMINGS_FILE, Layout, num_cond_frames, world_model_settings,
 )
 from rlinf_wm.utils.io import read_json, write_json_atomic
