@@ -512,3 +512,45 @@ def test_threshold_is_chosen_to_separate_the_replays(monkeypatch):
     assert choose_threshold(model, episodes) == 0.9
     assert choose_threshold(model, episodes, grid=[0.3, 0.5]) == 0.3  # equally bad: the lower one
     assert choose_threshold(model, [ep for ep in episodes if ep.success]) is None
+
+
+def test_the_env_rule_scores_chunk_ends_and_needs_consecutive_hits():
+    """As WorldModelEnv with reward_frames=last: frames K, 2K, ... and the last are scored; the reset frame never."""
+    from rlinf_wm.runners.train_reward import SuccessRule
+
+    rule = SuccessRule(scored_every=4, consecutive=2)
+    probs = np.zeros(11, np.float32)  # reset frame + 10 generated: scored frames 4, 8, 10
+    probs[[0, 1, 2, 3, 5, 6, 7]] = 0.99  # everything between chunk ends
+    assert SuccessRule().fires(probs, 0.9) and not rule.fires(probs, 0.9)
+    probs[4] = 0.99  # one chunk end alone (frame 5 is not scored)
+    assert SuccessRule(4, 1).fires(probs, 0.9) and not rule.fires(probs, 0.9)
+    probs[10] = 0.99  # frames 4 and 10 hit but frame 8 between them does not: no streak
+    assert not rule.fires(probs, 0.9)
+    probs[8] = 0.99
+    assert rule.fires(probs, 0.9) and not rule.fires(probs, 0.995)
+
+
+def test_the_threshold_is_chosen_under_the_envs_rule(monkeypatch):
+    """Failed replays reach 0.96 on odd frames and 0.65 on the even ones, which the env scores at K=2: any-frame
+    scoring needs 0.97, the env's rule (chunk ends, two in a row) only 0.7."""
+    from rlinf_wm.models.reward_model import RewardModel
+    from rlinf_wm.runners.train_reward import SuccessRule, choose_threshold, generated_episode_metrics
+
+    rng = np.random.default_rng(0)
+    episodes = [make_episode(rng, i) for i in range(8)]
+    start = frame_offsets(episodes)
+    probs = np.full(start[-1], 0.1, np.float32)
+    for i, ep in enumerate(episodes):
+        if ep.success:
+            probs[start[i + 1] - 1] = 0.99
+        else:
+            probs[start[i] + 1 : start[i + 1] : 2] = 0.96
+            probs[start[i] + 2 : start[i + 1] : 2] = 0.65
+    stub_probs(monkeypatch, probs)
+    model = RewardModel(image_size=SIZE, hidden_sizes=[8], depths=[1], embedding_size=8)
+    rule = SuccessRule(scored_every=2, consecutive=2)
+    assert choose_threshold(model, episodes) == 0.97
+    assert choose_threshold(model, episodes, rule=rule) == 0.7
+    metrics = generated_episode_metrics(model, episodes, threshold=0.9, env_rule=rule)
+    assert metrics["false_success_rate"] == 1.0 and metrics["env_rule_false_success_rate"] == 0.0
+    assert metrics["success_detected_rate"] == 1.0

@@ -158,6 +158,9 @@ class RewardTrainConfig:
     # (train_reward.choose_threshold); balanced sampling calibrates probabilities to a 50 % prior, so 0.5 flags a
     # frame of most long failed replays
     calibrate_threshold: bool = True
+    # the env's rule the threshold is chosen for: chunk-end frames scored, this many in a row for a success
+    # (the RL env's success_consecutive)
+    calibrate_success_consecutive: int = 2
     eval_every: int = 250
     checkpoint_every: int = 500
     keep_checkpoints: int = 2
@@ -173,4 +176,5 @@ class RewardTrainConfig:
         require(0.0 < self.holdout_fraction < 1.0, f"{p}holdout_fraction", "must be in (0, 1)")
         require(self.augment_shift >= 0, f"{p}augment_shift", "must be >= 0")
         require(self.reconstruction_max_frames >= 4, f"{p}reconstruction_max_frames", "must be >= 4")
+        require(self.calibrate_success_consecutive >= 1, f"{p}calibrate_success_consecutive", "must be >= 1")
         require(self.keep_checkpoints >= 1, f"{p}keep_checkpoints", "must be >= 1")

@@ -136,15 +136,39 @@ def predict_probs(
 THRESHOLD_GRID = (0.5, 0.6, 0.7, 0.8, 0.9, 0.95, 0.97, 0.98, 0.99, 0.995)
 
 
-def _episode_outcomes(episodes: Sequence[Episode], probs: np.ndarray, threshold: float) -> tuple[np.ndarray, np.ndarray]:
-    """Per episode: (succeeded for real, flagged). A failed replay is flagged when any frame reaches the threshold
-    (it would end an imagined episode as a false success); a successful one when its success frame (the last) does."""
+@dataclasses.dataclass(frozen=True)
+class SuccessRule:
+    """How the world-model env turns frame probabilities into a success: it scores every ``scored_every``-th frame
+    after the reset frame (with ``reward_frames=last``, the last frame of each chunk) and the episode's last frame,
+    and needs ``consecutive`` scored frames in a row at or above the threshold (``success_consecutive``). The
+    default scores every frame once: the strictest count of false successes."""
+
+    scored_every: int = 1
+    consecutive: int = 1
+
+    def fires(self, probs: np.ndarray, threshold: float) -> bool:
+        """Whether an episode with these frame probabilities (frame 0 = the reset frame) would be a success."""
+        scored = np.unique(np.append(np.arange(self.scored_every, len(probs), self.scored_every), len(probs) - 1))
+        run = 0
+        for hit in probs[scored[scored > 0]] >= threshold:
+            run = run + 1 if hit else 0
+            if run >= self.consecutive:
+                return True
+        return False
+
+
+def _episode_outcomes(
+    episodes: Sequence[Episode], probs: np.ndarray, threshold: float, rule: SuccessRule = SuccessRule(),
+) -> tuple[np.ndarray, np.ndarray]:
+    """Per episode: (succeeded for real, flagged). A failed replay is flagged when ``rule`` fires on it (it would end
+    an imagined episode as a false success); a successful one when its success frame (the last) reaches the
+    threshold - the recording stops there, so the later frames a multi-frame rule would need do not exist."""
     succeeded, flagged, start = [], [], 0
     for ep in episodes:
         p = probs[start : start + len(ep.frames)]
         start += len(ep.frames)
         succeeded.append(bool(ep.success))
-        flagged.append(bool(p[-1] >= threshold) if ep.success else bool((p >= threshold).any()))
+        flagged.append(bool(p[-1] >= threshold) if ep.success else rule.fires(p, threshold))
     return np.array(succeeded, bool), np.array(flagged, bool)
 
 
@@ -157,9 +181,11 @@ def _rates(succeeded: np.ndarray, flagged: np.ndarray) -> tuple[float | None, fl
 
 def generated_episode_metrics(
     model: RewardModel, episodes: Sequence[Episode], threshold: float | None = None, probs: np.ndarray | None = None,
+    env_rule: SuccessRule | None = None,
 ) -> dict:
     """Frame metrics on generated episodes, and per episode how often replays of failed episodes are flagged as a
-    success (``false_success_rate``) and replays of successful ones at their success frame (``success_detected_rate``).
+    success at any frame (``false_success_rate``), and under ``env_rule`` (``env_rule_false_success_rate``), and
+    how often replays of successful ones are flagged at their success frame (``success_detected_rate``).
     ``probs``: the model's frame probabilities on ``episodes`` if already computed."""
     threshold = model.threshold if threshold is None else threshold
     data = label_episodes(episodes, model.num_frames)
@@ -167,25 +193,29 @@ def generated_episode_metrics(
     succeeded, flagged = _episode_outcomes(episodes, probs, threshold)
     false, detected = _rates(succeeded, flagged)
     result = classification_metrics(data.labels, probs, threshold)
-    return {
+    metrics = {
         **{k: result[k] for k in ("balanced_accuracy", "auc", "recall", "specificity", "frames")},
         "false_success_rate": false,
         "success_detected_rate": detected,
         "failed_episodes": int((~succeeded).sum()),
         "successful_episodes": int(succeeded.sum()),
     }
+    if env_rule is not None:
+        metrics["env_rule_false_success_rate"] = _rates(*_episode_outcomes(episodes, probs, threshold, env_rule))[0]
+    return metrics
 
 
 def choose_threshold(
     model: RewardModel, episodes: Sequence[Episode], grid: Sequence[float] = THRESHOLD_GRID, probs: np.ndarray | None = None,
+    rule: SuccessRule = SuccessRule(),
 ) -> float | None:
-    """The threshold of ``grid`` that best separates the replays (detection rate minus false-success rate; the
-    lower threshold on ties); None unless both outcomes are present."""
+    """The threshold of ``grid`` that best separates the replays under ``rule`` (detection rate minus false-success
+    rate; the lower threshold on ties); None unless both outcomes are present."""
     if probs is None:
         probs = predict_probs(model, label_episodes(episodes, model.num_frames))
     best, best_score = None, -np.inf
     for threshold in sorted(grid):
-        false, detected = _rates(*_episode_outcomes(episodes, probs, threshold))
+        false, detected = _rates(*_episode_outcomes(episodes, probs, threshold, rule))
         if false is None or detected is None:
             return None
         if detected - false > best_score:
@@ -240,9 +270,14 @@ def train_reward_model(
     tokenizer: VideoTokenizer | None = None,
     tokenizer_reconstruction_prob: float = 0.5,
     generated: Sequence[Episode] = (),
+    chunk_size: int = 1,
     progress: bool = True,
 ) -> dict:
-    """Train (or resume) the reward model; returns the metrics also written to ``metrics.json``."""
+    """Train (or resume) the reward model; returns the metrics also written to ``metrics.json``.
+
+    ``chunk_size``: actions per world-model step; the env scores the last frame of each chunk, so held-out replays
+    are judged, and the threshold calibrated, by that rule (with ``cfg.calibrate_success_consecutive``).
+    """
     model_cfg = model_cfg or RewardModelConfig()
     model_cfg.check("model")
     cfg.check("train")
@@ -363,17 +398,18 @@ def train_reward_model(
         metrics.update({f"heldout_reconstructed_{k}": recon_result[k] for k in ("balanced_accuracy", "auc", "recall", "specificity")})
     if held_generated:
         probs = predict_probs(model, label_episodes(held_generated, model.num_frames))  # once, for every threshold
-        metrics.update({f"heldout_generated_{k}": v
-                        for k, v in generated_episode_metrics(model, held_generated, probs=probs).items()})
-        threshold = choose_threshold(model, held_generated, probs=probs) if cfg.calibrate_threshold else None
+        rule = SuccessRule(scored_every=chunk_size, consecutive=cfg.calibrate_success_consecutive)
+        metrics.update({f"heldout_generated_{k}": v for k, v in
+                        generated_episode_metrics(model, held_generated, probs=probs, env_rule=rule).items()})
+        threshold = choose_threshold(model, held_generated, probs=probs, rule=rule) if cfg.calibrate_threshold else None
         if threshold is not None and threshold != model.threshold:
             metrics["threshold_before_calibration"] = model.threshold
             model_kwargs["threshold"] = threshold
             calibrated = RewardModel(**model_kwargs)
             calibrated.load_state_dict(model.state_dict())
             model = calibrated.eval()
-            metrics.update({f"heldout_generated_calibrated_{k}": v
-                            for k, v in generated_episode_metrics(model, held_generated, probs=probs).items()})
+            metrics.update({f"heldout_generated_calibrated_{k}": v for k, v in
+                            generated_episode_metrics(model, held_generated, probs=probs, env_rule=rule).items()})
     metrics["threshold"] = model.threshold
     writer.close()
     save_model_atomic(model, out_dir / "model")

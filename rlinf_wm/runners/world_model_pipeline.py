@@ -280,9 +280,10 @@ def run_stage(
         if use_generated and not layout.generated_episodes.is_file():
             raise FileNotFoundError(f"no generated episodes at {layout.generated_episodes}: run stage=generate first")
         generated = read_episodes(layout.generated_episodes) if use_generated else []
+        chunk_size = world_model_settings(cfg, layout, None)["chunk_size"]  # the env scores each chunk's last frame
         metrics = train_reward_model(cfg.train.reward, cfg.data_dir, layout.reward_run, cfg.reward_model,
                                      episodes=data.get(), tokenizer=tokenizer, tokenizer_reconstruction_prob=prob,
-                                     generated=generated, progress=progress)
+                                     generated=generated, chunk_size=chunk_size, progress=progress)
         return {k: metrics[k] for k in ("heldout_accuracy", "heldout_auc", "heldout_generated_false_success_rate")
                 if k in metrics}
 
