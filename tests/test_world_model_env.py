@@ -155,7 +155,7 @@ def test_success_consecutive_needs_a_streak_that_may_span_chunks(wm_dir):
     env.reset(ids=[0, 1, 2, 0], seed=0)
     # chunk-end scores: env 0 high, high (a streak across chunks); envs 1 and 3 high, low, high, high (the broken
     # streak starts again); env 2 never high
-    env._score = ScriptedScores(env, [[0.9, 0.9, 0.1, 0.9], [0.9, 0.1, 0.1, 0.1], [0.9, 0.1, 0.9], [0.9, 0.1, 0.9]])
+    env._frames.score = ScriptedScores(env, [[0.9, 0.9, 0.1, 0.9], [0.9, 0.1, 0.1, 0.1], [0.9, 0.1, 0.9], [0.9, 0.1, 0.9]])
     first = env.chunk_step(actions(0))
     assert not first.terminated.any() and not first.rewards.any()
     second = env.chunk_step(actions(1))
@@ -167,7 +167,7 @@ def test_success_consecutive_needs_a_streak_that_may_span_chunks(wm_dir):
     np.testing.assert_array_equal(fourth.info["success"], [True, True, False, True])
     np.testing.assert_array_equal(fourth.rewards[:, -1], [0.0, 1.0, 0.0, 1.0])
     env.reset(ids=[0, 1, 2, 0], seed=0)  # a reset clears the streak
-    env._score = ScriptedScores(env, [[0.9, 0.1, 0.1, 0.1]])
+    env._frames.score = ScriptedScores(env, [[0.9, 0.1, 0.1, 0.1]])
     assert not env.chunk_step(actions(0)).terminated.any()
 
 
@@ -192,7 +192,7 @@ def test_truncation_at_max_episode_steps_mid_chunk(wm_dir):
 def test_finished_envs_cost_nothing(wm_dir, reencode, frames_per_env):
     env = make(wm_dir, reward_threshold=0.5, reencode_context=reencode)
     env.reset(ids=[0, 1, 2, 0], seed=0)
-    env._score = ScriptedScores(env, [[0.9, 0.1, 0.9, 0.1], [0.1, 0.1], [0.9, 0.9]])
+    env._frames.score = ScriptedScores(env, [[0.9, 0.1, 0.9, 0.1], [0.1, 0.1], [0.9, 0.9]])
     env.timings.clear()
     step = env.chunk_step(actions(0))
     np.testing.assert_array_equal(step.done, [True, False, True, False])
@@ -232,7 +232,7 @@ def test_cfg_runs_both_branches_in_one_call(wm_dir, guidance, rows_per_call):
 def test_relative_rewards_sum_to_the_change_in_success_probability(wm_dir):
     env = make(wm_dir, reward_type="relative", reward_frames="all", max_episode_steps=4)
     env.reset(ids=[0, 1, 2, 0], seed=0)
-    start = np.array([env._initial_prob(i) for i in (0, 1, 2, 0)])
+    start = np.array([env._frames.initial_prob(i) for i in (0, 1, 2, 0)])
     total = np.zeros(B)
     for c in range(2):
         step = env.chunk_step(actions(c))
@@ -247,7 +247,7 @@ def test_multi_frame_reward_model_stacks_previous_frames(tmp_path):
     env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER)
     reset = env.reset(ids=[0, 1], seed=0)
     scores = ScriptedScores(env, [[0.1, 0.1], [0.1, 0.1]])
-    env._score = scores
+    env._frames.score = scores
     first = env.chunk_step(actions(0, 2)).obs
     second = env.chunk_step(actions(1, 2)).obs
     # "last" scores chunk frame K-1 stacked with frame K-2 (CHUNK = 2: both generated)
@@ -257,7 +257,7 @@ def test_multi_frame_reward_model_stacks_previous_frames(tmp_path):
     all_frames = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, reward_frames="all")
     all_frames.reset(ids=[0, 1], seed=0)
     scores = ScriptedScores(all_frames, [[0.1] * 4])
-    all_frames._score = scores
+    all_frames._frames.score = scores
     all_frames.chunk_step(actions(0, 2))
     # the first generated frame is stacked after the reset frame
     np.testing.assert_array_equal(scores.windows[0][0::2, 0], reset.images)

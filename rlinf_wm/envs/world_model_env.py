@@ -18,7 +18,7 @@ One ``chunk_step`` over ``B`` envs:
 Settings not given (``None``) come from ``world_model.json`` in ``world_model_dir`` - the values the world model
 was trained with (window sizes, action scaler, sampler) - so one file is the source of truth; given values override
 it (a warning names any that differ from training); loading and checking the parts is
-:mod:`rlinf_wm.envs.world_model_parts`.
+:mod:`rlinf_wm.envs.world_model_parts`, encoding, decoding and scoring frames :mod:`rlinf_wm.envs.world_model_frames`.
 
 Randomness: every env has its own noise stream, seeded from ``(seed, env index)``; ``reset(seed=s)`` re-seeds all
 of them. An env's rollout therefore depends only on its seed, its initial state and its actions - not on the
@@ -36,6 +36,7 @@ import torch
 
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
+from rlinf_wm.envs.world_model_frames import WorldModelFrames
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
 from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
 
@@ -132,14 +133,16 @@ class WorldModelEnv(ChunkEnv):
         self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
         self.success_consecutive = int(success_consecutive)
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
-        self._per_frame_tokenizer = self.tokenizer.temporal_compression == 1
-        self.reencode_context = self._per_frame_tokenizer if reencode_context is None else bool(reencode_context)
-        if self.reencode_context and not self._per_frame_tokenizer:
+        per_frame_tokenizer = self.tokenizer.temporal_compression == 1
+        self.reencode_context = per_frame_tokenizer if reencode_context is None else bool(reencode_context)
+        if self.reencode_context and not per_frame_tokenizer:
             raise ValueError("reencode_context needs a per-frame tokenizer (temporal_compression 1), got "
                              f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")
 
         self.timings = StepTimings()
         self._counting_dit = CountingModel(self.dit, self.timings)
+        self._frames = WorldModelFrames(self.tokenizer, self.reward_model, self.initial_states, self.num_cond_latent_frames,
+                                        self.chunk_size, self.device, self.dtype, self.timings)
         self._onloaded = True
         self._move_models(self.device)
 
@@ -155,8 +158,6 @@ class WorldModelEnv(ChunkEnv):
         self._success = np.zeros(b, bool)
         self._streak = np.zeros(b, np.int64)  # scored frames in a row at or above the threshold
         self._last_prob = np.zeros(b, np.float32)
-        self._latent_cache: dict[int, torch.Tensor] = {}  # reset id -> context latents [C, Tc, h, w]
-        self._prob_cache: dict[int, float] = {}  # reset id -> success probability of the reset frame
         self._seed_streams(self.seed)
 
     # ------------------------------------------------------------------ setup
@@ -187,7 +188,7 @@ class WorldModelEnv(ChunkEnv):
     def _move_state(self, device: torch.device) -> None:
         if self._context is not None:
             self._context = self._context.to(device)
-        self._latent_cache = {k: v.to(device) for k, v in self._latent_cache.items()}
+        self._frames.move_cache(device)
 
     def offload(self) -> None:
         """Move every parameter and buffer of tokenizer, DiT and reward model (and the latent state) to CPU."""
@@ -253,13 +254,13 @@ class WorldModelEnv(ChunkEnv):
             raise ValueError(f"reset ids must be >= 0, got {ids.tolist()}")
         ids = ids.astype(np.int64) % self.num_initial_states
         with torch.no_grad():
-            latents = torch.stack([self._initial_latents(int(i)) for i in ids])
+            latents = torch.stack([self._frames.initial_latents(int(i)) for i in ids])
             if self._context is None or np.array_equal(rows, np.arange(self.num_envs)):
                 self._context = latents
             else:
                 self._context[torch.from_numpy(rows).to(self.device)] = latents
             if self.reward_type == "relative":
-                self._last_prob[rows] = [self._initial_prob(int(i)) for i in ids]
+                self._last_prob[rows] = [self._frames.initial_prob(int(i)) for i in ids]
         frames = self.initial_states.frames[ids]  # [n, F, H, W, 3]
         self._images[rows] = frames[:, -1]
         if self._history.shape[1]:
@@ -309,71 +310,10 @@ class WorldModelEnv(ChunkEnv):
     def _obs(self) -> Obs:
         return Obs(images=self._images.copy(), instructions=list(self._instructions))
 
-    def _initial_latents(self, state_id: int) -> torch.Tensor:
-        """Conditioning latents ``[C, Tc, h, w]`` of one initial state (encoded once, then cached)."""
-        if state_id not in self._latent_cache:
-            start = time.perf_counter()
-            frames = self.initial_states.frames[state_id]  # [F, H, W, 3]
-            if (frames == frames[:1]).all():
-                # A reset state is its first frame repeated: encode it once and repeat the latent, exactly as
-                # training pads an episode start (this also holds for causal video tokenizers).
-                frames = frames[:1]
-            latents = self.tokenizer.encode(torch.from_numpy(frames[None]).to(self.device))[0]  # [C, F', h, w]
-            tc = self.num_cond_latent_frames
-            if latents.shape[1] < tc:
-                pad = latents[:, :1].expand(-1, tc - latents.shape[1], -1, -1)
-                latents = torch.cat([pad, latents], dim=1)
-            self._latent_cache[state_id] = latents[:, -tc:].to(self.dtype).contiguous()
-            self.timings.encode_seconds += time.perf_counter() - start
-        return self._latent_cache[state_id]
-
-    def _initial_prob(self, state_id: int) -> float:
-        if state_id not in self._prob_cache:
-            frame = self.initial_states.frames[state_id, -1]
-            window = np.repeat(frame[None, None], self.reward_model.num_frames, axis=1)  # [1, nf, H, W, 3]
-            self._prob_cache[state_id] = float(self._score(torch.from_numpy(window))[0])
-        return self._prob_cache[state_id]
-
-    def _score(self, windows: torch.Tensor) -> np.ndarray:
-        """uint8 ``[N, nf, H, W, 3]`` -> success probabilities ``[N]``."""
-        start = time.perf_counter()
-        frames = windows[:, 0] if self.reward_model.num_frames == 1 else windows
-        probs = self.reward_model.predict_proba(frames.to(self.device)).float().cpu().numpy()
-        self.timings.reward_seconds += time.perf_counter() - start
-        self.timings.scored_frames += len(windows)
-        return probs
-
     def _noise(self, rows: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
         # Drawn per env from its own stream, so a row's noise never depends on its batch-mates.
         noise = torch.stack([torch.randn(shape, generator=self._generators[r]) for r in rows.tolist()])
         return noise.to(self.device, self.dtype)
-
-    def _decode(self, context: torch.Tensor, new: torch.Tensor, wanted: list[list[int]]) -> list[dict[int, np.ndarray]]:
-        """Decode chunk frames ``wanted[i]`` (indices 0..K-1, frame j = after action j) of each row ``i``.
-
-        Per-frame tokenizers decode exactly the wanted latent frames, all rows in one batch; video tokenizers
-        decode each row's whole window (their latents only make sense in sequence) and keep the wanted frames.
-        """
-        start = time.perf_counter()
-        out: list[dict[int, np.ndarray]] = [{} for _ in wanted]
-        if self._per_frame_tokenizer:
-            pairs = [(i, j) for i, frames in enumerate(wanted) for j in frames]
-            if pairs:
-                rows = torch.tensor([i for i, _ in pairs], device=new.device)
-                index = torch.tensor([j for _, j in pairs], device=new.device)
-                latents = new[rows, :, index].unsqueeze(2).float()  # [N, C, 1, h, w]
-                frames = self.tokenizer.decode_to_uint8(latents)[:, 0].cpu().numpy()
-                for (i, j), frame in zip(pairs, frames):
-                    out[i][j] = frame
-                self.timings.decoded_frames += len(pairs)
-        else:
-            frames = self.tokenizer.decode_to_uint8(torch.cat([context, new], dim=2).float())
-            frames = frames[:, -self.chunk_size :].cpu().numpy()  # the chunk's K frames
-            for i, wanted_frames in enumerate(wanted):
-                out[i] = {j: frames[i, j] for j in wanted_frames}
-            self.timings.decoded_frames += frames.shape[0] * frames.shape[1]
-        self.timings.decode_seconds += time.perf_counter() - start
-        return out
 
     def _step_rows(self, rows, actions, rewards, terminated, truncated, scored_probs) -> None:
         n, k, tc, p = len(rows), self.chunk_size, self.num_cond_latent_frames, self.num_pred_latent_frames
@@ -401,7 +341,7 @@ class WorldModelEnv(ChunkEnv):
         wanted = [sorted({i for j in js for i in range(max(0, j - nf + 1), j + 1)}) for js in scored]
         if self.reencode_context:
             wanted = [sorted(set(ws) | set(range(max(0, k - tc), k))) for ws in wanted]
-        decoded = self._decode(context, new, wanted)
+        decoded = self._frames.decode(context, new, wanted)
 
         windows, owners = [], []
         for i, js in enumerate(scored):
@@ -410,16 +350,13 @@ class WorldModelEnv(ChunkEnv):
                 stack = [decoded[i][t] if t >= 0 else history[len(history) + t] for t in range(j - nf + 1, j + 1)]
                 windows.append(np.stack(stack))
                 owners.append((i, j))
-        probs = self._score(torch.from_numpy(np.stack(windows)))
+        probs = self._frames.score(torch.from_numpy(np.stack(windows)))
 
         new_context = torch.cat([context, new], dim=2)[:, :, -tc:]
         if self.reencode_context:
             fresh = min(tc, p)
             frames = np.stack([[decoded[i][t] for t in range(k - fresh, k)] for i in range(n)])
-            start = time.perf_counter()
-            encoded = self.tokenizer.encode(torch.from_numpy(frames).to(self.device)).to(self.dtype)
-            self.timings.encode_seconds += time.perf_counter() - start
-            new_context = torch.cat([new_context[:, :, : tc - fresh], encoded], dim=2)
+            new_context = torch.cat([new_context[:, :, : tc - fresh], self._frames.encode(frames)], dim=2)
         self._context[rows] = new_context
 
         by_row: dict[int, list[tuple[int, float]]] = {}

@@ -1,0 +1,106 @@
+"""The pixel side of :class:`~rlinf_wm.envs.world_model_env.WorldModelEnv`: latents <-> frames and success scores.
+
+The env samples latents; this turns them into what the policy and the reward model consume - and back - with each
+part timed in the env's :class:`StepTimings`: the reset states' conditioning latents (encoded once per id), decoding
+only the frames asked for, re-encoding the conditioning window, and the reward model's success probabilities.
+"""
+
+from __future__ import annotations
+
+import time
+
+import numpy as np
+import torch
+
+from rlinf_wm.data.initial_states import InitialStates
+from rlinf_wm.envs.world_model_timing import StepTimings
+from rlinf_wm.models.reward_model import RewardModel
+from rlinf_wm.models.tokenizer import VideoTokenizer
+
+
+class WorldModelFrames:
+    """Encoding, decoding and scoring for the world-model env (its models run on ``device``; latents in ``dtype``)."""
+
+    def __init__(
+        self, tokenizer: VideoTokenizer, reward_model: RewardModel, initial_states: InitialStates,
+        num_cond_latent_frames: int, chunk_size: int, device: torch.device, dtype: torch.dtype, timings: StepTimings,
+    ) -> None:
+        self.tokenizer, self.reward_model, self.initial_states = tokenizer, reward_model, initial_states
+        self.num_cond_latent_frames, self.chunk_size = num_cond_latent_frames, chunk_size
+        self.device, self.dtype, self.timings = device, dtype, timings
+        self.per_frame = tokenizer.temporal_compression == 1
+        self._latent_cache: dict[int, torch.Tensor] = {}  # reset id -> context latents [C, Tc, h, w]
+        self._prob_cache: dict[int, float] = {}  # reset id -> success probability of the reset frame
+
+    def move_cache(self, device: torch.device) -> None:
+        """Move the cached reset latents (offloading moves the models themselves)."""
+        self._latent_cache = {k: v.to(device) for k, v in self._latent_cache.items()}
+
+    def initial_latents(self, state_id: int) -> torch.Tensor:
+        """Conditioning latents ``[C, Tc, h, w]`` of one initial state (encoded once, then cached)."""
+        if state_id not in self._latent_cache:
+            start = time.perf_counter()
+            frames = self.initial_states.frames[state_id]  # [F, H, W, 3]
+            if (frames == frames[:1]).all():
+                # A reset state is its first frame repeated: encode it once and repeat the latent, exactly as
+                # training pads an episode start (this also holds for causal video tokenizers).
+                frames = frames[:1]
+            latents = self.tokenizer.encode(torch.from_numpy(frames[None]).to(self.device))[0]  # [C, F', h, w]
+            tc = self.num_cond_latent_frames
+            if latents.shape[1] < tc:
+                pad = latents[:, :1].expand(-1, tc - latents.shape[1], -1, -1)
+                latents = torch.cat([pad, latents], dim=1)
+            self._latent_cache[state_id] = latents[:, -tc:].to(self.dtype).contiguous()
+            self.timings.encode_seconds += time.perf_counter() - start
+        return self._latent_cache[state_id]
+
+    def initial_prob(self, state_id: int) -> float:
+        """Success probability of an initial state's reset frame (cached)."""
+        if state_id not in self._prob_cache:
+            frame = self.initial_states.frames[state_id, -1]
+            window = np.repeat(frame[None, None], self.reward_model.num_frames, axis=1)  # [1, nf, H, W, 3]
+            self._prob_cache[state_id] = float(self.score(torch.from_numpy(window))[0])
+        return self._prob_cache[state_id]
+
+    def score(self, windows: torch.Tensor) -> np.ndarray:
+        """uint8 ``[N, nf, H, W, 3]`` -> success probabilities ``[N]``."""
+        start = time.perf_counter()
+        frames = windows[:, 0] if self.reward_model.num_frames == 1 else windows
+        probs = self.reward_model.predict_proba(frames.to(self.device)).float().cpu().numpy()
+        self.timings.reward_seconds += time.perf_counter() - start
+        self.timings.scored_frames += len(windows)
+        return probs
+
+    def decode(self, context: torch.Tensor, new: torch.Tensor, wanted: list[list[int]]) -> list[dict[int, np.ndarray]]:
+        """Decode chunk frames ``wanted[i]`` (indices 0..K-1, frame j = after action j) of each row ``i``.
+
+        Per-frame tokenizers decode exactly the wanted latent frames, all rows in one batch; video tokenizers
+        decode each row's whole window (their latents only make sense in sequence) and keep the wanted frames.
+        """
+        start = time.perf_counter()
+        out: list[dict[int, np.ndarray]] = [{} for _ in wanted]
+        if self.per_frame:
+            pairs = [(i, j) for i, frames in enumerate(wanted) for j in frames]
+            if pairs:
+                rows = torch.tensor([i for i, _ in pairs], device=new.device)
+                index = torch.tensor([j for _, j in pairs], device=new.device)
+                latents = new[rows, :, index].unsqueeze(2).float()  # [N, C, 1, h, w]
+                frames = self.tokenizer.decode_to_uint8(latents)[:, 0].cpu().numpy()
+                for (i, j), frame in zip(pairs, frames):
+                    out[i][j] = frame
+                self.timings.decoded_frames += len(pairs)
+        else:
+            frames = self.tokenizer.decode_to_uint8(torch.cat([context, new], dim=2).float())
+            frames = frames[:, -self.chunk_size :].cpu().numpy()  # the chunk's K frames
+            for i, wanted_frames in enumerate(wanted):
+                out[i] = {j: frames[i, j] for j in wanted_frames}
+            self.timings.decoded_frames += frames.shape[0] * frames.shape[1]
+        self.timings.decode_seconds += time.perf_counter() - start
+        return out
+
+    def encode(self, frames: np.ndarray) -> torch.Tensor:
+        """uint8 ``[N, T, H, W, 3]`` -> latents ``[N, C, T', h, w]`` in ``dtype`` (re-encoding the context)."""
+        start = time.perf_counter()
+        latents = self.tokenizer.encode(torch.from_numpy(frames).to(self.device)).to(self.dtype)
+        self.timings.encode_seconds += time.perf_counter() - start
+        return latents
