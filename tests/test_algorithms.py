@@ -97,6 +97,18 @@ def test_single_member_group_counts_as_zero_variance():
     assert out.advantages[2].item() == 0.0
 
 
+def test_group_advantages_without_std_scaling_keep_the_returns_spread():
+    # Graded returns (e.g. the world model's success probabilities): group 0 spreads 0.1, group 1 spreads 0.01.
+    returns = t([0.3, 0.2, 0.97, 0.96])
+    group_id = torch.tensor([0, 0, 1, 1])
+    centred = group_normalized_advantages(returns, group_id, scale_by_std=False)
+    assert centred.advantages.tolist() == pytest.approx([0.05, -0.05, 0.005, -0.005], abs=1e-6)
+    # With std scaling both groups get the same unit-size advantages, whatever their spread.
+    scaled = group_normalized_advantages(returns, group_id)
+    assert scaled.advantages.tolist() == pytest.approx([0.7071, -0.7071, 0.7071, -0.7071], abs=1e-3)
+    assert centred.informative.all() and scaled.informative.all()
+
+
 def test_episode_returns_sum_rewards_over_valid_chunks_only():
     rewards = t([[[1.0, 0.5], [2.0, 0.0], [9.0, 9.0]]])  # [B=1, N=3, K=2]; chunk 2 is padding
     mask = torch.tensor([[True, True, False]])

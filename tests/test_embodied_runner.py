@@ -99,6 +99,15 @@ def test_config_errors_name_the_full_key_path(tmp_path, policy_path, override, m
         compose_config(GRPO, tiny_overrides(policy_path, tmp_path) + [override])
 
 
+def test_graded_world_model_rewards_need_summed_returns(tmp_path, policy_path):
+    # With reward_type=success the advantages would silently use the 0/1 outcome instead of the graded rewards.
+    overrides = [f"policy.path={policy_path}", f"runner.log_dir={tmp_path}", "env.train.reward_type=relative"]
+    with pytest.raises(ConfigError, match="algorithm.reward_type: env.train.reward_type=relative gives graded"):
+        compose_config("metaworld_drawer_open_grpo_tinyvla", overrides)
+    with pytest.raises(ConfigError, match="algorithm.scale_by_group_std: applies to GRPO groups only"):
+        compose_config(PPO, tiny_overrides(policy_path, tmp_path, group_size=1) + ["++algorithm.scale_by_group_std=false"])
+
+
 def test_missing_policy_checkpoint_is_reported_with_its_key(tmp_path, policy_path):
     with pytest.raises(ConfigError, match="policy.path: no policy checkpoint at"):
         compose_config(GRPO, tiny_overrides(policy_path, tmp_path) + [f"policy.path={tmp_path}/nothing"])

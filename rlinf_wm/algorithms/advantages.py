@@ -70,11 +70,15 @@ class GroupAdvantages:
         return int(self.zero_variance_group_ids.numel())
 
 
-def group_normalized_advantages(returns: Tensor, group_id: Tensor, eps: float = 1e-6) -> GroupAdvantages:
+def group_normalized_advantages(
+    returns: Tensor, group_id: Tensor, eps: float = 1e-6, scale_by_std: bool = True
+) -> GroupAdvantages:
     """GRPO (Shao et al. 2024, eq. 3 outcome supervision): ``A_i = (R_i - mean_g R) / (std_g R + eps)``.
 
     ``std`` is the unbiased sample standard deviation within the group. Groups whose returns are
     all equal (or with a single member) get advantage 0 and ``informative = False``.
+    ``scale_by_std=False`` leaves ``A_i = R_i - mean_g R`` (Dr. GRPO, Liu et al. 2025): with graded returns,
+    dividing by the std would blow a group's near-equal returns (noise) up to unit-size advantages.
     """
     if returns.dim() != 1:
         raise ValueError(f"returns must be [B], got shape {list(returns.shape)}")
@@ -93,7 +97,8 @@ def group_normalized_advantages(returns: Tensor, group_id: Tensor, eps: float = 
 
     zero_variance = (count < 2) | (std <= ZERO_VARIANCE_ATOL)
     informative = ~zero_variance[member_of]
-    advantages = torch.where(informative, centered / (std[member_of] + eps), torch.zeros_like(centered))
+    scaled = centered / (std[member_of] + eps) if scale_by_std else centered
+    advantages = torch.where(informative, scaled, torch.zeros_like(centered))
     return GroupAdvantages(advantages, informative, group_ids, group_ids[zero_variance])
 
 
@@ -215,7 +220,7 @@ def compute_advantages(
             returns = success.float()
         else:
             returns = episode_returns(rewards, valid)
-        groups = group_normalized_advantages(returns, group_id)
+        groups = group_normalized_advantages(returns, group_id, scale_by_std=config.scale_by_group_std)
         advantages = torch.where(valid, groups.advantages[:, None].expand(batch, chunks), 0.0)
         loss_mask = valid & groups.informative[:, None] if config.zero_variance_groups != "keep" else valid
         value_targets = None

@@ -35,6 +35,9 @@ class AlgorithmConfig:
     # GRPO episode return / PPO reward: "success" = 0/1 episode success (PPO: given on the last
     # valid chunk), "sum" = the env's rewards (GRPO: summed over the episode; PPO: per chunk).
     reward_type: Literal["success", "sum"] = "success"
+    # GRPO: divide a group's centred returns by their std (Shao et al. 2024) or not (Dr. GRPO, Liu et al.
+    # 2025; for graded returns such as the world model's `relative` rewards, whose small spreads are noise).
+    scale_by_group_std: bool = True
 
     # --- policy update (actor worker) ---
     update_epochs: int = 1  # passes over the collected batch
@@ -84,6 +87,7 @@ class AlgorithmConfig:
                 at("zero_variance_groups"),
                 f"applies to GRPO groups only; PPO needs 'keep', got {self.zero_variance_groups!r}",
             )
+            require(self.scale_by_group_std, at("scale_by_group_std"), "applies to GRPO groups only; PPO needs true")
             require(0.0 < self.gamma <= 1.0, at("gamma"), f"PPO needs a discount in (0, 1], got {self.gamma}")
             require(
                 0.0 <= self.gae_lambda <= 1.0, at("gae_lambda"), f"PPO needs lambda in [0, 1], got {self.gae_lambda}"

@@ -165,6 +165,12 @@ class EmbodiedConfig:
         require(per_worker % self.algorithm.group_size == 0, at("env.train.num_envs"),
                 f"{train.num_envs} envs over {workers} env workers gives {per_worker} per worker, not divisible "
                 f"by algorithm.group_size={self.algorithm.group_size} (a GRPO group must live in one env batch)")
+        # The env's graded rewards reach the advantages only through reward_type=sum; with `success` they are
+        # silently replaced by the 0/1 outcome (a run in docs/results.md, 2026-12-03, was lost to this).
+        if getattr(train, "reward_type", None) == "relative":
+            require(self.algorithm.reward_type == "sum", at("algorithm.reward_type"),
+                    "env.train.reward_type=relative gives graded rewards, which only algorithm.reward_type=sum uses; "
+                    f"got {self.algorithm.reward_type!r}")
         if self.algorithm.uses_critic and self.policy.path is None:
             require(self.policy.model.value_head, at("policy.model.value_head"), "PPO needs a value head")
         if self.runner.logger == "wandb":
