@@ -107,6 +107,7 @@ def test_group_advantages_without_std_scaling_keep_the_returns_spread():
     scaled = group_normalized_advantages(returns, group_id)
     assert scaled.advantages.tolist() == pytest.approx([0.7071, -0.7071, 0.7071, -0.7071], abs=1e-3)
     assert centred.informative.all() and scaled.informative.all()
+    assert centred.group_std.tolist() == pytest.approx([0.0707, 0.00707], abs=1e-4)
 
 
 def test_episode_returns_sum_rewards_over_valid_chunks_only():
@@ -137,6 +138,7 @@ def test_compute_advantages_grpo_filters_zero_variance_groups_and_padding():
     assert out.returns is None
     assert out.zero_variance_group_ids.tolist() == [1]
     assert out.metrics["rollout/zero_variance_groups"].item() == 1.0
+    assert out.metrics["rollout/group_return_std"].item() == pytest.approx(math.sqrt(0.5) / 2, abs=1e-6)
     assert out.metrics["rollout/valid_chunks"].item() == 4.0
 
     kept = compute_advantages(_grpo_config(zero_variance_groups="keep"), **kwargs)

@@ -105,7 +105,7 @@ def test_graded_world_model_rewards_need_summed_returns(tmp_path, policy_path):
     with pytest.raises(ConfigError, match="algorithm.reward_type: env.train.reward_type=relative gives graded"):
         compose_config("metaworld_drawer_open_grpo_tinyvla", overrides)
     with pytest.raises(ConfigError, match="algorithm.scale_by_group_std: applies to GRPO groups only"):
-        compose_config(PPO, tiny_overrides(policy_path, tmp_path, group_size=1) + ["++algorithm.scale_by_group_std=false"])
+        compose_config(PPO, tiny_overrides(policy_path, tmp_path, group_size=1) + ["algorithm.scale_by_group_std=false"])
 
 
 def test_missing_policy_checkpoint_is_reported_with_its_key(tmp_path, policy_path):

@@ -60,6 +60,7 @@ class GroupAdvantages:
     informative: Tensor  # bool [B]: the env's group has non-zero return variance
     group_ids: Tensor  # [G] the distinct group ids
     zero_variance_group_ids: Tensor  # [G0] groups to filter or resample
+    group_std: Tensor  # float [G]: spread of each group's returns (how much signal the group carries)
 
     @property
     def num_groups(self) -> int:
@@ -99,7 +100,7 @@ def group_normalized_advantages(
     informative = ~zero_variance[member_of]
     scaled = centered / (std[member_of] + eps) if scale_by_std else centered
     advantages = torch.where(informative, scaled, torch.zeros_like(centered))
-    return GroupAdvantages(advantages, informative, group_ids, group_ids[zero_variance])
+    return GroupAdvantages(advantages, informative, group_ids, group_ids[zero_variance], std)
 
 
 def gae_advantages(
@@ -230,6 +231,7 @@ def compute_advantages(
             "rollout/num_groups": torch.tensor(float(groups.num_groups)),
             "rollout/zero_variance_groups": torch.tensor(float(groups.num_zero_variance_groups)),
             "rollout/zero_variance_group_frac": torch.tensor(groups.num_zero_variance_groups / groups.num_groups),
+            "rollout/group_return_std": groups.group_std.mean(),
         }
     elif config.name == "ppo":
         if values is None or next_values is None:
