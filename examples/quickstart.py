@@ -39,11 +39,15 @@ class TaskConfigs:
     # The policy samples at this temperature in GRPO's rollouts and in both real-simulator evaluations, so the
     # base's recorded episodes (world-model training data) and both success rates are of the policy RL trains.
     temperature: float = 1.0
+    # World-model replays of the base policy's recorded episodes, labelled with their real outcome, that the reward
+    # model also trains on (train.reward_generated_episodes; 0 = none): it then judges generated frames, where the
+    # world model's false successes are. Needs a per-frame tokenizer.
+    reward_replays: int = 0
 
 
 TASKS = {
     # The Gaussian-head base is nearly deterministic at 1 (docs/results.md, 2026-12-02)
-    "drawer-open-v3": TaskConfigs("metaworld_drawer_open", smoke_eval_envs=4, temperature=4.0),
+    "drawer-open-v3": TaskConfigs("metaworld_drawer_open", smoke_eval_envs=4, temperature=4.0, reward_replays=100),
     "libero_spatial": TaskConfigs("libero_spatial", smoke_eval_envs=1),  # needs the libero extra
 }
 
@@ -71,6 +75,10 @@ def build_stages(task: str, artifacts: Path) -> list[Stage]:
     python = sys.executable
     common = [f"task={task}", f"artifacts_dir={artifacts}"]
     rl_dir = artifacts / "rl_grpo_wm"
+    replays, smoke_replays = [], []
+    if configs.reward_replays:
+        replays = [f"train.reward_generated_episodes={configs.reward_replays}", "train.reward_generated_kinds=[policy]"]
+        smoke_replays = ["train.reward_generated_episodes=2"]
     stages = [
         Stage(
             "collect",
@@ -94,10 +102,10 @@ def build_stages(task: str, artifacts: Path) -> list[Stage]:
         Stage(
             "world_model",
             [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_{prefix}",
-             "stage=all", *common, f"extra_data_dirs=[{artifacts}/eval_base/episodes]"],
+             "stage=all", *common, f"extra_data_dirs=[{artifacts}/eval_base/episodes]", *replays],
             artifacts / "world_model" / "world_model.json",
             ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4", "++train.reward.batch_size=8",
-             "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false"],
+             "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false", *smoke_replays],
         ),
         Stage(
             "grpo_world_model",

@@ -24,6 +24,8 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     assert result["base"]["temperature"] == result["after_rl"]["temperature"] == 4.0
     policy_config = json.loads((artifacts / "sft" / "model" / "config.json").read_text())
     assert policy_config["action_head"] == "gaussian"
+    # The reward model also trained on world-model replays of the base policy's recorded episodes
+    assert (artifacts / "world_model" / "generated_episodes.hdf5").is_file()
     assert result["peak_memory_bytes"] > 0
     second = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
