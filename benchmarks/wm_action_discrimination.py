@@ -36,6 +36,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
 def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
@@ -126,17 +127,14 @@ def main() -> None:
         parser.error("--replicas must be >= 1")
 
     import torch
-    import yaml
+    from wm_policy_calibration import run_config
 
     from rlinf_wm.data.trajectories import load_episodes
     from rlinf_wm.envs import make_env
 
-    config_path = args.run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise SystemExit(f"--run-dir {args.run_dir}: no config.yaml (an RL run's log directory holds one)")
+    env_cfg = dict(run_config(args.run_dir)["env"]["train"])
     torch.set_num_threads(args.threads)
     episodes = load_episodes(args.episodes)
-    env_cfg = dict(yaml.safe_load(config_path.read_text())["env"]["train"])
     env_cfg.update(num_envs=args.num_envs, initial_states_path=str(args.episodes))  # one state per recorded episode
     env = make_env(env_cfg.pop("env_type"), **env_cfg)
     started = time.perf_counter()

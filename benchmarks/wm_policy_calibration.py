@@ -61,6 +61,16 @@ def world_model_starts(state_reset_ids: np.ndarray, real_states: list[int], per_
     return starts, states
 
 
+def run_config(run_dir: Path) -> dict:
+    """An RL run's resolved ``config.yaml`` (its ``env.train`` is the world-model env the policy trained in)."""
+    import yaml
+
+    path = run_dir / "config.yaml"
+    if not path.is_file():
+        raise SystemExit(f"--run-dir {run_dir}: no config.yaml (an RL run's log directory holds one)")
+    return yaml.safe_load(path.read_text())
+
+
 def compare(imagined: dict[int, tuple[int, int]], real: dict[int, tuple[int, int]]) -> dict:
     """Imagined against real success, overall and per state (only states both sides have)."""
     states = sorted(set(imagined) & set(real))
@@ -102,12 +112,7 @@ def main() -> None:
     if args.episodes_per_state < 1:
         parser.error("--episodes-per-state must be >= 1")
 
-    import yaml
-
-    config_path = args.run_dir / "config.yaml"
-    if not config_path.is_file():
-        raise SystemExit(f"--run-dir {args.run_dir}: no config.yaml (an RL run's log directory holds one)")
-    config = yaml.safe_load(config_path.read_text())
+    config = run_config(args.run_dir)
     temperature = config["policy"]["temperature"] if args.temperature is None else args.temperature
     real = real_rates(args.real, temperature)
     if args.imagined_from is not None:
