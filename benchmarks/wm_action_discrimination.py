@@ -38,15 +38,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
-
-def _auc(labels: np.ndarray, scores: np.ndarray) -> float | None:
-    """P(score of a positive > score of a negative), ties half; None without both classes."""
-    pos, neg = scores[labels], scores[~labels]
-    if len(pos) == 0 or len(neg) == 0:
-        return None
-    greater = (pos[:, None] > neg[None, :]).mean()
-    ties = (pos[:, None] == neg[None, :]).mean()
-    return float(greater + 0.5 * ties)
+from rlinf_wm.runners.reward_scoring import roc_auc  # noqa: E402
 
 
 def discrimination(imagined: np.ndarray, real_success: np.ndarray, states: np.ndarray) -> dict:
@@ -60,6 +52,7 @@ def discrimination(imagined: np.ndarray, real_success: np.ndarray, states: np.nd
                          f"{len(real_success)}, {len(states)}")
     replicas = imagined.shape[1]
     rates = imagined.mean(axis=1)
+    auc = roc_auc(real_success, rates)
     wins, pairs, noise, between = 0.0, 0, 0.0, 0.0
     by_state: dict[int, list[int]] = defaultdict(list)
     for index, state in enumerate(states.tolist()):
@@ -82,7 +75,7 @@ def discrimination(imagined: np.ndarray, real_success: np.ndarray, states: np.nd
         "imagined_success": round(float(rates.mean()), 4),
         "imagined_given_real_success": None if not real_success.any() else round(float(rates[real_success].mean()), 4),
         "imagined_given_real_failure": None if real_success.all() else round(float(rates[~real_success].mean()), 4),
-        "episode_auc": _auc(real_success, rates),
+        "episode_auc": None if np.isnan(auc) else round(auc, 4),
         "episodes_with_mixed_replicas": int(((rates > 0) & (rates < 1)).sum()),
         "within_state_pairs": pairs,
         "within_state": None if pairs == 0 else round(wins / pairs, 4),

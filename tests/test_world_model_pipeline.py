@@ -465,9 +465,9 @@ def test_generated_sources_are_drawn_by_kind_and_a_bad_kind_names_the_key():
 
 
 def stub_probs(monkeypatch, probs: np.ndarray) -> None:
-    from rlinf_wm.runners import train_reward
+    from rlinf_wm.runners import reward_scoring
 
-    monkeypatch.setattr(train_reward, "predict_probs", lambda model, data, *a, **k: probs)
+    monkeypatch.setattr(reward_scoring, "predict_probs", lambda model, data, *a, **k: probs)
 
 
 def frame_offsets(episodes) -> list[int]:
@@ -478,7 +478,7 @@ def test_generated_episode_metrics_count_flagged_episodes(monkeypatch):
     """A failed replay flagged at any frame is a false success; a successful replay is detected when its success
     frame (the last) is flagged, not an earlier one."""
     from rlinf_wm.models.reward_model import RewardModel
-    from rlinf_wm.runners.train_reward import generated_episode_metrics
+    from rlinf_wm.runners.reward_scoring import generated_episode_metrics
 
     rng = np.random.default_rng(0)
     episodes = [make_episode(rng, i) for i in range(8)]  # 3 and 7 fail
@@ -499,7 +499,7 @@ def test_generated_episode_metrics_count_flagged_episodes(monkeypatch):
 def test_threshold_is_chosen_to_separate_the_replays(monkeypatch):
     """Failed replays reach 0.85 somewhere, successful ones 0.92 at their success frame: 0.9 separates them all."""
     from rlinf_wm.models.reward_model import RewardModel
-    from rlinf_wm.runners.train_reward import choose_threshold
+    from rlinf_wm.runners.reward_scoring import choose_threshold
 
     rng = np.random.default_rng(0)
     episodes = [make_episode(rng, i) for i in range(8)]
@@ -516,7 +516,7 @@ def test_threshold_is_chosen_to_separate_the_replays(monkeypatch):
 
 def test_the_env_rule_scores_chunk_ends_and_needs_consecutive_hits():
     """As WorldModelEnv with reward_frames=last: frames K, 2K, ... and the last are scored; the reset frame never."""
-    from rlinf_wm.runners.train_reward import SuccessRule
+    from rlinf_wm.runners.reward_scoring import SuccessRule
 
     rule = SuccessRule(scored_every=4, consecutive=2)
     probs = np.zeros(11, np.float32)  # reset frame + 10 generated: scored frames 4, 8, 10
@@ -534,7 +534,7 @@ def test_the_threshold_is_chosen_under_the_envs_rule(monkeypatch):
     """Failed replays reach 0.96 on odd frames and 0.65 on the even ones, which the env scores at K=2: any-frame
     scoring needs 0.97, the env's rule (chunk ends, two in a row) only 0.7."""
     from rlinf_wm.models.reward_model import RewardModel
-    from rlinf_wm.runners.train_reward import SuccessRule, choose_threshold, generated_episode_metrics
+    from rlinf_wm.runners.reward_scoring import SuccessRule, choose_threshold, generated_episode_metrics
 
     rng = np.random.default_rng(0)
     episodes = [make_episode(rng, i) for i in range(8)]

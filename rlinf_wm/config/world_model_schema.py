@@ -155,7 +155,7 @@ class RewardTrainConfig:
     # + random others); a quarter as many held-out ones score the classifier on reconstructions
     reconstruction_max_frames: int = 4096
     # with generated episodes: the success threshold becomes the one that best separates the held-out replays
-    # (train_reward.choose_threshold); balanced sampling calibrates probabilities to a 50 % prior, so 0.5 flags a
+    # (reward_scoring.choose_threshold); balanced sampling calibrates probabilities to a 50 % prior, so 0.5 flags a
     # frame of most long failed replays
     calibrate_threshold: bool = True
     # the env's rule the threshold is chosen for: chunk-end frames scored, this many in a row for a success

@@ -138,7 +138,7 @@ def _reward_metrics(reward_model, plans, held, real, predicted, horizon_frames):
     """Reward-model accuracy/AUC on real held-out frames, and agreement of its prediction on each rollout's final
     frame with the true success of the recorded frame (overall and where success changes within the horizon)."""
     from rlinf_wm.models.reward_model import success_frame_labels, success_step
-    from rlinf_wm.runners.train_reward import classification_metrics, label_episodes, predict_probs
+    from rlinf_wm.runners.reward_scoring import classification_metrics, label_episodes, predict_probs
 
     k = reward_model.num_frames
 
