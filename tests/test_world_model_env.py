@@ -339,6 +339,68 @@ def test_initial_states_file_round_trip_and_trajectory_directory(tmp_path):
         InitialStates(frames=np.zeros((1, 1, 4, 4, 3), np.float32), instructions=["x"])
 
 
+def test_branched_states_come_from_inside_episodes_before_success(tmp_path):
+    rng = np.random.default_rng(0)
+    frames = rng.integers(0, 256, (2, 11, SIZE, SIZE, 3), dtype=np.uint8)
+    rewards = np.zeros((2, 10), np.float32)
+    rewards[1, 3] = 1.0  # episode 1: the action at step 3 solves the task, so frames 4.. show success
+    episodes = [
+        Episode(frames=frames[i], actions=np.zeros((10, 4), np.float32), rewards=rewards[i], dones=np.zeros(10, bool),
+                success=bool(i), instruction=f"task {i}", task="t", attrs={"task_id": 7 + i})
+        for i in range(2)
+    ]
+    states = InitialStates.branched(episodes, num_frames=2, states_per_episode=50, max_start_step=6, seed=0)
+    assert len(states) == 100
+    first, second = states.start_steps[:50], states.start_steps[50:]
+    assert set(first.tolist()) == set(range(7)) and set(second.tolist()) == set(range(4))  # <= max / <= solving step
+    for state, start in enumerate(states.start_steps):
+        episode = state // 50
+        expected = frames[episode, [max(start - 1, 0), start]]
+        np.testing.assert_array_equal(states.frames[state], expected)
+    np.testing.assert_array_equal(np.unique(states.reset_ids), [7, 8])
+    states.save(tmp_path / "branched.hdf5")
+    np.testing.assert_array_equal(InitialStates.load(tmp_path / "branched.hdf5").start_steps, states.start_steps)
+    with pytest.raises(ValueError, match="start_steps"):
+        InitialStates(frames=states.frames[:1], instructions=["x"], start_steps=[-1])
+
+
+def test_an_env_from_a_branched_state_has_the_remaining_steps_only(wm_dir, tmp_path):
+    stock = InitialStates.load(wm_dir / "initial_states.hdf5")
+    starts = np.array([0, 2] + [0] * (len(stock) - 2))
+    InitialStates(frames=stock.frames, instructions=stock.instructions, start_steps=starts).save(tmp_path / "b.hdf5")
+    env = make(wm_dir, max_episode_steps=2 * CHUNK + 1, initial_states_path=str(tmp_path / "b.hdf5"))
+    env.reset(ids=[0, 1, 0, 1], seed=0)
+    first = env.chunk_step(actions(0))
+    assert not first.truncated.any()
+    np.testing.assert_array_equal(first.info["episode_length"], [CHUNK, CHUNK + 2] * 2)
+    second = env.chunk_step(actions(1))
+    # the envs from the state at step 2 had one step left: truncated in the second chunk, the others not yet
+    assert second.truncated[[1, 3]].all() and not second.truncated[[0, 2]].any()
+    np.testing.assert_array_equal(second.info["episode_length"], [2 * CHUNK, 2 * CHUNK + 1] * 2)
+    with pytest.raises(ValueError, match="max_episode_steps=2"):
+        make(wm_dir, max_episode_steps=2, initial_states_path=str(tmp_path / "b.hdf5"))
+
+
+def test_branch_script_writes_states_with_the_world_models_frame_count(wm_dir, tmp_path):
+    import importlib.util
+
+    path = Path(__file__).resolve().parents[1] / "examples" / "world_model" / "branch_initial_states.py"
+    spec = importlib.util.spec_from_file_location("branch_initial_states", path)
+    script = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(script)
+    frames = np.random.default_rng(0).integers(0, 256, (3, 9, SIZE, SIZE, 3), dtype=np.uint8)
+    write_episodes(tmp_path / "episodes" / "shard_0.hdf5", [
+        Episode(frames=frames[i], actions=np.zeros((8, 4), np.float32), rewards=np.zeros(8, np.float32),
+                dones=np.zeros(8, bool), success=False, instruction="open", task="t") for i in range(3)])
+    output = script.main(["--world-model-dir", str(wm_dir), "--episodes", str(tmp_path / "episodes"),
+                          "--states-per-episode", "2", "--max-start-step", "5", "--output", str(tmp_path / "b.hdf5")])
+    states = InitialStates.load(output)
+    assert len(states) == 6 and states.num_frames == InitialStates.load(wm_dir / "initial_states.hdf5").num_frames
+    assert states.start_steps.max() <= 5
+    env = make(wm_dir, initial_states_path=str(output))
+    assert env.num_initial_states == 6
+
+
 def test_env_yaml_derives_every_path_from_world_model_dir_and_builds(wm_dir):
     from rlinf_wm.config.validate import validate
     from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig

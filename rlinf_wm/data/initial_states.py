@@ -7,11 +7,18 @@ File layout (HDF5, written atomically by :meth:`InitialStates.save`)::
     tasks         str [N]                 (optional)
     reset_ids     int64 [N]               (optional) the simulator reset id each state was recorded from
                                           (Meta-World: the ML1 train-task index), -1 when unknown
+    start_steps   int64 [N]               (optional) the episode step each state was taken at (0: a reset);
+                                          an imagined episode from it has max_episode_steps - start_steps left
 
 ``F`` is the number of video frames behind the world model's conditioning latents. Nothing precedes a
 reset, so a recorded state is its episode's first frame repeated ``F`` times, exactly as the DiT's training
 windows pad an episode start. ``reset_ids`` let a benchmark start the real simulator in the same scene as
 an imagined episode (same id -> same object and goal positions).
+
+:meth:`InitialStates.branched` takes states from inside recorded episodes instead (the policy's own real
+rollouts): imagined episodes then branch off real trajectories and run shorter, the remedy for model
+exploitation of MBPO (Janner et al. 2019, "When to Trust Your Model"): errors compound over the imagined
+horizon, so short model rollouts from states the policy really visits are trusted further than long ones.
 """
 
 from __future__ import annotations
@@ -42,6 +49,7 @@ class InitialStates:
     instructions: list[str]
     tasks: list[str] = field(default_factory=list)
     reset_ids: np.ndarray | None = None  # int64 [N], -1 = unknown
+    start_steps: np.ndarray | None = None  # int64 [N], 0 = an episode start
 
     def __post_init__(self) -> None:
         self.frames = np.asarray(self.frames)
@@ -59,6 +67,9 @@ class InitialStates:
         self.reset_ids = np.full(n, -1, np.int64) if self.reset_ids is None else np.asarray(self.reset_ids, np.int64)
         if self.reset_ids.shape != (n,):
             raise ValueError(f"reset_ids must have shape [{n}], got {self.reset_ids.shape}")
+        self.start_steps = np.zeros(n, np.int64) if self.start_steps is None else np.asarray(self.start_steps, np.int64)
+        if self.start_steps.shape != (n,) or (self.start_steps < 0).any():
+            raise ValueError(f"start_steps must be {n} integers >= 0, got {self.start_steps.tolist()}")
 
     def __len__(self) -> int:
         return len(self.frames)
@@ -83,6 +94,40 @@ class InitialStates:
         )
 
     @classmethod
+    def branched(
+        cls, episodes: Sequence[Episode], num_frames: int, states_per_episode: int, max_start_step: int, seed: int = 0,
+    ) -> "InitialStates":
+        """States taken inside the episodes: ``states_per_episode`` steps ``t`` per episode, drawn uniformly from
+        ``0..min(max_start_step, s, len - 1)`` where ``s`` is the step whose action reached success (frame ``s``
+        is the last that does not show the task solved); each state is the recorded frames ``t - num_frames + 1 .. t`` (frame 0
+        repeated before the start, as the DiT's training windows pad) with ``start_steps = t``.
+        """
+        if states_per_episode < 1 or max_start_step < 0:
+            raise ValueError(f"states_per_episode must be >= 1 and max_start_step >= 0, got {states_per_episode}, "
+                             f"{max_start_step}")
+        from rlinf_wm.models.reward_model import success_step
+
+        rng = np.random.default_rng(seed)
+        frames, instructions, tasks, reset_ids, starts = [], [], [], [], []
+        for index, episode in enumerate(episodes):
+            if len(episode.actions) == 0:
+                raise ValueError(f"episode {index} (task={episode.task!r}, seed={episode.seed}) has no actions")
+            solved = success_step(episode.rewards, episode.dones, episode.success)
+            # frame s (before action s, the one that solves the task) is the last that does not show success
+            last = min(max_start_step, len(episode.actions) - 1, solved if solved >= 0 else max_start_step)
+            for step in rng.integers(0, last + 1, size=states_per_episode):
+                window = np.clip(np.arange(step - num_frames + 1, step + 1), 0, None)
+                frames.append(episode.frames[window])
+                instructions.append(episode.instruction)
+                tasks.append(episode.task)
+                reset_ids.append(int(episode.attrs.get("task_id", -1)))
+                starts.append(int(step))
+        if not frames:
+            raise ValueError("no episodes to branch from")
+        return cls(frames=np.stack(frames), instructions=instructions, tasks=tasks,
+                   reset_ids=np.array(reset_ids, np.int64), start_steps=np.array(starts, np.int64))
+
+    @classmethod
     def from_frames(
         cls, first_frames: np.ndarray, instructions: Sequence[str], num_frames: int = 1,
         tasks: Sequence[str] | None = None, reset_ids: Sequence[int] | None = None,
@@ -105,6 +150,7 @@ class InitialStates:
                 f.create_dataset("instructions", data=np.array(self.instructions, dtype=h5py.string_dtype()))
                 f.create_dataset("tasks", data=np.array(self.tasks, dtype=h5py.string_dtype()))
                 f.create_dataset("reset_ids", data=self.reset_ids)
+                f.create_dataset("start_steps", data=self.start_steps)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InitialStates":
@@ -130,9 +176,11 @@ class InitialStates:
                 instructions = _strings(f["instructions"])
                 tasks = _strings(f["tasks"]) if "tasks" in f else []
                 reset_ids = np.asarray(f["reset_ids"]) if "reset_ids" in f else None
+                start_steps = np.asarray(f["start_steps"]) if "start_steps" in f else None
         except OSError as error:
             raise ValueError(f"{path} is not a readable HDF5 initial-state file: {error}") from error
         try:
-            return cls(frames=frames, instructions=instructions, tasks=tasks, reset_ids=reset_ids)
+            return cls(frames=frames, instructions=instructions, tasks=tasks, reset_ids=reset_ids,
+                       start_steps=start_steps)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from error

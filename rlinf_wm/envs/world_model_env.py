@@ -124,6 +124,9 @@ class WorldModelEnv(ChunkEnv):
         self.initial_states = parts.initial_states
         self.num_envs = int(num_envs)
         self.max_episode_steps = int(max_episode_steps)
+        if self.initial_states.start_steps.max() >= self.max_episode_steps:
+            raise ValueError(f"initial states start at step {int(self.initial_states.start_steps.max())}, not before "
+                             f"max_episode_steps={self.max_episode_steps}: no step would be left")
         self.batch_size = int(batch_size)
         self.reward_type = reward_type
         self.reward_frames = reward_frames
@@ -264,12 +267,15 @@ class WorldModelEnv(ChunkEnv):
         frames = self.initial_states.frames[ids]  # [n, F, H, W, 3]
         self._images[rows] = frames[:, -1]
         if self._history.shape[1]:
-            # Before the reset frame there is nothing: repeat it (as the reward model's training stacks do).
-            self._history[rows] = np.repeat(frames[:, -1:], self._history.shape[1], axis=1)
+            # The state's earlier frames; before its first there is nothing: repeat it (as the reward model's
+            # training stacks do).
+            count = frames.shape[1]
+            self._history[rows] = frames[:, np.clip(np.arange(count - 1 - self._history.shape[1], count - 1), 0, None)]
         self._reset_ids[rows] = ids
         for row, state in zip(rows.tolist(), ids.tolist()):
             self._instructions[row] = self.initial_states.instructions[state]
-        self._steps[rows] = 0
+        # A state branched off a recorded episode at step t has max_episode_steps - t left, as the real env would.
+        self._steps[rows] = self.initial_states.start_steps[ids]
         self._done[rows] = False
         self._success[rows] = False
         self._streak[rows] = 0
