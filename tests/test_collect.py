@@ -3,6 +3,7 @@
 import json
 from pathlib import Path
 
+import h5py
 import numpy as np
 import pytest
 from hydra import compose, initialize_config_dir
@@ -110,6 +111,29 @@ def test_resume_with_other_settings_fails(reference, tmp_path):
         run_collection(tiny_config(tmp_path, num_episodes=2, expert_noise_std=0.5))
 
 
+def test_shards_from_before_steps_after_success_existed_still_resume(reference, tmp_path):
+    run_collection(tiny_config(tmp_path, num_episodes=2))
+    with h5py.File(shard_path(tmp_path, 0), "r+") as f:  # as written before the key existed
+        settings = json.loads(f["data"].attrs["env_args"])
+        del settings["collect"]["steps_after_success"]
+        f["data"].attrs["env_args"] = json.dumps(settings)
+    written = []
+    run_collection(tiny_config(tmp_path, num_episodes=2), on_shard_written=lambda shard, path: written.append(shard))
+    assert written == []  # read as steps_after_success=0: complete, nothing recollected
+    with pytest.raises(ValueError, match="steps_after_success: 0 on disk vs 3 now"):
+        run_collection(tiny_config(tmp_path, num_episodes=2, steps_after_success=3))
+
+
+def test_collection_records_steps_past_success(tmp_path):
+    env = MetaWorldEnvConfig(env_type="metaworld", task="drawer-open-v3", image_size=[32, 32], max_episode_steps=150)
+    cfg = tiny_config(tmp_path, env=env, num_episodes=1, episodes_per_shard=1, perturbed_fraction=0.0,
+                      random_fraction=0.0, expert_noise_std=0.0, steps_after_success=3)
+    run_collection(cfg)
+    (episode,) = load_episodes(tmp_path)
+    assert episode.success and episode.rewards.sum() == 1.0
+    assert episode.rewards[-4] == 1.0 and episode.dones[-4:].all() and not episode.dones[:-4].any()
+
+
 def test_collect_config_composes_and_validates():
     with initialize_config_dir(config_dir=CONFIG_DIR, version_base=None):
         raw = compose("collect_metaworld_drawer_open", overrides=["num_episodes=12"])
@@ -117,7 +141,7 @@ def test_collect_config_composes_and_validates():
         assert cfg.output_dir == "outputs/drawer-open-v3/data" and cfg.env.camera == "corner3"
         assert cfg.num_episodes == 12 and cfg.env.task == cfg.task
         bad = [("env.task=door-open-v3", "env.task"), ("random_fraction=0.9", "random_fraction"),
-               ("env.num_envs=4", "env.num_envs"), ("+extra=1", "extra")]
+               ("env.num_envs=4", "env.num_envs"), ("+extra=1", "extra"), ("steps_after_success=-1", "steps_after_success")]
         for override, key in bad:
             with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
                 validate(compose("collect_metaworld_drawer_open", overrides=[override]), CollectConfig)

@@ -62,6 +62,26 @@ def test_expert_opens_the_drawer_with_success_once_reward():
     assert len(episode.frames) == episode.length + 1
 
 
+def test_recording_past_success_keeps_the_success_step_and_shows_the_drawer_opening_further():
+    with MetaWorldEnv("drawer-open-v3", num_envs=1, max_episode_steps=150, include_states=True) as env:
+        stopped = record_episode(env, "expert", seed=0, task_id=7, expert_noise_std=0.0)
+        with pytest.raises(ValueError, match="terminate_on_success=False"):
+            record_episode(env, "expert", seed=0, task_id=7, steps_after_success=5)
+    with MetaWorldEnv("drawer-open-v3", num_envs=1, max_episode_steps=150, include_states=True,
+                      terminate_on_success=False) as env:
+        longer = record_episode(env, "expert", seed=0, task_id=7, expert_noise_std=0.0, steps_after_success=6)
+    step = stopped.length - 1
+    assert longer.success and longer.length == stopped.length + 6
+    # the same episode up to success, then six more steps; the reward marks the first success only
+    np.testing.assert_array_equal(longer.frames[: stopped.length + 1], stopped.frames)
+    assert longer.rewards.sum() == 1.0 and longer.rewards[step] == 1.0
+    assert not longer.dones[:step].any() and longer.dones[step:].all()
+    # the drawer (state entries 4:7: its handle) keeps moving: the later frames differ from the success frame
+    assert np.abs(longer.states[-1, 4:7] - longer.states[step, 4:7]).max() > 1e-3
+    assert np.abs(longer.frames[-1].astype(int) - longer.frames[step + 1].astype(int)).max() > 0
+    assert longer.until_success().length == stopped.length
+
+
 def test_done_envs_are_not_stepped(env):
     env.reset(ids=[3, 3])
     expert = ExpertPolicy("drawer-open-v3")

@@ -7,7 +7,8 @@ import torch
 from rlinf_wm.config.validate import ConfigError, validate
 from rlinf_wm.config.world_model_schema import RewardModelConfig, RewardTrainConfig
 from rlinf_wm.data.trajectories import Episode
-from rlinf_wm.models.reward_model import RewardModel, stack_frame_history, success_frame_labels, success_step
+from rlinf_wm.data.trajectories import success_frame_labels, success_step
+from rlinf_wm.models.reward_model import RewardModel, stack_frame_history
 from rlinf_wm.runners.reward_scoring import label_episodes, roc_auc
 from rlinf_wm.runners.train_reward import train_reward_model
 from rlinf_wm.utils.checkpoint import load_model, save_model_atomic

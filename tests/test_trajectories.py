@@ -22,6 +22,17 @@ def make_episode(steps: int, success: bool, seed: int = 0, final_frame: bool = T
                    states=np.zeros((steps, 39), np.float32), attrs={"kind": "expert"})
 
 
+def test_until_success_cuts_after_the_success_step():
+    episode = make_episode(8, False)
+    episode.rewards[4], episode.dones[4:], episode.success = 1.0, True, True
+    cut = episode.until_success()
+    assert cut.length == 5 and len(cut.frames) == 6 and cut.states.shape[0] == 5
+    np.testing.assert_array_equal(cut.frames[:, 0, 0, 0], np.arange(6))  # the frame after the success step stays
+    assert cut.rewards[-1] == 1.0 and cut.dones[-1] and cut.success
+    assert make_episode(5, True).until_success().length == 5  # ends at success: unchanged
+    assert make_episode(5, False).until_success().length == 5  # never succeeds: unchanged
+
+
 def test_hdf5_round_trip(tmp_path):
     episodes = [make_episode(5, True, seed=1), make_episode(3, False, seed=2, final_frame=False)]
     path = write_episodes(tmp_path / "shard.hdf5", episodes, env_args={"task": "drawer-open-v3"})

@@ -69,6 +69,7 @@ class CollectConfig:
     expert_noise_std: float = 0.1  # Gaussian noise on every expert action (before clipping to [-1, 1])
     perturbed_fraction: float = 0.2  # episodes where a random segment is replaced by random actions
     random_fraction: float = 0.1  # episodes of random actions only
+    steps_after_success: int = 0  # keep recording this many steps past success (Meta-World): frames of success
     seed: int = 0
     progress_bar: bool = True
 
@@ -83,6 +84,9 @@ class CollectConfig:
         require(self.num_workers >= 0, at("num_workers"), f"must be >= 0, got {self.num_workers}")
         require(self.num_cpus_per_worker > 0, at("num_cpus_per_worker"), f"must be > 0, got {self.num_cpus_per_worker}")
         require(self.expert_noise_std >= 0, at("expert_noise_std"), f"must be >= 0, got {self.expert_noise_std}")
+        require(self.steps_after_success >= 0, at("steps_after_success"), f"must be >= 0, got {self.steps_after_success}")
+        require(self.steps_after_success == 0 or self.env.env_type == "metaworld", at("steps_after_success"),
+                f"only Meta-World collection records past success, env.env_type is {self.env.env_type!r}")
         for name in ("perturbed_fraction", "random_fraction"):
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, at(name), f"must be in [0, 1], got {value}")

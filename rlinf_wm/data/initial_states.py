@@ -31,7 +31,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from rlinf_wm.data.trajectories import Episode, load_episodes
+from rlinf_wm.data.trajectories import Episode, load_episodes, success_step
 from rlinf_wm.data.windows import initial_states as episode_initial_states
 from rlinf_wm.utils.io import atomic_path
 
@@ -105,8 +105,6 @@ class InitialStates:
         if states_per_episode < 1 or max_start_step < 0:
             raise ValueError(f"states_per_episode must be >= 1 and max_start_step >= 0, got {states_per_episode}, "
                              f"{max_start_step}")
-        from rlinf_wm.models.reward_model import success_step
-
         rng = np.random.default_rng(seed)
         frames, instructions, tasks, reset_ids, starts = [], [], [], [], []
         for index, episode in enumerate(episodes):

@@ -16,6 +16,7 @@ Real LIBERO datasets (no ``final_obs``, instruction in ``data.attrs['problem_inf
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import os
 from dataclasses import dataclass, field
@@ -30,6 +31,30 @@ from rlinf_wm.utils.io import atomic_path, open_hdf5
 CAMERA_KEY = "agentview_rgb"
 # Per-demo attributes with their own Episode field; any other attribute round-trips through Episode.attrs.
 _STANDARD_ATTRS = {"num_samples", "instruction", "success", "task", "seed"}
+
+
+def success_step(rewards: np.ndarray, dones: np.ndarray | None = None, success: bool | None = None) -> int:
+    """Index of the first step whose reward marks success (>= 0.5); -1 if success is never reached.
+
+    Datasets that only flag success at the end (``success`` attribute, no reward) fall back to the first
+    ``done`` step, or the last step.
+    """
+    rewards = np.asarray(rewards)
+    hits = np.flatnonzero(rewards >= 0.5)
+    if len(hits):
+        return int(hits[0])
+    if success and len(rewards):
+        done_steps = np.flatnonzero(np.asarray(dones, bool)) if dones is not None else np.array([], np.int64)
+        return int(done_steps[0]) if len(done_steps) else len(rewards) - 1
+    return -1
+
+
+def success_frame_labels(num_frames: int, step: int) -> np.ndarray:
+    """bool ``[num_frames]``: frame ``j`` shows success iff success was reached at step ``step < j``."""
+    labels = np.zeros(num_frames, dtype=bool)
+    if step >= 0:
+        labels[step + 1 :] = True
+    return labels
 
 
 @dataclass
@@ -48,6 +73,18 @@ class Episode:
     @property
     def length(self) -> int:
         return len(self.actions)
+
+    def until_success(self) -> "Episode":
+        """This episode cut after the step that reached success (itself when it never did or ends there): what
+        a demonstration should teach, without the steps a collector recorded past success."""
+        step = success_step(self.rewards, self.dones, self.success)
+        if step < 0 or step + 1 >= self.length:
+            return self
+        end = step + 1
+        return dataclasses.replace(
+            self, frames=self.frames[: end + 1], actions=self.actions[:end], rewards=self.rewards[:end],
+            dones=self.dones[:end], states=None if self.states is None else self.states[:end],
+        )
 
     def validate(self, where: str = "episode") -> None:
         t = len(self.actions)

@@ -81,6 +81,7 @@ def record_episode(
     task_id: int,
     expert_noise_std: float = 0.1,
     perturb_steps: tuple[int, int] = (15, 40),
+    steps_after_success: int = 0,
 ) -> Episode:
     """Run one episode in env 0 of ``env`` (``num_envs`` must be 1) and return it with every frame.
 
@@ -88,11 +89,20 @@ def record_episode(
     arguments give the same episode. Perturbed episodes replace the expert's actions by random
     ones for ``perturb_steps`` (range) steps starting in the first 40% of the horizon (the expert
     needs ~60% of a 150-step horizon on drawer-open, so the perturbation lands before it is done).
+
+    ``steps_after_success`` > 0 keeps recording that many steps past success (within ``max_episode_steps``; the
+    env must be built with ``terminate_on_success=False``), so the data shows success itself and not only the
+    borderline frame where it is first reached: the reward model learns from those frames. The reward stays 1 at
+    the success step only; ``dones`` is set from the success step on (the task is done).
     """
     if kind not in EPISODE_KINDS:
         raise ValueError(f"episode kind must be one of {EPISODE_KINDS}, got {kind!r}")
     if env.num_envs != 1:
         raise ValueError(f"record_episode needs an env with num_envs=1, got {env.num_envs}")
+    if steps_after_success < 0:
+        raise ValueError(f"steps_after_success must be >= 0, got {steps_after_success}")
+    if steps_after_success and env.terminate_on_success:
+        raise ValueError("steps_after_success > 0 needs a MetaWorldEnv built with terminate_on_success=False")
     rng = np.random.default_rng(seed)
     expert = ExpertPolicy(env.task, expert_noise_std, rng)
     random_actions = RandomActions(rng)
@@ -106,6 +116,7 @@ def record_episode(
 
     obs = env.reset(ids=[task_id])
     frames, states, actions, rewards, dones = [obs.images[0]], [], [], [], []
+    success_at = None
     for t in range(horizon):
         state = env.raw_states()[0]
         if kind == "random" or t in segment:
@@ -116,9 +127,11 @@ def record_episode(
         states.append(state.astype(np.float32))
         actions.append(action)
         rewards.append(float(step.rewards[0, 0]))
-        dones.append(bool(step.terminated[0, 0]))  # robomimic-style: 1 where the task is done (success)
+        dones.append(bool(step.info["success"][0]))  # robomimic-style: 1 where the task is done (success)
         frames.append(step.obs.images[0])
-        if step.done[0]:
+        if success_at is None and dones[-1]:
+            success_at = t
+        if step.done[0] or (success_at is not None and t - success_at >= steps_after_success):
             break
     success = bool(step.info["success"][0])
     return Episode(

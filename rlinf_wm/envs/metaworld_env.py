@@ -3,7 +3,8 @@
 Initial states are ML1's 50 train tasks (object/goal positions) of one task; they are generated
 with a fixed seed, so ``reset(ids=[i])`` is the same scene in every process and every run.
 Rewards are success-once: 1.0 at the first step where Meta-World reports success, else 0; an
-episode terminates on success and is truncated after ``max_episode_steps`` (our limit replaces
+episode terminates on success (unless ``terminate_on_success=False``: data collection records what success
+looks like for a few more steps) and is truncated after ``max_episode_steps`` (our limit replaces
 Meta-World's own 500-step ``max_path_length``).
 """
 
@@ -126,6 +127,7 @@ class MetaWorldEnv(ChunkEnv):
         seed: int = 0,
         include_states: bool = False,
         render_every_step: bool = False,
+        terminate_on_success: bool = True,
     ) -> None:
         if task not in metaworld.ML1.ENV_NAMES:
             raise ValueError(f"unknown Meta-World task {task!r}; available: {', '.join(available_tasks())}")
@@ -142,6 +144,7 @@ class MetaWorldEnv(ChunkEnv):
         self.max_episode_steps = int(max_episode_steps)
         self.include_states = bool(include_states)
         self.render_every_step = bool(render_every_step)
+        self.terminate_on_success = bool(terminate_on_success)
         self.instruction = instruction_for(task)
         self._rng = np.random.default_rng(seed)
         benchmark = _benchmark(task)
@@ -233,9 +236,9 @@ class MetaWorldEnv(ChunkEnv):
                 self._lengths[b] += 1
                 if info["success"] and not self._success[b]:
                     self._success[b] = True
-                    self._terminated[b] = True
+                    self._terminated[b] = self.terminate_on_success
                     rewards[b, k] = 1.0
-                elif self._lengths[b] >= self.max_episode_steps:
+                if self._lengths[b] >= self.max_episode_steps and not self._terminated[b]:
                     self._truncated[b] = True
                 ended = self._terminated[b] or self._truncated[b]
                 if frames is not None:

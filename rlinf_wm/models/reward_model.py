@@ -23,30 +23,6 @@ from torch import nn
 from transformers import ResNetConfig, ResNetModel
 
 
-def success_step(rewards: np.ndarray, dones: np.ndarray | None = None, success: bool | None = None) -> int:
-    """Index of the first step whose reward marks success (>= 0.5); -1 if success is never reached.
-
-    Datasets that only flag success at the end (``success`` attribute, no reward) fall back to the first
-    ``done`` step, or the last step.
-    """
-    rewards = np.asarray(rewards)
-    hits = np.flatnonzero(rewards >= 0.5)
-    if len(hits):
-        return int(hits[0])
-    if success and len(rewards):
-        done_steps = np.flatnonzero(np.asarray(dones, bool)) if dones is not None else np.array([], np.int64)
-        return int(done_steps[0]) if len(done_steps) else len(rewards) - 1
-    return -1
-
-
-def success_frame_labels(num_frames: int, step: int) -> np.ndarray:
-    """bool ``[num_frames]``: frame ``j`` shows success iff success was reached at step ``step < j``."""
-    labels = np.zeros(num_frames, dtype=bool)
-    if step >= 0:
-        labels[step + 1 :] = True
-    return labels
-
-
 def stack_frame_history(frames: np.ndarray, num_frames: int) -> np.ndarray:
     """``[T, H, W, 3]`` -> ``[T, num_frames, H, W, 3]``: each frame with its predecessors (first frame repeated)."""
     if num_frames == 1:

@@ -29,6 +29,8 @@ logger = logging.getLogger(__name__)
 
 STATISTICS_FILE = "dataset_statistics.json"
 SUMMARY_FILE = "collection_summary.json"
+# Settings added after shards were first written, with the value that older shards were collected with.
+_IMPLICIT_SETTINGS = {"steps_after_success": 0}
 
 
 @dataclass(frozen=True)
@@ -86,7 +88,8 @@ def plan_episodes(cfg: CollectConfig) -> list[list[EpisodePlan]]:
 def collection_settings(cfg: CollectConfig) -> dict:
     """Everything that determines a shard's content; stored in each shard and compared on resume."""
     env = {k: v for k, v in dataclasses.asdict(cfg.env).items() if k not in ("num_envs",)}
-    keys = ("seed", "episodes_per_shard", "expert_noise_std", "perturbed_fraction", "random_fraction")
+    keys = ("seed", "episodes_per_shard", "expert_noise_std", "perturbed_fraction", "random_fraction",
+            "steps_after_success")
     # Through JSON so it compares equal to what a shard stores (tuples become lists).
     return json.loads(json.dumps({"env": env, "collect": {k: getattr(cfg, k) for k in keys}}))
 
@@ -105,8 +108,9 @@ def _shard_status(path: Path, expected_episodes: int, settings: dict) -> bool:
     for section, values in settings.items():
         old = stored.get(section) or {}
         for key, value in values.items():
-            if old.get(key) != value:
-                diffs.append(f"{section}.{key}: {old.get(key)!r} on disk vs {value!r} now")
+            stored_value = old.get(key, _IMPLICIT_SETTINGS.get(key))
+            if stored_value != value:
+                diffs.append(f"{section}.{key}: {stored_value!r} on disk vs {value!r} now")
     if diffs:
         raise ValueError(
             f"{path} was collected with different settings ({'; '.join(diffs)}); "
@@ -129,7 +133,7 @@ class _InProcessRecorder:
     def __init__(self, cfg: CollectConfig) -> None:
         from rlinf_wm.workers.collector_worker import EpisodeCollector
 
-        self.collector = EpisodeCollector(dataclasses.asdict(cfg.env), cfg.expert_noise_std)
+        self.collector = EpisodeCollector(dataclasses.asdict(cfg.env), cfg.expert_noise_std, cfg.steps_after_success)
 
     def run(self, plans: deque, on_episode: Callable[[EpisodePlan, Episode], None]) -> None:
         while plans:
@@ -158,7 +162,7 @@ class _RayRecorder:
         # Episodes are deterministic, so a crashed actor can be restarted and its episode retried.
         self.actors = [
             CollectorWorker.options(num_cpus=cfg.num_cpus_per_worker, max_restarts=2, max_task_retries=2).remote(
-                dataclasses.asdict(cfg.env), cfg.expert_noise_std
+                dataclasses.asdict(cfg.env), cfg.expert_noise_std, cfg.steps_after_success
             )
             for _ in range(cfg.num_workers)
         ]

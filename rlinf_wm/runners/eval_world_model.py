@@ -40,7 +40,7 @@ from tqdm.auto import tqdm
 
 from rlinf_wm.config.world_model_config import WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
-from rlinf_wm.data.trajectories import Episode
+from rlinf_wm.data.trajectories import Episode, success_frame_labels, success_step
 from rlinf_wm.runners.world_model_rollout import autoregressive_rollout, pixel_reencoder
 from rlinf_wm.utils.frame_metrics import FrameErrors, gaussian_window, horizon_metrics, moving_masks
 from rlinf_wm.utils.io import write_json_atomic
@@ -62,8 +62,6 @@ class RolloutPlan:
 
 def first_success_frame(episode: Episode) -> int | None:
     """Index of the first frame showing success (the frame after the step that reached it), None if never."""
-    from rlinf_wm.models.reward_model import success_step
-
     step = success_step(episode.rewards, episode.dones, episode.success)
     return None if step < 0 else step + 1
 
@@ -137,7 +135,6 @@ def _decode_horizon(tokenizer, cond: torch.Tensor, generated: torch.Tensor, hori
 def _reward_metrics(reward_model, plans, held, real, predicted, horizon_frames):
     """Reward-model accuracy/AUC on real held-out frames, and agreement of its prediction on each rollout's final
     frame with the true success of the recorded frame (overall and where success changes within the horizon)."""
-    from rlinf_wm.models.reward_model import success_frame_labels, success_step
     from rlinf_wm.runners.reward_scoring import classification_metrics, label_episodes, predict_probs
 
     k = reward_model.num_frames

@@ -42,7 +42,8 @@ STATISTICS_FILE = "dataset_statistics.json"
 
 # --- data ----------------------------------------------------------------------------------------
 def select_demonstrations(episodes: list[Episode], num_demos: int, source: str = "data") -> list[Episode]:
-    """The first ``num_demos`` successful expert episodes, in file order (-1 = all of them).
+    """The first ``num_demos`` successful expert episodes, in file order (-1 = all of them), each cut after its
+    success step (a collection may record steps past success; the policy's episodes end there).
 
     An episode whose attrs carry ``kind`` (the collector marks ``expert`` vs. e.g. ``random``) must
     be ``expert``; without the attr every successful episode counts as a demonstration.
@@ -51,7 +52,7 @@ def select_demonstrations(episodes: list[Episode], num_demos: int, source: str =
         value = ep.attrs.get("kind", "expert")
         return value.decode() if isinstance(value, bytes) else str(value)
 
-    demos = [ep for ep in episodes if ep.success and kind(ep) == "expert"]
+    demos = [ep.until_success() for ep in episodes if ep.success and kind(ep) == "expert"]
     if not demos:
         raise ValueError(f"{source}: none of {len(episodes)} episodes is a successful expert demonstration")
     if num_demos == -1:

@@ -10,18 +10,22 @@ from rlinf_wm.data.trajectories import Episode
 class EpisodeCollector:
     """One env built from ``env_cfg`` (``env_type`` + the env class's kwargs) and that env's scripted expert."""
 
-    def __init__(self, env_cfg: dict, expert_noise_std: float) -> None:
+    def __init__(self, env_cfg: dict, expert_noise_std: float, steps_after_success: int = 0) -> None:
         # Imported here so the driver never loads a simulator just to create actors.
         from rlinf_wm.envs.registry import get_episode_recorder, make_env
 
         env_cfg = dict(env_cfg)
         env_type = env_cfg.pop("env_type")
+        if steps_after_success:  # only Meta-World records past success (CollectConfig.check)
+            env_cfg["terminate_on_success"] = False
         self.env = make_env(env_type, **{**env_cfg, "num_envs": 1})
         self.record_episode = get_episode_recorder(env_type)
-        self.expert_noise_std = expert_noise_std
+        self.options = {"expert_noise_std": expert_noise_std}
+        if steps_after_success:
+            self.options["steps_after_success"] = steps_after_success
 
     def record(self, kind: str, seed: int, task_id: int) -> Episode:
-        return self.record_episode(self.env, kind, seed=seed, task_id=task_id, expert_noise_std=self.expert_noise_std)
+        return self.record_episode(self.env, kind, seed=seed, task_id=task_id, **self.options)
 
     def close(self) -> None:
         self.env.close()
