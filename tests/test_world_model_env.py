@@ -263,6 +263,22 @@ def test_multi_frame_reward_model_stacks_previous_frames(tmp_path):
     np.testing.assert_array_equal(scores.windows[0][0::2, 0], reset.images)
 
 
+def test_a_branched_state_stacks_its_last_frame_before_the_first_generated_one(tmp_path):
+    root = make_world_model(tmp_path / "wm2", reward_frames=2)
+    stock = InitialStates.load(root / "initial_states.hdf5")
+    frames = np.random.default_rng(0).integers(0, 256, stock.frames.shape, dtype=np.uint8)  # distinct frames
+    InitialStates(frames=frames, instructions=stock.instructions, start_steps=[3] * len(stock)).save(tmp_path / "b.hdf5")
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, reward_frames="all",
+                        initial_states_path=str(tmp_path / "b.hdf5"))
+    reset = env.reset(ids=[0, 1], seed=0)
+    np.testing.assert_array_equal(reset.images, frames[[0, 1], -1])
+    scores = ScriptedScores(env, [[0.1] * 2 * CHUNK])
+    env._frames.score = scores
+    env.chunk_step(actions(0, 2))
+    # the first generated frame of each env is scored after the state's last frame, not an earlier one
+    np.testing.assert_array_equal(scores.windows[0][0::CHUNK, 0], frames[[0, 1], -1])
+
+
 def test_offload_round_trip(wm_dir):
     env = make(wm_dir)
     expected = rollout(env, [0, 1, 2, 0], seed=4)

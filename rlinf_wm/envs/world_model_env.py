@@ -267,10 +267,10 @@ class WorldModelEnv(ChunkEnv):
         frames = self.initial_states.frames[ids]  # [n, F, H, W, 3]
         self._images[rows] = frames[:, -1]
         if self._history.shape[1]:
-            # The state's earlier frames; before its first there is nothing: repeat it (as the reward model's
-            # training stacks do).
+            # The frames the next scored frame is stacked after, ending at the reset image (the state's last frame);
+            # before the state's first there is nothing: repeat it (as the reward model's training stacks do).
             count = frames.shape[1]
-            self._history[rows] = frames[:, np.clip(np.arange(count - 1 - self._history.shape[1], count - 1), 0, None)]
+            self._history[rows] = frames[:, np.clip(np.arange(count - self._history.shape[1], count), 0, None)]
         self._reset_ids[rows] = ids
         for row, state in zip(rows.tolist(), ids.tolist()):
             self._instructions[row] = self.initial_states.instructions[state]
