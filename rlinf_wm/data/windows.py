@@ -25,7 +25,7 @@ from typing import Any
 
 import numpy as np
 
-from rlinf_wm.data.trajectories import Episode
+from rlinf_wm.data.trajectories import Episode, success_step
 
 
 def _usable_steps(episode: Episode, index: int) -> int:
@@ -43,11 +43,8 @@ def _usable_steps(episode: Episode, index: int) -> int:
 
 def _success_step(episode: Episode) -> int | None:
     """Index of the action after which the episode first counts as successful (None if never)."""
-    if not episode.success:
-        return None
-    hits = np.flatnonzero(np.asarray(episode.rewards) > 0)
-    # Success-once rewards mark the step; otherwise (e.g. LIBERO) success is at the end.
-    return int(hits[0]) if len(hits) else len(episode.actions) - 1
+    step = success_step(episode.rewards, episode.dones, episode.success)
+    return None if step < 0 else step
 
 
 def _check_episodes(episodes: Sequence[Episode]) -> tuple[tuple[int, ...], int]:
@@ -133,14 +130,14 @@ class TrajectoryWindows(Sequence):
         valid = future_index <= steps
         actions = np.zeros((k, self.action_dim), np.float32)
         actions[valid] = episode.actions[start : start + int(valid.sum())]
-        success_step = self._success_steps[number]
+        solved_at = self._success_steps[number]
         return {
             "cond_frames": episode.frames[cond_index],
             "actions": actions,
             "future_frames": episode.frames[np.minimum(future_index, steps)],
             "valid": valid,
             "success": bool(episode.success),
-            "success_in_window": success_step is not None and success_step < start + k,
+            "success_in_window": solved_at is not None and solved_at < start + k,
             "instruction": episode.instruction,
             "task": episode.task,
             "episode": number,
