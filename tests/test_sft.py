@@ -74,6 +74,10 @@ def test_select_demonstrations_keeps_successful_expert_episodes_in_order():
         select_demonstrations(episodes, 4)
     with pytest.raises(ValueError, match="none of 1 episodes"):
         select_demonstrations([synthetic_episode(1, success=False)], 1)
+    past_success = synthetic_episode(5)
+    past_success.rewards[2], past_success.dones[2:] = 1.0, True  # solved at step 2, recorded on past it
+    (demo,) = select_demonstrations([past_success], -1)
+    assert demo.length == 3 and len(demo.frames) == 4  # the demonstration ends where the task was solved
 
 
 @pytest.mark.parametrize("padding", ["mask", "repeat"])
