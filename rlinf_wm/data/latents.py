@@ -26,8 +26,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rlinf_wm.data.trajectories import Episode
-from rlinf_wm.data.trajectories import success_step
+from rlinf_wm.data.trajectories import Episode, success_step
 from rlinf_wm.models.tokenizer import VideoTokenizer
 from rlinf_wm.utils.io import atomic_path, open_hdf5
 

@@ -12,8 +12,7 @@ from typing import Sequence
 import numpy as np
 import torch
 
-from rlinf_wm.data.trajectories import Episode
-from rlinf_wm.data.trajectories import success_frame_labels, success_step
+from rlinf_wm.data.trajectories import Episode, success_frame_labels, success_step
 from rlinf_wm.models.reward_model import RewardModel, stack_frame_history
 
 
