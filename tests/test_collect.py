@@ -58,6 +58,29 @@ def test_plan_is_deterministic_and_mixes_kinds():
     assert plans == [p for s in plan_episodes(cfg) for p in s]
 
 
+def test_noisy_episodes_come_out_of_the_expert_share_only():
+    base = dict(num_episodes=40, episodes_per_shard=7, perturbed_fraction=0.2, random_fraction=0.1)
+    before = [p.kind for s in plan_episodes(tiny_config("/unused", **base)) for p in s]
+    after = [p.kind for s in plan_episodes(tiny_config("/unused", noisy_fraction=0.2, **base)) for p in s]
+    assert abs(after.count("noisy") - 8) <= 1  # a 20 % share of 40
+    # Adding noisy episodes leaves every other episode's kind (and so its content) as it was.
+    assert all(b == a or (b, a) == ("expert", "noisy") for b, a in zip(before, after))
+
+
+def test_noisy_episode_is_the_expert_with_more_noise(tmp_path):
+    env = MetaWorldEnvConfig(env_type="metaworld", task="drawer-open-v3", image_size=[32, 32], max_episode_steps=150)
+    cfg = tiny_config(tmp_path, env=env, num_episodes=2, episodes_per_shard=2, perturbed_fraction=0.0,
+                      random_fraction=0.0, noisy_fraction=0.5, noisy_expert_std=0.6)
+    run_collection(cfg)
+    episodes = load_episodes(tmp_path)
+    assert [ep.attrs["kind"] for ep in episodes] == ["expert", "noisy"]
+    with h5py.File(shard_path(tmp_path, 0), "r") as f:
+        assert json.loads(f["data"].attrs["env_args"])["collect"]["noisy_expert_std"] == 0.6
+    # The scripted expert's actions are smooth; noise of std 0.6 makes consecutive actions jump.
+    jumps = [np.abs(np.diff(ep.actions[:40], axis=0)).mean() for ep in episodes]
+    assert jumps[1] > 3 * jumps[0]
+
+
 def test_collection_reads_back_into_windows(reference):
     out, summary = reference
     assert sorted(p.name for p in out.glob("*.hdf5")) == ["shard_00000.hdf5", "shard_00001.hdf5"]
@@ -141,7 +164,8 @@ def test_collect_config_composes_and_validates():
         assert cfg.output_dir == "outputs/drawer-open-v3/data" and cfg.env.camera == "corner3"
         assert cfg.num_episodes == 12 and cfg.env.task == cfg.task
         bad = [("env.task=door-open-v3", "env.task"), ("random_fraction=0.9", "random_fraction"),
-               ("env.num_envs=4", "env.num_envs"), ("+extra=1", "extra"), ("steps_after_success=-1", "steps_after_success")]
+               ("env.num_envs=4", "env.num_envs"), ("+extra=1", "extra"), ("steps_after_success=-1", "steps_after_success"),
+               ("noisy_fraction=0.8", "noisy_fraction"), ("noisy_expert_std=-1", "noisy_expert_std")]
         for override, key in bad:
             with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
                 validate(compose("collect_metaworld_drawer_open", overrides=[override]), CollectConfig)

@@ -69,6 +69,8 @@ class CollectConfig:
     expert_noise_std: float = 0.1  # Gaussian noise on every expert action (before clipping to [-1, 1])
     perturbed_fraction: float = 0.2  # episodes where a random segment is replaced by random actions
     random_fraction: float = 0.1  # episodes of random actions only
+    noisy_fraction: float = 0.0  # episodes of the expert with noisy_expert_std action noise: near-misses at contact
+    noisy_expert_std: float = 1.0
     steps_after_success: int = 0  # keep recording this many steps past success (Meta-World): frames of success
     seed: int = 0
     progress_bar: bool = True
@@ -87,11 +89,10 @@ class CollectConfig:
         require(self.steps_after_success >= 0, at("steps_after_success"), f"must be >= 0, got {self.steps_after_success}")
         require(self.steps_after_success == 0 or self.env.env_type == "metaworld", at("steps_after_success"),
                 f"only Meta-World collection records past success, env.env_type is {self.env.env_type!r}")
-        for name in ("perturbed_fraction", "random_fraction"):
+        require(self.noisy_expert_std >= 0, at("noisy_expert_std"), f"must be >= 0, got {self.noisy_expert_std}")
+        fractions = ("perturbed_fraction", "random_fraction", "noisy_fraction")
+        for name in fractions:
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, at(name), f"must be in [0, 1], got {value}")
-        require(
-            self.perturbed_fraction + self.random_fraction <= 1.0,
-            at("random_fraction"),
-            f"perturbed_fraction + random_fraction must be <= 1, got {self.perturbed_fraction + self.random_fraction}",
-        )
+        total = sum(getattr(self, name) for name in fractions)
+        require(total <= 1.0, at("noisy_fraction"), f"perturbed_fraction + random_fraction + noisy_fraction must be <= 1, got {total}")

@@ -30,7 +30,7 @@ logger = logging.getLogger(__name__)
 STATISTICS_FILE = "dataset_statistics.json"
 SUMMARY_FILE = "collection_summary.json"
 # Settings added after shards were first written, with the value that older shards were collected with.
-_IMPLICIT_SETTINGS = {"steps_after_success": 0}
+_IMPLICIT_SETTINGS = {"steps_after_success": 0, "noisy_fraction": 0.0, "noisy_expert_std": 1.0}
 
 
 @dataclass(frozen=True)
@@ -51,7 +51,7 @@ def episode_seed(base_seed: int, global_index: int) -> int:
     return base_seed * 1_000_000 + global_index
 
 
-def episode_kind(index: int, perturbed_fraction: float, random_fraction: float) -> str:
+def episode_kind(index: int, perturbed_fraction: float, random_fraction: float, noisy_fraction: float = 0.0) -> str:
     """Kind of the ``index``-th episode of a collection: the shares hold closely even for a few episodes.
 
     A golden-ratio sequence spreads ``index`` evenly over [0, 1) (deterministic, so a resumed
@@ -62,6 +62,8 @@ def episode_kind(index: int, perturbed_fraction: float, random_fraction: float) 
         return "random"
     if u < random_fraction + perturbed_fraction:
         return "perturbed"
+    if u < random_fraction + perturbed_fraction + noisy_fraction:
+        return "noisy"
     return "expert"
 
 
@@ -76,7 +78,7 @@ def plan_episodes(cfg: CollectConfig) -> list[list[EpisodePlan]]:
                 shard=shard,
                 slot=g - first,
                 global_index=g,
-                kind=episode_kind(g, cfg.perturbed_fraction, cfg.random_fraction),
+                kind=episode_kind(g, cfg.perturbed_fraction, cfg.random_fraction, cfg.noisy_fraction),
                 seed=episode_seed(cfg.seed, g),
                 task_id=g,  # cycles through the initial states evenly
             )
@@ -89,7 +91,7 @@ def collection_settings(cfg: CollectConfig) -> dict:
     """Everything that determines a shard's content; stored in each shard and compared on resume."""
     env = {k: v for k, v in dataclasses.asdict(cfg.env).items() if k not in ("num_envs",)}
     keys = ("seed", "episodes_per_shard", "expert_noise_std", "perturbed_fraction", "random_fraction",
-            "steps_after_success")
+            "steps_after_success", "noisy_fraction", "noisy_expert_std")
     # Through JSON so it compares equal to what a shard stores (tuples become lists).
     return json.loads(json.dumps({"env": env, "collect": {k: getattr(cfg, k) for k in keys}}))
 
@@ -133,7 +135,9 @@ class _InProcessRecorder:
     def __init__(self, cfg: CollectConfig) -> None:
         from rlinf_wm.workers.collector_worker import EpisodeCollector
 
-        self.collector = EpisodeCollector(dataclasses.asdict(cfg.env), cfg.expert_noise_std, cfg.steps_after_success)
+        self.collector = EpisodeCollector(
+            dataclasses.asdict(cfg.env), cfg.expert_noise_std, cfg.steps_after_success, cfg.noisy_expert_std
+        )
 
     def run(self, plans: deque, on_episode: Callable[[EpisodePlan, Episode], None]) -> None:
         while plans:
@@ -162,7 +166,7 @@ class _RayRecorder:
         # Episodes are deterministic, so a crashed actor can be restarted and its episode retried.
         self.actors = [
             CollectorWorker.options(num_cpus=cfg.num_cpus_per_worker, max_restarts=2, max_task_retries=2).remote(
-                dataclasses.asdict(cfg.env), cfg.expert_noise_std, cfg.steps_after_success
+                dataclasses.asdict(cfg.env), cfg.expert_noise_std, cfg.steps_after_success, cfg.noisy_expert_std
             )
             for _ in range(cfg.num_workers)
         ]
