@@ -14,10 +14,10 @@ timestep path of that frame:
 Conditioning latent frames get a zero action embedding and the per-frame timestep ``condition_frame_timestep``
 (0: they are clean). Dropped actions (classifier-free guidance's unconditional branch) also get a zero action
 embedding, so "unconditional" is exactly the plain video model. There is no text: cross-attention sees nothing
-(see :class:`SkipCrossAttentionProcessor`).
+(see :class:`rlinf_wm.models.dit_conditioning.SkipCrossAttentionProcessor`).
 
 The hook: diffusers computes the per-frame timestep embedding inside ``transformer.time_embed``; we replace that
-module with :class:`ActionTimestepEmbedding`, a subclass with the same parameters that adds the per-frame action
+module with :class:`rlinf_wm.models.dit_conditioning.ActionTimestepEmbedding`, a subclass with the same parameters that adds the per-frame action
 embeddings :meth:`ActionDiT.forward` hands it for the duration of one call.
 
 Speed: diffusers' forward repeats each frame's AdaLN modulation for every token (3 small MLPs per block per
@@ -33,8 +33,10 @@ from typing import Any
 
 import torch
 import torch.nn as nn
-from diffusers.models.transformers.transformer_cosmos import CosmosEmbedding, CosmosTransformer3DModel
+from diffusers.models.transformers.transformer_cosmos import CosmosTransformer3DModel
 from huggingface_hub import PyTorchModelHubMixin
+
+from rlinf_wm.models.dit_conditioning import ActionMLP, ActionTimestepEmbedding, SkipCrossAttentionProcessor
 
 # Presets (constructor kwargs). "tiny" is the CPU default for 64x64 frames (16 x 8 x 8 latents per frame).
 # "cosmos_2b" is the shape of Cosmos Predict 2 / 2.5 2B (2048 hidden = 16 heads x 128, 28 blocks, AdaLN-LoRA 256,
@@ -69,50 +71,6 @@ PRESETS: dict[str, dict[str, Any]] = {
         rope_scale=(1.0, 3.0, 3.0),
     ),
 }
-
-
-class ActionMLP(nn.Sequential):
-    """Linear -> GELU(tanh) -> Linear, as Cosmos' action embedders."""
-
-    def __init__(self, in_features: int, hidden_features: int, out_features: int):
-        super().__init__()
-        self.fc1 = nn.Linear(in_features, hidden_features)
-        self.activation = nn.GELU(approximate="tanh")
-        self.fc2 = nn.Linear(hidden_features, out_features)
-
-
-class ActionTimestepEmbedding(CosmosEmbedding):
-    """diffusers' Cosmos timestep embedding plus per-frame action embeddings.
-
-    Same parameters (and state-dict keys) as :class:`CosmosEmbedding`. With per-frame timesteps diffusers calls it
-    with the flattened ``[B * T]`` timesteps (batch-major), so the action embeddings are ``[B * T, D]`` and
-    ``[B * T, 3D]`` in the same order; diffusers then broadcasts each frame's row to that frame's tokens.
-    """
-
-    def __init__(self, embedding_dim: int, condition_dim: int) -> None:
-        super().__init__(embedding_dim, condition_dim)
-        self.pending_action_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
-
-    def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
-        timesteps_proj = self.time_proj(timestep).type_as(hidden_states)
-        temb = self.t_embedder(timesteps_proj)  # the AdaLN-LoRA vector, [N, 3D]
-        if self.pending_action_embeddings is not None:
-            to_timestep, to_adaln = self.pending_action_embeddings
-            timesteps_proj = timesteps_proj + to_timestep
-            temb = temb + to_adaln
-        return temb, self.norm(timesteps_proj)
-
-
-class SkipCrossAttentionProcessor:
-    """Cross-attention that returns zeros without computing anything.
-
-    With a zero context, Cosmos' bias-free cross-attention outputs exactly zero (keys and values are zero), so this
-    is the same function as feeding a zero text embedding, minus the wasted projections. The ``attn2`` parameters
-    stay so diffusers-format Cosmos checkpoints load unchanged.
-    """
-
-    def __call__(self, attn, hidden_states: torch.Tensor, encoder_hidden_states=None, attention_mask=None, **kwargs):
-        return torch.zeros_like(hidden_states)
 
 
 def _as_triple(value, name: str) -> tuple:
