@@ -95,4 +95,5 @@ class CollectConfig:
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, at(name), f"must be in [0, 1], got {value}")
         total = sum(getattr(self, name) for name in fractions)
-        require(total <= 1.0, at("noisy_fraction"), f"perturbed_fraction + random_fraction + noisy_fraction must be <= 1, got {total}")
+        require(total <= 1.0, at("noisy_fraction"),
+                f"perturbed_fraction + random_fraction + noisy_fraction must be <= 1, got {total}")

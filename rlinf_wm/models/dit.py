@@ -17,8 +17,9 @@ embedding, so "unconditional" is exactly the plain video model. There is no text
 (see :class:`rlinf_wm.models.dit_conditioning.SkipCrossAttentionProcessor`).
 
 The hook: diffusers computes the per-frame timestep embedding inside ``transformer.time_embed``; we replace that
-module with :class:`rlinf_wm.models.dit_conditioning.ActionTimestepEmbedding`, a subclass with the same parameters that adds the per-frame action
-embeddings :meth:`ActionDiT.forward` hands it for the duration of one call.
+module with :class:`rlinf_wm.models.dit_conditioning.ActionTimestepEmbedding`, a subclass with the same
+parameters that adds the per-frame action embeddings :meth:`ActionDiT.forward` hands it for the duration of one
+call.
 
 Speed: diffusers' forward repeats each frame's AdaLN modulation for every token (3 small MLPs per block per
 token). :meth:`ActionDiT._per_frame_forward` runs the same modules with the modulation computed once per frame;
