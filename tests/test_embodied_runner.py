@@ -182,6 +182,21 @@ def test_env_step_budget_ends_the_run_after_the_iteration_that_reaches_it(local_
     assert (log_dir / "final/model/model.safetensors").is_file()
 
 
+@pytest.mark.ray
+def test_resampled_rounds_count_towards_the_env_step_budget(local_ray, policy_path, tmp_path):
+    # The untrained policy never opens the drawer in 12 steps: every group has zero variance, so each iteration
+    # collects its base round plus the one extra round allowed, and both cost env steps.
+    overrides = tiny_overrides(policy_path, tmp_path / "run", iterations=5) + [
+        "algorithm.zero_variance_groups=resample", "algorithm.max_resample_rounds=1", "runner.max_env_steps=60",
+        "runner.save_interval=0"]
+    rows, _, _ = run(GRPO, overrides)
+    first = rows[0]
+    assert first["rollout/resample_rounds"] == 1 and first["env/success_once"] == 0
+    assert first["env/collected_episodes"] == 2 * first["env/num_trajectories"] == 8
+    assert first["env/total_steps"] == first["env/collected_steps"] == 8 * 12
+    assert len(rows) == 1  # 96 steps >= the budget of 60; counting the base round only (48) would run on
+
+
 PPO_ITERATIONS = 2
 
 

@@ -140,8 +140,8 @@ class EmbodiedRunner:
         metrics["time/actor"] = time.perf_counter() - t
 
         self.iteration += 1
-        self.counters["env_steps"] += int(base.episode_lengths().sum())
-        self.counters["episodes"] += base.num_trajectories
+        self.counters["env_steps"] += int(collect_metrics["env/collected_steps"])
+        self.counters["episodes"] += int(collect_metrics["env/collected_episodes"])
         metrics["env/total_steps"] = float(self.counters["env_steps"])
 
         last_iteration = self._finished()
@@ -185,7 +185,9 @@ class EmbodiedRunner:
         Returns the training batch, the base rounds (unbiased env statistics) and timing metrics.
         """
         algo = self.cfg.algorithm
-        timing = {"time/env": 0.0, "time/rollout": 0.0, "time/collect": 0.0}
+        # Every round's episodes count towards the env-step budget, resampled ones included: they cost env steps.
+        timing = {"time/env": 0.0, "time/rollout": 0.0, "time/collect": 0.0, "env/collected_steps": 0.0,
+                  "env/collected_episodes": 0.0}
         base = [self._collect_round(iteration, r, timing) for r in range(algo.rollout_epochs)]
         base_batch = TrajectoryBatch.concatenate(base)
         batch, extra_rounds = base_batch, 0
@@ -232,7 +234,10 @@ class EmbodiedRunner:
         timing["time/env"] += round_timing.env_seconds
         timing["time/rollout"] += round_timing.rollout_seconds
         timing["time/collect"] += round_timing.wall_seconds
-        return TrajectoryBatch.concatenate(parts)
+        batch = TrajectoryBatch.concatenate(parts)
+        timing["env/collected_steps"] += float(batch.episode_lengths().sum())
+        timing["env/collected_episodes"] += float(batch.num_trajectories)
+        return batch
 
     def _restart_dead(self, failure: WorkerFailure, iteration: int) -> None:
         dead = self.workers.dead_workers() or [
