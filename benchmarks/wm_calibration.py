@@ -5,7 +5,9 @@ Protocol (the world model sees no state vector, so the scripted expert cannot ru
 1. For reset ids 0..N-1 (Meta-World ML1 train tasks: same object and goal positions in every process) each policy
    runs closed-loop in a render-free Meta-World env and its action sequence is recorded: the scripted expert,
    the expert with heavy Gaussian action noise, and random actions (held for a few steps, as in collection).
-   Recording stops at success or after ``--horizon`` steps.
+   Recording stops at success (or ``--steps-after-success`` steps later: an imagined episode goes on until the
+   world model calls it, and a policy acting on after a borderline success opens the drawer further) or after
+   ``--horizon`` steps. The real success rate counts the first success either way.
 2. Every recorded sequence is replayed open-loop, in chunks of the world model's K, in BOTH
    * the real simulator (``MetaWorldEnv``, 64x64): Meta-World is deterministic, so this reproduces the recorded
      outcome (checked and reported), and renders the frame after each chunk; and
@@ -14,7 +16,9 @@ Protocol (the world model sees no state vector, so the scripted expert cannot ru
    episode ends the same way). Both sides run ``--horizon`` steps and report success within it.
 3. Per policy: real and imagined success rates and their gap (target: within 5 percentage points), per-episode
    agreement, and the reward model's false-success rate - imagined successes among episodes that really failed,
-   and, on real frames, the fraction of really-failed episodes in which the reward model flags a chunk-end frame.
+   and, on real frames, the fraction of really-failed episodes in which the reward model flags a chunk-end frame
+   (and of really-successful ones in which it detects the success: a miss there is the reward model's, not the
+   DiT's).
 4. The imagined rollouts run to the horizon with every chunk-end frame scored, so other success rules
    (``--rules THRESHOLD:CONSECUTIVE``: that many chunk-end frames in a row at or above the threshold) are
    compared on the same rollouts. Which rule keeps false successes down is a property of the reward model
@@ -63,8 +67,11 @@ POLICIES = ("expert", "noisy_expert", "random")
 NEVER = 2.0  # a success threshold no probability reaches
 
 
-def record_actions(policy: str, reset_id: int, horizon: int, noise_std: float, seed: int) -> tuple[np.ndarray, bool]:
-    """Closed-loop episode in a render-free Meta-World env: (actions [T, 4], success)."""
+def record_actions(policy: str, reset_id: int, horizon: int, noise_std: float, seed: int,
+                   steps_after_success: int = 0) -> tuple[np.ndarray, bool]:
+    """Closed-loop episode in a render-free Meta-World env: (actions [T, 4], success). The policy goes on acting
+    ``steps_after_success`` steps past success (within the horizon), as it would in an imagined episode that has
+    not yet been judged a success."""
     benchmark = _benchmark(TASK)
     env = benchmark.train_classes[TASK]()
     env.max_path_length = horizon + 1
@@ -73,8 +80,10 @@ def record_actions(policy: str, reset_id: int, horizon: int, noise_std: float, s
     expert = ExpertPolicy(TASK, noise_std if policy == "noisy_expert" else 0.0, rng)
     random_actions = RandomActions(rng)
     state, _ = env.reset()
-    actions, success = [], False
-    for _ in range(horizon):
+    actions, success, stop = [], False, horizon
+    for t in range(horizon):
+        if t >= stop:
+            break
         state = np.array(state, np.float64)
         state[-3:] = env._get_pos_goal()  # ML1 hides the goal; the expert needs it (as MetaWorldEnv.raw_states)
         action = random_actions.next() if policy == "random" else expert.act(state)
@@ -82,9 +91,8 @@ def record_actions(policy: str, reset_id: int, horizon: int, noise_std: float, s
             warnings.simplefilter("ignore")
             state, _, _, _, info = env.step(action)
         actions.append(action)
-        if info["success"]:
-            success = True
-            break
+        if info["success"] and not success:
+            success, stop = True, t + 1 + steps_after_success
     env.close()
     return np.stack(actions).astype(np.float32), success
 
@@ -158,6 +166,8 @@ def main() -> None:
     parser.add_argument("--episodes", type=int, default=20, help="reset ids 0..N-1, each run by every policy")
     parser.add_argument("--horizon", type=int, default=150)
     parser.add_argument("--noise-std", type=float, default=1.0, help="the noisy expert's Gaussian action noise")
+    parser.add_argument("--steps-after-success", type=int, default=0,
+                        help="actions recorded past the real success (0: zero actions from it on, the arm holds still)")
     parser.add_argument("--num-steps", type=int, default=None, help="sampler steps (default: as trained)")
     parser.add_argument("--steps-sweep", type=int, nargs="*", default=[],
                         help="run the imagined side once per solver step count (quality vs steps)")
@@ -172,7 +182,8 @@ def main() -> None:
     started = time.perf_counter()
 
     reset_ids = np.arange(args.episodes)
-    recorded = {p: [record_actions(p, int(i), args.horizon, args.noise_std, args.seed * 1000 + int(i)) for i in reset_ids]
+    recorded = {p: [record_actions(p, int(i), args.horizon, args.noise_std, args.seed * 1000 + int(i),
+                                   args.steps_after_success) for i in reset_ids]
                 for p in POLICIES}
     print(f"recorded {len(POLICIES)} x {args.episodes} episodes in {time.perf_counter() - started:.0f} s", flush=True)
 
@@ -203,26 +214,30 @@ def main() -> None:
         real[policy] = {"chunks": chunks, "success": success, "steps": steps, "frames": frames,
                         "seconds": time.perf_counter() - t0,
                         "reproduced": float((success == np.array([s for _, s in recorded[policy]])).mean())}
-    # the reward model alone, on real chunk-end frames of really-failed episodes (independent of the DiT)
-    reward_only = {}
+    # The reward model alone on real chunk-end frames (independent of the DiT): the share of really-failed episodes
+    # it flags, and of really-successful ones it detects (their last frame is the success frame).
+    reward_only, reward_detects = {}, {}
     for policy in POLICIES:
-        failed = np.flatnonzero(~real[policy]["success"])
-        if env.reward_model.num_frames == 1 and len(failed):
-            with torch.no_grad():
-                flagged = [bool((env.reward_model.predict_proba(torch.from_numpy(real[policy]["frames"][i][1:]))
-                                 >= env.reward_threshold).any()) for i in failed]
-            reward_only[policy] = float(np.mean(flagged))
-        else:
-            reward_only[policy] = None
+        flagged = {}
+        for outcome in (False, True):
+            episodes = np.flatnonzero(real[policy]["success"] == outcome)
+            if env.reward_model.num_frames == 1 and len(episodes):
+                with torch.no_grad():
+                    flagged[outcome] = float(np.mean([
+                        bool((env.reward_model.predict_proba(torch.from_numpy(real[policy]["frames"][i][1:]))
+                              >= env.reward_threshold).any()) for i in episodes]))
+        reward_only[policy], reward_detects[policy] = flagged.get(False), flagged.get(True)
 
     results = {"world_model": "trained" if trained else "random default config (numbers meaningless)",
                "world_model_dir": str(args.world_model_dir) if trained else None,
                "episodes_per_policy": args.episodes, "horizon": args.horizon, "noise_std": args.noise_std,
+               "steps_after_success": args.steps_after_success,
                "chunk_size": env.chunk_size, "solver": env.sampler.solver, "trained_num_steps": trained_steps,
                "guidance": env.sampler.guidance, "reward_frames": args.reward_frames,
                "real": {p: {"success_rate": float(real[p]["success"].mean()), "replay_reproduces_recording":
                             real[p]["reproduced"], "seconds": real[p]["seconds"],
-                            "reward_model_false_success_on_real_frames": reward_only[p]} for p in POLICIES},
+                            "reward_model_false_success_on_real_frames": reward_only[p],
+                            "reward_model_detects_success_on_real_frames": reward_detects[p]} for p in POLICIES},
                "by_num_steps": {}}
     for num_steps in sweep:
         env.sampler = FlowSampler(**{**vars(env.sampler), "num_steps": num_steps})
@@ -244,6 +259,9 @@ def main() -> None:
                 "agreement": float((r["success"] == success).mean()),
                 "imagined_false_success_rate": float(success[failed].mean()) if failed.any() else None,
                 "imagined_missed_success_rate": float((~success[r["success"]]).mean()) if r["success"].any() else None,
+                # how close the misses came: their highest imagined success probability over the horizon
+                "missed_max_prob_median": (float(np.median(probs[r["success"] & ~success].max(1)))
+                                           if (r["success"] & ~success).any() else None),
                 "mean_abs_success_step_difference": (float(np.abs(r["steps"][both] - steps[both]).mean())
                                                      if both.any() else None),
                 "frame_psnr_db": float(np.mean([psnr(a, b) for a, b in pairs])) if pairs else None,

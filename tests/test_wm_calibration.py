@@ -30,3 +30,13 @@ def test_consecutive_frames_rule_ignores_isolated_spikes():
     assert steps.tolist() == [19, -1, -1]
     assert chunks_run.tolist() == [5, 5, 5]  # failures run to the horizon
     assert wm_calibration.imagined_outcome(PROBS, 0.5, 3, chunk=4)[0].tolist() == [False, True, False]
+
+
+def test_recording_goes_on_past_success_only_when_asked():
+    stopped, success = wm_calibration.record_actions("expert", 3, 150, 0.0, seed=0)
+    longer, success_longer = wm_calibration.record_actions("expert", 3, 150, 0.0, seed=0, steps_after_success=6)
+    assert success and success_longer
+    assert len(longer) == len(stopped) + 6
+    np.testing.assert_array_equal(longer[: len(stopped)], stopped)
+    random_actions, random_success = wm_calibration.record_actions("random", 3, 40, 0.0, seed=0, steps_after_success=6)
+    assert not random_success and len(random_actions) == 40
