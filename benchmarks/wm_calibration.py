@@ -262,6 +262,9 @@ def main() -> None:
                 # how close the misses came: their highest imagined success probability over the horizon
                 "missed_max_prob_median": (float(np.median(probs[r["success"] & ~success].max(1)))
                                            if (r["success"] & ~success).any() else None),
+                # real success steps of the detected and the missed episodes: are late successes lost to drift?
+                "real_success_steps_detected": sorted(r["steps"][r["success"] & success].tolist()),
+                "real_success_steps_missed": sorted(r["steps"][r["success"] & ~success].tolist()),
                 "mean_abs_success_step_difference": (float(np.abs(r["steps"][both] - steps[both]).mean())
                                                      if both.any() else None),
                 "frame_psnr_db": float(np.mean([psnr(a, b) for a, b in pairs])) if pairs else None,
