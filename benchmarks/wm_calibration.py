@@ -53,6 +53,7 @@ ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
+import imageio.v3 as iio  # noqa: E402
 import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
@@ -155,6 +156,17 @@ def imagined_outcome(probs: np.ndarray, threshold: float, consecutive: int, chun
     return success, np.where(success, chunks_run * chunk - 1, -1), chunks_run
 
 
+def side_by_side(real_frames: list[np.ndarray], imagined: np.ndarray, episodes: list[int], columns: int = 8) -> np.ndarray:
+    """An image with two rows per episode, real chunk-end frames over imagined ones at the same chunks, ``columns``
+    chunks spread over the real episode: [2 * len(episodes) * H, columns * W, 3]."""
+    rows = []
+    for i in episodes:
+        picks = np.linspace(0, len(real_frames[i]) - 1, columns).astype(int)
+        rows.append(np.concatenate([real_frames[i][c] for c in picks], 1))
+        rows.append(np.concatenate([imagined[i, c] for c in picks], 1))
+    return np.concatenate(rows, 0)
+
+
 def psnr(a: np.ndarray, b: np.ndarray) -> float:
     mse = np.mean((a.astype(np.float64) - b.astype(np.float64)) ** 2)
     return float(10 * np.log10(255.0**2 / max(mse, 1e-10)))
@@ -176,6 +188,8 @@ def main() -> None:
     parser.add_argument("--rules", nargs="*", default=["0.5:1", "0.8:1", "0.8:2", "0.95:2", "0.95:3"],
                         help="success rules THRESHOLD:CONSECUTIVE applied to the same imagined rollouts")
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--save-misses", default=None, metavar="DIR",
+                        help="write <policy>_misses.png: real over imagined frames of up to 4 real successes missed")
     parser.add_argument("--threads", type=int, default=torch.get_num_threads())
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -270,6 +284,10 @@ def main() -> None:
                 "frame_psnr_db": float(np.mean([psnr(a, b) for a, b in pairs])) if pairs else None,
                 "imagined_seconds": seconds,
             }
+            missed = np.flatnonzero(r["success"] & ~success)[:4].tolist()
+            if args.save_misses and missed:
+                Path(args.save_misses).mkdir(parents=True, exist_ok=True)
+                iio.imwrite(Path(args.save_misses) / f"{policy}_misses.png", side_by_side(r["frames"], frames, missed))
             e = by_policy[policy]
             print(f"steps={num_steps:2d} {policy:13s} real {e['real_success_rate']:.2f} imagined "
                   f"{e['imagined_success_rate']:.2f} gap {e['gap_percentage_points']:+.0f} pp agreement "

@@ -40,3 +40,15 @@ def test_recording_goes_on_past_success_only_when_asked():
     np.testing.assert_array_equal(longer[: len(stopped)], stopped)
     random_actions, random_success = wm_calibration.record_actions("random", 3, 40, 0.0, seed=0, steps_after_success=6)
     assert not random_success and len(random_actions) == 40
+
+
+def test_side_by_side_puts_real_over_imagined_frames_of_the_same_chunks():
+    real = [np.full((5, 2, 2, 3), i, np.uint8) for i in range(3)]
+    for frames in real:
+        frames[:, 0, 0, 0] = np.arange(5)  # chunk index in one pixel
+    imagined = np.full((3, 6, 2, 2, 3), 100, np.uint8)
+    imagined[..., 0, 0, 0] = 100 + np.arange(6)
+    image = wm_calibration.side_by_side(real, imagined, [2, 0], columns=3)
+    assert image.shape == (8, 6, 3)
+    assert image[0:2, :, 1].max() == 2 and image[4:6, :, 1].max() == 0  # episode 2's real row, then episode 0's
+    assert image[0, ::2, 0].tolist() == [0, 2, 4] and image[2, ::2, 0].tolist() == [100, 102, 104]
