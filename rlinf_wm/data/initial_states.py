@@ -74,6 +74,17 @@ class InitialStates:
     def __len__(self) -> int:
         return len(self.frames)
 
+    def resolve_ids(self, ids, count: int, rng: np.random.Generator) -> np.ndarray:
+        """``count`` state indices: reset ids wrapped modulo the number of states, or random ones for ``None``."""
+        if ids is None:
+            ids = rng.integers(0, len(self), size=count)
+        ids = np.asarray(ids)
+        if ids.shape != (count,) or not np.issubdtype(ids.dtype, np.integer):
+            raise ValueError(f"reset ids must be {count} integers (one per env), got {ids.dtype} {ids.shape}")
+        if (ids < 0).any():
+            raise ValueError(f"reset ids must be >= 0, got {ids.tolist()}")
+        return ids.astype(np.int64) % len(self)
+
     @property
     def num_frames(self) -> int:
         return self.frames.shape[1]

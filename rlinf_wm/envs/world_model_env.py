@@ -248,14 +248,7 @@ class WorldModelEnv(ChunkEnv):
     def _start(self, rows: np.ndarray, ids) -> None:
         if len(rows) == 0:
             return
-        if ids is None:
-            ids = self._rng.integers(0, self.num_initial_states, size=len(rows))
-        ids = np.asarray(ids)
-        if ids.shape != rows.shape or not np.issubdtype(ids.dtype, np.integer):
-            raise ValueError(f"reset ids must be {len(rows)} integers (one per env), got {ids.dtype} {ids.shape}")
-        if (ids < 0).any():
-            raise ValueError(f"reset ids must be >= 0, got {ids.tolist()}")
-        ids = ids.astype(np.int64) % self.num_initial_states
+        ids = self.initial_states.resolve_ids(ids, len(rows), self._rng)
         with torch.no_grad():
             latents = torch.stack([self._frames.initial_latents(int(i)) for i in ids])
             if self._context is None or np.array_equal(rows, np.arange(self.num_envs)):
