@@ -11,6 +11,7 @@ import torch
 from omegaconf import OmegaConf
 from world_model_fixtures import CHUNK, COND, INSTRUCTIONS, NUM_STATES, NUM_STEPS, SIZE, make_world_model
 
+from rlinf_wm.data.action_inputs import DiTActionInputs
 from rlinf_wm.data.initial_states import InitialStates
 from rlinf_wm.data.trajectories import Episode, write_episodes
 from rlinf_wm.envs import make_env
@@ -279,6 +280,44 @@ def test_a_branched_state_stacks_its_last_frame_before_the_first_generated_one(t
     np.testing.assert_array_equal(scores.windows[0][0::CHUNK, 0], frames[[0, 1], -1])
 
 
+def test_a_dit_trained_on_running_sums_gets_them_from_reset_or_the_branch_point(tmp_path, monkeypatch):
+    root = make_world_model(tmp_path / "wm_sum", action_integral_scale=0.5)
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER)
+    seen = []
+    sample = env.sampler.sample
+    monkeypatch.setattr(env.sampler, "sample", lambda model, x, mask, a, **kw: seen.append(a.numpy()) or
+                        sample(model, x, mask, a, **kw))
+    inputs = DiTActionInputs(env.stats, 20.0, 0.5)
+    first, second = actions(0, 2), actions(1, 2)
+    env.reset(ids=[0, 1], seed=0)
+    env.chunk_step(first)
+    env.chunk_step(second)
+    np.testing.assert_allclose(np.concatenate(seen, axis=1), inputs(np.concatenate([first, second], axis=1)),
+                               rtol=1e-5, atol=1e-5)
+    env.reset_envs([1], ids=[0])  # env 1 starts over from 0, env 0 goes on from its sum
+    env.chunk_step(first)
+    np.testing.assert_allclose(seen[-1][1], inputs(first[1:])[0], rtol=1e-5, atol=1e-5)
+    np.testing.assert_allclose(seen[-1][0], inputs(first[:1], (first[0] + second[0]).sum(0)[None])[0],
+                               rtol=1e-5, atol=1e-5)
+
+    stock = InitialStates.load(root / "initial_states.hdf5")
+    sums = np.arange(len(stock) * 4, dtype=np.float64).reshape(len(stock), 4) / 10
+    InitialStates(frames=stock.frames, instructions=stock.instructions, start_steps=[3] * len(stock),
+                  action_sums=sums).save(tmp_path / "branched.hdf5")
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, initial_states_path=str(tmp_path / "branched.hdf5"))
+    monkeypatch.setattr(env.sampler, "sample", lambda model, x, mask, a, **kw: seen.append(a.numpy()) or
+                        sample(model, x, mask, a, **kw))
+    env.reset(ids=[2, 1], seed=0)
+    env.chunk_step(first)
+    np.testing.assert_allclose(seen[-1], inputs(first, sums[[2, 1]]), rtol=1e-5, atol=1e-5)
+    # a state inside an episode whose sum is unknown cannot start a DiT that needs it
+    InitialStates(frames=stock.frames, instructions=stock.instructions,
+                  start_steps=[3] * len(stock)).save(tmp_path / "unknown.hdf5")
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, initial_states_path=str(tmp_path / "unknown.hdf5"))
+    with pytest.raises(ValueError, match="action_sums"):
+        env.reset(ids=[0, 1])
+
+
 def test_offload_round_trip(wm_dir):
     env = make(wm_dir)
     expected = rollout(env, [0, 1, 2, 0], seed=4)
@@ -360,8 +399,9 @@ def test_branched_states_come_from_inside_episodes_before_success(tmp_path):
     frames = rng.integers(0, 256, (2, 11, SIZE, SIZE, 3), dtype=np.uint8)
     rewards = np.zeros((2, 10), np.float32)
     rewards[1, 3] = 1.0  # episode 1: the action at step 3 solves the task, so frames 4.. show success
+    recorded = rng.uniform(-1, 1, (2, 10, 4)).astype(np.float32)
     episodes = [
-        Episode(frames=frames[i], actions=np.zeros((10, 4), np.float32), rewards=rewards[i], dones=np.zeros(10, bool),
+        Episode(frames=frames[i], actions=recorded[i], rewards=rewards[i], dones=np.zeros(10, bool),
                 success=bool(i), instruction=f"task {i}", task="t", attrs={"task_id": 7 + i})
         for i in range(2)
     ]
@@ -373,9 +413,12 @@ def test_branched_states_come_from_inside_episodes_before_success(tmp_path):
         episode = state // 50
         expected = frames[episode, [max(start - 1, 0), start]]
         np.testing.assert_array_equal(states.frames[state], expected)
+        np.testing.assert_allclose(states.action_sums[state], recorded[episode, :start].sum(0), atol=1e-6)
     np.testing.assert_array_equal(np.unique(states.reset_ids), [7, 8])
     states.save(tmp_path / "branched.hdf5")
-    np.testing.assert_array_equal(InitialStates.load(tmp_path / "branched.hdf5").start_steps, states.start_steps)
+    loaded = InitialStates.load(tmp_path / "branched.hdf5")
+    np.testing.assert_array_equal(loaded.start_steps, states.start_steps)
+    np.testing.assert_array_equal(loaded.action_sums, states.action_sums)
     with pytest.raises(ValueError, match="start_steps"):
         InitialStates(frames=states.frames[:1], instructions=["x"], start_steps=[-1])
 

@@ -32,12 +32,13 @@ def randomise(model: torch.nn.Module, seed: int, scale: float = 0.2) -> torch.nn
     return model.eval()
 
 
-def make_world_model(root: Path, reward_frames: int = 1, seed: int = 0) -> Path:
+def make_world_model(root: Path, reward_frames: int = 1, seed: int = 0, action_integral_scale: float = 0.0) -> Path:
     """Tokenizer, DiT, reward model, statistics, initial states and world_model.json under ``root``."""
     torch.manual_seed(seed)
     tokenizer = VideoTokenizer(image_size=SIZE, latent_channels=4, block_out_channels=(8, 16), norm_num_groups=8)
     save_model_atomic(tokenizer.eval(), root / "tokenizer" / "model")
-    dit = ActionDiT(latent_channels=4, action_dim=4, actions_per_latent_frame=1, num_layers=1, num_attention_heads=2,
+    action_dim = 8 if action_integral_scale > 0 else 4  # running-sum channels ride along the 4 action dims
+    dit = ActionDiT(latent_channels=4, action_dim=action_dim, actions_per_latent_frame=1, num_layers=1, num_attention_heads=2,
                     attention_head_dim=12, adaln_lora_dim=8, text_embed_dim=8, max_size=(8, 8, 8))
     save_model_atomic(randomise(dit, seed), root / "dit" / "model")
     reward = RewardModel(image_size=SIZE, num_frames=reward_frames, embedding_size=8, hidden_sizes=(8, 8),
@@ -57,6 +58,7 @@ def make_world_model(root: Path, reward_frames: int = 1, seed: int = 0) -> Path:
         "num_cond_frames": COND,
         "chunk_size": CHUNK,
         "action_scaler": 20.0,
+        "action_integral_scale": action_integral_scale,
         "sampler": {"solver": "2ab", "num_steps": NUM_STEPS, "guidance": 0.0, "sigma_min": 0.01,
                     "sigma_max": 200.0, "rho": 7.0},
     })

@@ -111,6 +111,9 @@ class DiTTrainConfig:
     num_pred_latent_frames: int = 4
     # normalised actions (q01..q99 -> [-1, 1]) are multiplied by this before the DiT (Cosmos Predict 2.5: 20)
     action_scaler: float = 20.0
+    # > 0: the DiT also gets this x the running sum of the raw actions since the reset, the arm's absolute target
+    # for delta-action robots (rlinf_wm.data.action_inputs); 0: the chunk's actions only
+    action_integral_scale: float = 0.0
     steps: int = 1500
     batch_size: int = 32
     lr: float = 5e-4
@@ -147,6 +150,8 @@ class DiTTrainConfig:
                      "eval_every", "sample_every", "sample_steps", "checkpoint_every", "keep_checkpoints"):
             require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
         require(self.action_scaler > 0, at("action_scaler"), f"must be > 0, got {self.action_scaler}")
+        require(self.action_integral_scale >= 0, at("action_integral_scale"),
+                f"must be >= 0, got {self.action_integral_scale}")
         require(self.lr > 0, at("lr"), f"must be > 0, got {self.lr}")
         require(0 <= self.min_lr <= self.lr, at("min_lr"), f"must be in [0, lr={self.lr}], got {self.min_lr}")
         require(self.warmup_steps >= 0, at("warmup_steps"), f"must be >= 0, got {self.warmup_steps}")

@@ -9,6 +9,8 @@ File layout (HDF5, written atomically by :meth:`InitialStates.save`)::
                                           (Meta-World: the ML1 train-task index), -1 when unknown
     start_steps   int64 [N]               (optional) the episode step each state was taken at (0: a reset);
                                           an imagined episode from it has max_episode_steps - start_steps left
+    action_sums   float64 [N, A]          (optional) the recorded actions summed up to the state: a DiT trained
+                                          with their running sum (rlinf_wm.data.action_inputs) starts from it
 
 ``F`` is the number of video frames behind the world model's conditioning latents. Nothing precedes a
 reset, so a recorded state is its episode's first frame repeated ``F`` times, exactly as the DiT's training
@@ -50,6 +52,7 @@ class InitialStates:
     tasks: list[str] = field(default_factory=list)
     reset_ids: np.ndarray | None = None  # int64 [N], -1 = unknown
     start_steps: np.ndarray | None = None  # int64 [N], 0 = an episode start
+    action_sums: np.ndarray | None = None  # float64 [N, A]; None: unknown (0 at an episode start)
 
     def __post_init__(self) -> None:
         self.frames = np.asarray(self.frames)
@@ -70,9 +73,25 @@ class InitialStates:
         self.start_steps = np.zeros(n, np.int64) if self.start_steps is None else np.asarray(self.start_steps, np.int64)
         if self.start_steps.shape != (n,) or (self.start_steps < 0).any():
             raise ValueError(f"start_steps must be {n} integers >= 0, got {self.start_steps.tolist()}")
+        if self.action_sums is not None:
+            self.action_sums = np.asarray(self.action_sums, np.float64)
+            if self.action_sums.ndim != 2 or len(self.action_sums) != n:
+                raise ValueError(f"action_sums must have shape [{n}, A], got {self.action_sums.shape}")
 
     def __len__(self) -> int:
         return len(self.frames)
+
+    def action_sums_of(self, ids: np.ndarray, action_dim: int) -> np.ndarray:
+        """``[len(ids), action_dim]`` summed actions before states ``ids``; errors where they are unknown."""
+        if self.action_sums is not None:
+            if self.action_sums.shape[1] != action_dim:
+                raise ValueError(f"initial states hold {self.action_sums.shape[1]}-dim action sums, the env's actions "
+                                 f"have {action_dim}")
+            return self.action_sums[ids].copy()
+        if (self.start_steps[ids] > 0).any():
+            raise ValueError("initial states taken inside episodes have no action_sums, which a DiT trained with "
+                             "action_integral_scale > 0 needs: rebuild them with InitialStates.branched")
+        return np.zeros((len(ids), action_dim), np.float64)
 
     def resolve_ids(self, ids, count: int, rng: np.random.Generator) -> np.ndarray:
         """``count`` state indices: reset ids wrapped modulo the number of states, or random ones for ``None``."""
@@ -117,7 +136,7 @@ class InitialStates:
             raise ValueError(f"states_per_episode must be >= 1 and max_start_step >= 0, got {states_per_episode}, "
                              f"{max_start_step}")
         rng = np.random.default_rng(seed)
-        frames, instructions, tasks, reset_ids, starts = [], [], [], [], []
+        frames, instructions, tasks, reset_ids, starts, sums = [], [], [], [], [], []
         for index, episode in enumerate(episodes):
             if len(episode.actions) == 0:
                 raise ValueError(f"episode {index} (task={episode.task!r}, seed={episode.seed}) has no actions")
@@ -131,10 +150,12 @@ class InitialStates:
                 tasks.append(episode.task)
                 reset_ids.append(int(episode.attrs.get("task_id", -1)))
                 starts.append(int(step))
+                sums.append(np.asarray(episode.actions[:step], np.float64).sum(axis=0))
         if not frames:
             raise ValueError("no episodes to branch from")
         return cls(frames=np.stack(frames), instructions=instructions, tasks=tasks,
-                   reset_ids=np.array(reset_ids, np.int64), start_steps=np.array(starts, np.int64))
+                   reset_ids=np.array(reset_ids, np.int64), start_steps=np.array(starts, np.int64),
+                   action_sums=np.stack(sums))
 
     @classmethod
     def from_frames(
@@ -160,6 +181,8 @@ class InitialStates:
                 f.create_dataset("tasks", data=np.array(self.tasks, dtype=h5py.string_dtype()))
                 f.create_dataset("reset_ids", data=self.reset_ids)
                 f.create_dataset("start_steps", data=self.start_steps)
+                if self.action_sums is not None:
+                    f.create_dataset("action_sums", data=self.action_sums)
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> "InitialStates":
@@ -186,10 +209,11 @@ class InitialStates:
                 tasks = _strings(f["tasks"]) if "tasks" in f else []
                 reset_ids = np.asarray(f["reset_ids"]) if "reset_ids" in f else None
                 start_steps = np.asarray(f["start_steps"]) if "start_steps" in f else None
+                action_sums = np.asarray(f["action_sums"]) if "action_sums" in f else None
         except OSError as error:
             raise ValueError(f"{path} is not a readable HDF5 initial-state file: {error}") from error
         try:
             return cls(frames=frames, instructions=instructions, tasks=tasks, reset_ids=reset_ids,
-                       start_steps=start_steps)
+                       start_steps=start_steps, action_sums=action_sums)
         except ValueError as error:
             raise ValueError(f"{path}: {error}") from error

@@ -13,7 +13,8 @@ from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.utils.io import read_json
 
 WORLD_MODEL_FORMAT_VERSION = 1
-_WINDOW_KEYS = ("num_cond_latent_frames", "num_pred_latent_frames", "action_scaler")
+# DiT training settings that change what a window or an action input means (resuming must not mix two)
+WINDOW_KEYS = ("num_cond_latent_frames", "num_pred_latent_frames", "action_scaler", "action_integral_scale")
 STATISTICS_FILE = "dataset_statistics.json"
 LATENTS_FILE = "latents.hdf5"
 INITIAL_STATES_FILE = "initial_states.hdf5"
@@ -93,7 +94,7 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
     trained = layout.dit_run / "train_config.json"
     if trained.is_file():
         saved = read_json(trained).get("train", {})
-        train = dataclasses.replace(train, **{k: saved[k] for k in _WINDOW_KEYS if k in saved})
+        train = dataclasses.replace(train, **{k: saved[k] for k in WINDOW_KEYS if k in saved})
     compression = cfg.tokenizer.temporal_compression
     latent_size = cfg.tokenizer.image_size // cfg.tokenizer.spatial_compression
     reward_config = layout.reward_model / "config.json"
@@ -119,6 +120,7 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
         "chunk_size": train.num_pred_latent_frames * compression,
         "action_dim": None if statistics is None else statistics.action_dim,
         "action_scaler": train.action_scaler,
+        "action_integral_scale": train.action_integral_scale,
         "sampler": dataclasses.asdict(cfg.sampler),
         # the trained model's own (calibrate_threshold may have moved it), informational: the env reads the model
         "reward_threshold": float(read_json(reward_config).get("threshold", cfg.reward_model.threshold))

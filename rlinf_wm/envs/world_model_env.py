@@ -119,6 +119,7 @@ class WorldModelEnv(ChunkEnv):
         self.world_model_dir, self.task = parts.world_model_dir, parts.task
         self.chunk_size, self.num_cond_latent_frames = parts.chunk_size, parts.num_cond_latent_frames
         self.action_scaler, self.sampler = parts.action_scaler, parts.sampler
+        self.action_inputs = parts.action_inputs
         self.stats, self.action_dim = parts.stats, parts.action_dim
         self.tokenizer, self.dit, self.reward_model = parts.tokenizer, parts.dit, parts.reward_model
         self.initial_states = parts.initial_states
@@ -157,6 +158,7 @@ class WorldModelEnv(ChunkEnv):
         self._history = np.zeros((b, max(0, self.reward_model.num_frames - 1), height, width, 3), np.uint8)
         self._instructions = [""] * b
         self._steps = np.zeros(b, np.int64)
+        self._action_sums = np.zeros((b, self.action_dim), np.float64)  # running sums, if the DiT takes them
         self._done = np.ones(b, bool)
         self._success = np.zeros(b, bool)
         self._streak = np.zeros(b, np.int64)  # scored frames in a row at or above the threshold
@@ -269,6 +271,8 @@ class WorldModelEnv(ChunkEnv):
             self._instructions[row] = self.initial_states.instructions[state]
         # A state branched off a recorded episode at step t has max_episode_steps - t left, as the real env would.
         self._steps[rows] = self.initial_states.start_steps[ids]
+        if self.action_inputs.integral_scale > 0:
+            self._action_sums[rows] = self.initial_states.action_sums_of(ids, self.action_dim)
         self._done[rows] = False
         self._success[rows] = False
         self._streak[rows] = 0
@@ -322,7 +326,8 @@ class WorldModelEnv(ChunkEnv):
         x_cond = torch.cat([context, context.new_zeros(n, c, p, h, w)], dim=2)
         mask = torch.zeros(n, 1, tc + p, h, w, dtype=self.dtype, device=self.device)
         mask[:, :, :tc] = 1.0
-        scaled = torch.from_numpy(self.stats.normalize(actions) * np.float32(self.action_scaler))
+        scaled = torch.from_numpy(self.action_inputs(actions, self._action_sums[rows]))
+        self._action_sums[rows] = self.action_inputs.advance(self._action_sums[rows], actions)
         noise = self._noise(rows, (c, tc + p, h, w))
 
         start = time.perf_counter()

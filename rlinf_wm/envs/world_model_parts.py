@@ -13,6 +13,7 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from rlinf_wm.data.action_inputs import DiTActionInputs
 from rlinf_wm.data.initial_states import InitialStates
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.world_model_layout import INITIAL_STATES_FILE, STATISTICS_FILE, WORLD_MODEL_FILE, Layout
@@ -52,6 +53,7 @@ class WorldModelParts:
     chunk_size: int  # actions per world-model step
     num_cond_latent_frames: int
     action_scaler: float
+    action_integral_scale: float  # running-sum channels of the DiT's action input (0: none)
     sampler: FlowSampler
     stats: ActionStatistics
     tokenizer: VideoTokenizer
@@ -62,6 +64,10 @@ class WorldModelParts:
     @property
     def action_dim(self) -> int:
         return self.stats.action_dim
+
+    @property
+    def action_inputs(self) -> DiTActionInputs:
+        return DiTActionInputs(self.stats, self.action_scaler, self.action_integral_scale)
 
 
 def load_world_model_parts(
@@ -122,6 +128,8 @@ def load_world_model_parts(
         chunk_size=chunk_size,
         num_cond_latent_frames=num_cond_latent_frames,
         action_scaler=float(setting("action_scaler", action_scaler)),
+        # what the DiT was trained with, never overridden: it fixes the DiT's input width (older files: 0)
+        action_integral_scale=float(trained.get("action_integral_scale", 0.0)),
         sampler=flow,
         stats=ActionStatistics.load(part(stats_path, "dataset_statistics")),
         tokenizer=load_model(VideoTokenizer, resolve_model_dir(part(tokenizer_path, "tokenizer"))).eval(),
@@ -139,8 +147,10 @@ def check_parts(parts: WorldModelParts) -> None:
     problems = []
     if dit.latent_channels != tok.latent_channels:
         problems.append(f"DiT latent_channels={dit.latent_channels} but the tokenizer has {tok.latent_channels}")
-    if dit.action_dim != parts.action_dim:
-        problems.append(f"DiT action_dim={dit.action_dim} but the action statistics have {parts.action_dim} dims")
+    if dit.action_dim != parts.action_inputs.dim:
+        problems.append(f"DiT action_dim={dit.action_dim} but the action statistics have {parts.action_dim} dims "
+                        f"and action_integral_scale={parts.action_integral_scale} gives {parts.action_inputs.dim} "
+                        "input channels")
     if dit.actions_per_latent_frame != tok.temporal_compression:
         problems.append(f"DiT actions_per_latent_frame={dit.actions_per_latent_frame} but the tokenizer's "
                         f"temporal compression is {tok.temporal_compression}")

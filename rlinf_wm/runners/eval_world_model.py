@@ -187,7 +187,7 @@ def evaluate_world_model(
     from rlinf_wm.models.reward_model import RewardModel
     from rlinf_wm.models.samplers import FlowSampler
     from rlinf_wm.models.tokenizer import VideoTokenizer
-    from rlinf_wm.runners.train_dit import scale_actions
+    from rlinf_wm.data.action_inputs import DiTActionInputs
     from rlinf_wm.data.world_model_layout import Layout, load_world_model_settings
     from rlinf_wm.runners.world_model_pipeline import heldout_indices, load_training_episodes
     from rlinf_wm.utils.checkpoint import load_model
@@ -215,6 +215,7 @@ def evaluate_world_model(
     num_cond, num_pred = settings["num_cond_latent_frames"], settings["num_pred_latent_frames"]
     compression = settings["temporal_compression"]
     action_scaler = settings["action_scaler"]
+    action_inputs = DiTActionInputs(statistics, action_scaler, settings.get("action_integral_scale", 0.0))
     chunk_frames = num_pred * compression
     horizon_frames = ecfg.num_chunks * chunk_frames
     horizons = [h for h in ecfg.horizons if h <= horizon_frames]
@@ -246,8 +247,9 @@ def evaluate_world_model(
         return latents[:, index]
 
     def actions_of(plan: RolloutPlan) -> torch.Tensor:
-        raw = held[plan.episode].actions[plan.start_frame : plan.start_frame + horizon_frames]
-        return torch.from_numpy(scale_actions(raw, statistics, action_scaler))
+        actions = held[plan.episode].actions
+        before = action_inputs.advance(np.zeros(actions.shape[1]), actions[: plan.start_frame])  # sum up to the start
+        return torch.from_numpy(action_inputs(actions[plan.start_frame : plan.start_frame + horizon_frames], before))
 
     def real_latents_of(plan: RolloutPlan) -> torch.Tensor:
         latents = torch.from_numpy(held_latents[plan.episode].latents)

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from rlinf_wm.data.statistics import ActionStatistics
+from rlinf_wm.data.action_inputs import DiTActionInputs
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.runners.world_model_rollout import autoregressive_rollout, pixel_reencoder
 
@@ -55,8 +55,7 @@ def generate_episodes(
     tokenizer,
     dit,
     sampler,
-    statistics: ActionStatistics,
-    action_scaler: float,
+    action_inputs: DiTActionInputs,
     num_cond_latent_frames: int,
     num_pred_latent_frames: int,
     episodes: Sequence[Episode],
@@ -94,10 +93,11 @@ def generate_episodes(
         first = torch.from_numpy(np.stack([ep.frames[0] for ep in group]))[:, None]  # [B, 1, H, W, 3]
         # an episode start conditions on its first frame repeated, as training pads it and the env resets
         cond = tokenizer.encode(first).repeat(1, 1, num_cond_latent_frames, 1, 1)
-        actions = np.zeros((len(group), steps, statistics.action_dim), np.float32)
+        raw = np.zeros((len(group), steps, action_inputs.statistics.action_dim), np.float32)
         for b, ep in enumerate(group):
-            actions[b, : ep.length] = statistics.normalize(ep.actions) * np.float32(action_scaler)
-            actions[b, ep.length :] = actions[b, ep.length - 1]  # past the end: ignored, kept in range
+            raw[b, : ep.length] = ep.actions
+            raw[b, ep.length :] = ep.actions[-1]  # past the end: ignored, kept in range
+        actions = action_inputs(raw)
         noise = [torch.randn(len(group), cond.shape[1], num_cond_latent_frames + num_pred_latent_frames,
                              *cond.shape[3:], generator=generator) for _ in range(num_chunks)]
         generated = autoregressive_rollout(

@@ -8,7 +8,9 @@ per-frame VAE, 4 for Wan)::
     actions        c * s .. c * (s + P) - 1            (past the end: zero actions, which hold the arm still)
 
 Latent frame ``k >= 1`` shows the frames produced by actions ``c (k - 1) .. c k - 1``. Actions are normalised
-with the dataset statistics (q01..q99 -> [-1, 1]) and multiplied by ``action_scaler`` (Cosmos Predict 2.5: 20).
+with the dataset statistics (q01..q99 -> [-1, 1]) and multiplied by ``action_scaler`` (Cosmos Predict 2.5: 20);
+with ``action_integral_scale > 0`` their running sum since the episode start rides along
+(:mod:`rlinf_wm.data.action_inputs`).
 
 Run directory (``out_dir``)::
 
@@ -34,8 +36,10 @@ from diffusers.training_utils import EMAModel
 from tqdm.auto import tqdm
 
 from rlinf_wm.config.world_model_config import DiTConfig, DiTTrainConfig
+from rlinf_wm.data.action_inputs import DiTActionInputs
 from rlinf_wm.data.latents import LatentEpisode
 from rlinf_wm.data.statistics import ActionStatistics
+from rlinf_wm.data.world_model_layout import WINDOW_KEYS
 from rlinf_wm.models.dit import ActionDiT
 from rlinf_wm.models.flow_matching import flow_matching_loss
 from rlinf_wm.models.samplers import FlowSampler
@@ -50,15 +54,6 @@ from rlinf_wm.runners.train_tokenizer import (
 from rlinf_wm.utils.checkpoint import save_model_atomic
 from rlinf_wm.utils.io import read_json, write_json_atomic
 
-# Training settings that change what a window means; resuming with different values would mix two tasks.
-_WINDOW_KEYS = ("num_cond_latent_frames", "num_pred_latent_frames", "action_scaler")
-
-
-def scale_actions(actions: np.ndarray, statistics: ActionStatistics, action_scaler: float) -> np.ndarray:
-    """Raw env actions -> what the DiT sees: q01..q99 normalised to [-1, 1], times ``action_scaler``."""
-    return statistics.normalize(actions) * np.float32(action_scaler)
-
-
 class LatentWindows:
     """All training windows of a set of latent episodes (see the module docstring); batches are torch tensors."""
 
@@ -68,8 +63,7 @@ class LatentWindows:
         num_cond: int,
         num_pred: int,
         temporal_compression: int,
-        statistics: ActionStatistics,
-        action_scaler: float,
+        inputs: DiTActionInputs,
         pad_start: bool = True,
         pad_end: bool = True,
     ) -> None:
@@ -77,24 +71,24 @@ class LatentWindows:
             raise ValueError("LatentWindows needs at least one episode")
         self.num_cond, self.num_pred, self.compression = int(num_cond), int(num_pred), int(temporal_compression)
         self.latents: list[torch.Tensor] = []  # per episode [T', C, h, w] (frame-major for indexing)
-        self.actions: list[torch.Tensor] = []  # per episode [c (T' - 1 + P), A], scaled, zero-padded at the end
-        zero_action = scale_actions(np.zeros((1, statistics.action_dim), np.float32), statistics, action_scaler)
+        self.actions: list[torch.Tensor] = []  # per episode [c (T' - 1 + P), inputs.dim], zero-padded at the end
+        action_dim = inputs.statistics.action_dim
         index = []
         for number, ep in enumerate(episodes):
             if ep.latents.ndim != 4:
                 raise ValueError(f"latent episode {number}: latents must be [C, T', h, w], got {ep.latents.shape}")
-            if ep.actions.ndim != 2 or ep.actions.shape[1] != statistics.action_dim:
+            if ep.actions.ndim != 2 or ep.actions.shape[1] != action_dim:
                 raise ValueError(
                     f"latent episode {number}: actions {ep.actions.shape} do not match the statistics' "
-                    f"action_dim={statistics.action_dim}"
+                    f"action_dim={action_dim}"
                 )
             latents = torch.from_numpy(np.ascontiguousarray(ep.latents, np.float32)).permute(1, 0, 2, 3).contiguous()
             num_latents = latents.shape[0]
             needed = self.compression * (num_latents - 1 + self.num_pred)
-            scaled = scale_actions(ep.actions[: self.compression * (num_latents - 1)], statistics, action_scaler)
-            padding = np.repeat(zero_action, needed - len(scaled), axis=0)
+            recorded = np.asarray(ep.actions[: self.compression * (num_latents - 1)], np.float32)
+            padded = np.concatenate([recorded, np.zeros((needed - len(recorded), action_dim), np.float32)])
             self.latents.append(latents)
-            self.actions.append(torch.from_numpy(np.concatenate([scaled, padding]).astype(np.float32)))
+            self.actions.append(torch.from_numpy(inputs(padded)))
             first = 0 if pad_start else self.num_cond - 1
             last = num_latents - 2 if pad_end else num_latents - 1 - self.num_pred
             starts = np.arange(first, last + 1)
@@ -178,7 +172,7 @@ def _check_resume_config(out_dir: Path, cfg: DiTTrainConfig) -> None:
     if not saved_path.is_file():
         return
     saved = read_json(saved_path).get("train", {})
-    changed = [k for k in _WINDOW_KEYS if k in saved and saved[k] != getattr(cfg, k)]
+    changed = [k for k in WINDOW_KEYS if k in saved and saved[k] != getattr(cfg, k)]
     if changed:
         raise ValueError(
             f"{out_dir} holds a DiT run with different {changed} ({[saved[k] for k in changed]}); "
@@ -220,10 +214,14 @@ def train_dit(
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
     data_rng = np.random.default_rng(cfg.seed)
+    inputs = DiTActionInputs(statistics, cfg.action_scaler, cfg.action_integral_scale)
+    if model_cfg.action_dim != inputs.dim:
+        raise ValueError(f"dit.action_dim={model_cfg.action_dim} but the DiT's action inputs have {inputs.dim} channels "
+                         f"(action_dim {statistics.action_dim}, action_integral_scale {cfg.action_integral_scale})")
 
     def make_windows(episodes, pad_start, pad_end):
         return LatentWindows(episodes, cfg.num_cond_latent_frames, cfg.num_pred_latent_frames, temporal_compression,
-                             statistics, cfg.action_scaler, pad_start, pad_end)
+                             inputs, pad_start, pad_end)
 
     train = make_windows(train_episodes, cfg.pad_start, cfg.pad_end)
     held = make_windows(heldout_episodes, cfg.pad_start, cfg.pad_end) if heldout_episodes else None

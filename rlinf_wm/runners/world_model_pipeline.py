@@ -228,8 +228,9 @@ def run_stage(
         return {"episodes": len(episodes_list)}
 
     def dit_stage():
-        from rlinf_wm.runners.train_dit import train_dit
+        from rlinf_wm.data.action_inputs import DiTActionInputs
         from rlinf_wm.data.latents import load_encoded_dataset
+        from rlinf_wm.runners.train_dit import train_dit
 
         latent_episodes, attrs = load_encoded_dataset(layout.latents)
         if int(attrs["latent_channels"]) != cfg.tokenizer.latent_channels:
@@ -237,7 +238,8 @@ def run_stage(
                              f"tokenizer.latent_channels is {cfg.tokenizer.latent_channels}: rerun stage=encode")
         statistics = ActionStatistics.load(layout.statistics)
         train_idx, held_idx = heldout_indices(len(latent_episodes), cfg.holdout_fraction, cfg.seed)
-        model_cfg = cfg.dit.resolved(cfg.tokenizer, statistics.action_dim)
+        inputs = DiTActionInputs(statistics, cfg.train.dit.action_scaler, cfg.train.dit.action_integral_scale)
+        model_cfg = cfg.dit.resolved(cfg.tokenizer, inputs.dim)
         metrics = train_dit(
             model_cfg, cfg.train.dit,
             [latent_episodes[i] for i in train_idx], [latent_episodes[i] for i in held_idx],
@@ -248,6 +250,7 @@ def run_stage(
         return {"heldout_loss": metrics.get("heldout_loss"), "steps": metrics["steps"]}
 
     def generate_stage():
+        from rlinf_wm.data.action_inputs import DiTActionInputs
         from rlinf_wm.data.trajectories import write_episodes
         from rlinf_wm.models.dit import ActionDiT
         from rlinf_wm.models.samplers import FlowSampler
@@ -261,7 +264,8 @@ def run_stage(
         trained = world_model_settings(cfg, layout, statistics)  # the DiT's own windows and scaler, as the env's
         generated = generate_episodes(
             _load_tokenizer(layout), load_model(ActionDiT, layout.dit_model), FlowSampler(**trained["sampler"]),
-            statistics, trained["action_scaler"], trained["num_cond_latent_frames"], trained["num_pred_latent_frames"],
+            DiTActionInputs(statistics, trained["action_scaler"], trained["action_integral_scale"]),
+            trained["num_cond_latent_frames"], trained["num_pred_latent_frames"],
             [episodes_list[i] for i in sources], sources,
             batch_size=cfg.train.reward_generated_batch_size, seed=cfg.seed, progress=progress,
         )
