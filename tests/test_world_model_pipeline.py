@@ -443,7 +443,7 @@ def test_generated_replays_are_seeded_and_follow_the_actions(trained):
     episodes = read_episodes(Path(cfg.data_dir) / "shard_00000.hdf5")[:3]
 
     def replay(eps, seed):
-        return generate_episodes(tokenizer, dit, sampler, DiTActionInputs(stats, 20.0), 2, 2, eps, batch_size=2, seed=seed)
+        return generate_episodes(tokenizer, dit, sampler, DiTActionInputs(stats, 20.0, 0.5), 2, 2, eps, batch_size=2, seed=seed)
 
     first, again = replay(episodes, 0), replay(episodes, 0)
     for a, b in zip(first, again):
@@ -557,29 +557,28 @@ def test_the_threshold_is_chosen_under_the_envs_rule(monkeypatch):
     assert metrics["success_detected_rate"] == 1.0
 
 
-def test_a_dit_on_running_action_sums_is_fed_them_by_every_consumer(trained, dataset, tmp_path):
-    """train.dit.action_integral_scale > 0: the DiT takes 2 x action_dim inputs, world_model.json records the
-    scale, and the replays, the open-loop evaluation and the env all build those inputs (one fewer channel fails)."""
+def test_running_action_sums_are_on_by_default_and_can_be_switched_off(trained, dataset, tmp_path):
+    """The default DiT takes 2 x action_dim inputs (actions + running sums; the other tests here drive it through
+    replays, the evaluation and the env) and world_model.json records the scale; at 0 the DiT takes the actions only."""
     import shutil
 
     from rlinf_wm.envs.world_model_env import WorldModelEnv
-    from rlinf_wm.runners.eval_world_model import evaluate_world_model
     from rlinf_wm.runners.world_model_pipeline import run_stage
 
-    root = tmp_path / "run"
-    shutil.copytree(dataset, root)
-    overrides = ["train.dit.action_integral_scale=0.5", "train.reward_generated_episodes=4",
-                 "train.reward_generated_batch_size=4"]
-    cfg = compose_config(tiny_overrides(root) + overrides)
-    run_stage(cfg, "dit")  # cached: world_model.json keeps describing the DiT on disk, not the changed config
-    assert json.loads((root / "world_model" / "world_model.json").read_text())["action_integral_scale"] == 0.0
-    report = run_stage(replace(cfg, force=True), "all")
-    assert [report[s]["status"] for s in ("dit", "generate", "reward")] == ["ran"] * 3
+    cfg, _ = trained
     wm = Path(cfg.world_model_dir)
     assert json.loads((wm / "dit" / "model" / "config.json").read_text())["action_dim"] == 8
     assert json.loads((wm / "world_model.json").read_text())["action_integral_scale"] == 0.5
-    assert evaluate_world_model(cfg)["rollouts"] > 0
+
+    root = tmp_path / "run"
+    shutil.copytree(dataset, root)
+    off = compose_config(tiny_overrides(root) + ["train.dit.action_integral_scale=0"])
+    run_stage(off, "dit")  # cached: world_model.json goes on describing the DiT on disk, not the changed config
+    assert json.loads((root / "world_model" / "world_model.json").read_text())["action_integral_scale"] == 0.5
+    assert run_stage(replace(off, force=True), "dit")["dit"]["status"] == "ran"
+    wm = root / "world_model"
+    assert json.loads((wm / "dit" / "model" / "config.json").read_text())["action_dim"] == 4
+    assert json.loads((wm / "world_model.json").read_text())["action_integral_scale"] == 0.0
     env = WorldModelEnv(str(wm), num_envs=2, reward_threshold=1.01)
     env.reset(ids=[0, 1], seed=0)
-    step = env.chunk_step(np.zeros((2, env.chunk_size, 4), np.float32))
-    assert step.obs.images.shape == (2, SIZE, SIZE, 3)
+    assert env.chunk_step(np.zeros((2, env.chunk_size, 4), np.float32)).obs.images.shape == (2, SIZE, SIZE, 3)
