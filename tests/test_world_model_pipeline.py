@@ -582,3 +582,11 @@ def test_running_action_sums_are_on_by_default_and_can_be_switched_off(trained, 
     env = WorldModelEnv(str(wm), num_envs=2, reward_threshold=1.01)
     env.reset(ids=[0, 1], seed=0)
     assert env.chunk_step(np.zeros((2, env.chunk_size, 4), np.float32)).obs.images.shape == (2, SIZE, SIZE, 3)
+
+    # a DiT trained before the running sums existed (no key in its train_config.json) is described as without them
+    from rlinf_wm.data.world_model_layout import Layout, world_model_settings
+
+    saved = json.loads((wm / "dit" / "train_config.json").read_text())
+    del saved["train"]["action_integral_scale"]
+    (wm / "dit" / "train_config.json").write_text(json.dumps(saved))
+    assert world_model_settings(cfg, Layout(wm), None)["action_integral_scale"] == 0.0

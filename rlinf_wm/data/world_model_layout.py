@@ -15,6 +15,7 @@ from rlinf_wm.utils.io import read_json
 WORLD_MODEL_FORMAT_VERSION = 1
 # DiT training settings that change what a window or an action input means (resuming must not mix two)
 WINDOW_KEYS = ("num_cond_latent_frames", "num_pred_latent_frames", "action_scaler", "action_integral_scale")
+LEGACY_WINDOW_VALUES = {"action_integral_scale": 0.0}  # what a train_config.json without the key was trained with
 STATISTICS_FILE = "dataset_statistics.json"
 LATENTS_FILE = "latents.hdf5"
 INITIAL_STATES_FILE = "initial_states.hdf5"
@@ -94,7 +95,9 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
     trained = layout.dit_run / "train_config.json"
     if trained.is_file():
         saved = read_json(trained).get("train", {})
-        train = dataclasses.replace(train, **{k: saved[k] for k in WINDOW_KEYS if k in saved})
+        # a DiT trained before the running sums existed has none (LEGACY_WINDOW_VALUES), whatever the config says now
+        train = dataclasses.replace(train, **{k: saved.get(k, LEGACY_WINDOW_VALUES.get(k, getattr(train, k)))
+                                              for k in WINDOW_KEYS})
     compression = cfg.tokenizer.temporal_compression
     latent_size = cfg.tokenizer.image_size // cfg.tokenizer.spatial_compression
     reward_config = layout.reward_model / "config.json"
