@@ -280,13 +280,22 @@ def test_a_branched_state_stacks_its_last_frame_before_the_first_generated_one(t
     np.testing.assert_array_equal(scores.windows[0][0::CHUNK, 0], frames[[0, 1], -1])
 
 
+def record_dit_actions(env, monkeypatch) -> list[np.ndarray]:
+    """The action inputs of every sampler run of ``env``, in call order."""
+    seen, sample = [], env.sampler.sample
+
+    def recording(model, x, mask, dit_actions, **kwargs):
+        seen.append(dit_actions.numpy())
+        return sample(model, x, mask, dit_actions, **kwargs)
+
+    monkeypatch.setattr(env.sampler, "sample", recording)
+    return seen
+
+
 def test_a_dit_trained_on_running_sums_gets_them_from_reset_or_the_branch_point(tmp_path, monkeypatch):
     root = make_world_model(tmp_path / "wm_sum", action_integral_scale=0.5)
     env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER)
-    seen = []
-    sample = env.sampler.sample
-    monkeypatch.setattr(env.sampler, "sample", lambda model, x, mask, a, **kw: seen.append(a.numpy()) or
-                        sample(model, x, mask, a, **kw))
+    seen = record_dit_actions(env, monkeypatch)
     inputs = DiTActionInputs(env.stats, 20.0, 0.5)
     first, second = actions(0, 2), actions(1, 2)
     env.reset(ids=[0, 1], seed=0)
@@ -305,8 +314,7 @@ def test_a_dit_trained_on_running_sums_gets_them_from_reset_or_the_branch_point(
     InitialStates(frames=stock.frames, instructions=stock.instructions, start_steps=[3] * len(stock),
                   action_sums=sums).save(tmp_path / "branched.hdf5")
     env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, initial_states_path=str(tmp_path / "branched.hdf5"))
-    monkeypatch.setattr(env.sampler, "sample", lambda model, x, mask, a, **kw: seen.append(a.numpy()) or
-                        sample(model, x, mask, a, **kw))
+    seen = record_dit_actions(env, monkeypatch)
     env.reset(ids=[2, 1], seed=0)
     env.chunk_step(first)
     np.testing.assert_allclose(seen[-1], inputs(first, sums[[2, 1]]), rtol=1e-5, atol=1e-5)
