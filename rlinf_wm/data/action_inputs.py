@@ -4,8 +4,8 @@ Every producer of DiT inputs (training windows, the world-model env, replays, th
 through :class:`DiTActionInputs`, so they cannot disagree.
 
 Why a running sum: delta-action arms go where the sum of the actions since the reset sends them (exactly
-Meta-World's mocap target; roughly LIBERO's OSC controller, whose deltas start from the current pose). From the last frames and one chunk of deltas, an autoregressive model must
-integrate the deltas itself, and its per-chunk position error accumulates like dead reckoning: over ~35 chunks
+Meta-World's mocap target; roughly LIBERO's OSC controller, whose deltas start from the current pose). From the
+last frames and one chunk of deltas, an autoregressive model must integrate the deltas itself, and its per-chunk position error accumulates like dead reckoning: over ~35 chunks
 of jittery actions the imagined arm drifts off the real one and late contacts are lost (docs/results.md,
 2026-12-04). With ``integral_scale > 0`` the DiT also gets ``integral_scale * sum(actions[:t+1])`` per action,
 the arm's absolute target, against which a drifted frame is visibly wrong and can be corrected.
