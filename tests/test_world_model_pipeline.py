@@ -590,3 +590,39 @@ def test_running_action_sums_are_on_by_default_and_can_be_switched_off(trained, 
     del saved["train"]["action_integral_scale"]
     (wm / "dit" / "train_config.json").write_text(json.dumps(saved))
     assert world_model_settings(cfg, Layout(wm), None)["action_integral_scale"] == 0.0
+
+
+def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, dataset, tmp_path):
+    """refine_from (a Dyna-style refit on more data): the latent space is kept, the DiT starts from the trained
+    one's weights (at a vanishing learning rate it ships them unchanged), and the new data is encoded."""
+    from safetensors.torch import load_file
+
+    from rlinf_wm.runners.train_dit import _initial_dit
+    from rlinf_wm.runners.world_model_pipeline import run_stage
+
+    cfg, _ = trained
+    source = Path(cfg.world_model_dir)
+    extra = tmp_path / "rl_rollouts"
+    write_episodes(extra / "shard_00000.hdf5", [make_episode(np.random.default_rng(2), i) for i in range(3)])
+    target = tmp_path / "refined"
+    refine = compose_config(tiny_overrides(dataset) + [
+        f"world_model_dir={target}", f"refine_from={source}", f"extra_data_dirs=[{extra}]",
+        "train.dit.steps=2", "train.dit.lr=1e-12", "train.dit.min_lr=0",
+    ])
+    report = run_stage(refine, "all")
+    assert report["tokenizer"]["copied_from"] == str(source / "tokenizer")
+    assert report["encode"]["episodes"] == 15
+    weights = "model/model.safetensors"
+    assert (target / "tokenizer" / weights).read_bytes() == (source / "tokenizer" / weights).read_bytes()
+    trained_dit, refined_dit = load_file(source / "dit" / weights), load_file(target / "dit" / weights)
+    assert trained_dit.keys() == refined_dit.keys()
+    for name, tensor in trained_dit.items():
+        torch.testing.assert_close(refined_dit[name], tensor, atol=1e-6, rtol=0, msg=name)
+    assert json.loads((target / "dit" / "train_config.json").read_text())["init_weights"] == str(source / "dit" / "model")
+    assert (target / "world_model.json").is_file()
+
+    other = json.loads((source / "dit" / "model" / "config.json").read_text()) | {"num_layers": 2}
+    with pytest.raises(ValueError, match=r"num_layers"):
+        _initial_dit(source / "dit" / "model", other)
+    with pytest.raises(Exception, match="refine_from"):
+        compose_config(tiny_overrides(dataset) + [f"refine_from={source}"])

@@ -21,6 +21,7 @@ least that fraction, never train on an episode the evaluation scores.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Literal
 
 from rlinf_wm.config.validate import require
@@ -274,9 +275,15 @@ class WorldModelConfig:
     # more trajectory directories trained on after data_dir's episodes, e.g. the base policy's recorded real rollouts
     # (eval.save_episodes=true): the world model then sees the failures the policy really makes
     extra_data_dirs: list[str] = field(default_factory=list)
+    # a trained world_model_dir to refine on more data (Dyna-style, e.g. after adding the RL policy's real rollouts
+    # to extra_data_dirs): its tokenizer is copied and the DiT continues from its weights (lower train.dit.steps)
+    refine_from: str | None = None
 
     def check(self, path: str) -> None:
         at = _at(path)
+        if self.refine_from is not None:
+            require(Path(self.refine_from).resolve() != Path(self.world_model_dir).resolve(), at("refine_from"),
+                    f"is world_model_dir itself ({self.world_model_dir}); refine into another directory")
         require(0.0 < self.holdout_fraction < 1.0, at("holdout_fraction"), f"must be in (0, 1), got {self.holdout_fraction}")
         for part in ("tokenizer", "reward"):
             train = getattr(self.train, part)

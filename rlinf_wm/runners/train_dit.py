@@ -51,7 +51,7 @@ from rlinf_wm.runners.train_tokenizer import (
     training_state,
     warmup_cosine,
 )
-from rlinf_wm.utils.checkpoint import save_model_atomic
+from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
 from rlinf_wm.utils.io import read_json, write_json_atomic
 
 class LatentWindows:
@@ -180,6 +180,16 @@ def _check_resume_config(out_dir: Path, cfg: DiTTrainConfig) -> None:
         )
 
 
+def _initial_dit(path: str | Path, model_kwargs: dict) -> ActionDiT:
+    """The saved DiT at ``path``, which must have exactly the configured architecture."""
+    saved = read_json(Path(path) / "config.json")
+    different = sorted(k for k, v in json.loads(json.dumps(model_kwargs)).items() if saved.get(k) != v)
+    if different:
+        raise ValueError(f"init DiT {path} differs from the configured DiT in {different} "
+                         f"(saved {[saved.get(k) for k in different]}); refine with the same dit.* settings")
+    return load_model(ActionDiT, path)
+
+
 def train_dit(
     model_cfg: DiTConfig,
     cfg: DiTTrainConfig,
@@ -190,10 +200,12 @@ def train_dit(
     temporal_compression: int = 1,
     tokenizer=None,
     progress: bool = True,
+    init_weights: str | Path | None = None,
 ) -> dict:
     """Train (or resume from ``out_dir/checkpoints``) the DiT; returns the metrics also written to metrics.json.
 
     ``model_cfg`` must be resolved (:meth:`DiTConfig.resolved`). ``tokenizer`` (optional) decodes the sample strips.
+    ``init_weights``: a saved DiT of the same architecture to start from instead of a random initialisation.
     """
     model_cfg.check("dit")
     cfg.check("train.dit")
@@ -225,10 +237,13 @@ def train_dit(
 
     train = make_windows(train_episodes, cfg.pad_start, cfg.pad_end)
     held = make_windows(heldout_episodes, cfg.pad_start, cfg.pad_end) if heldout_episodes else None
-    write_json_atomic(out_dir / "train_config.json", {"train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg)})
+    write_json_atomic(out_dir / "train_config.json", {
+        "train": dataclasses.asdict(cfg), "model": dataclasses.asdict(model_cfg),
+        "init_weights": str(init_weights) if init_weights is not None else None,
+    })
 
     model_kwargs = dataclasses.asdict(model_cfg)
-    model = ActionDiT(**model_kwargs)
+    model = ActionDiT(**model_kwargs) if init_weights is None else _initial_dit(init_weights, model_kwargs)
 
     def build_optimizer(module):
         opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))

@@ -17,6 +17,9 @@ The paths and world_model.json are :mod:`rlinf_wm.data.world_model_layout`'s. A 
 output exists and is newer than its inputs (like ``make``);
 ``force=True`` reruns it. A rerun starts the stage's directory afresh; an interrupted one (no metrics.json yet)
 resumes from its newest checkpoint.
+
+``refine_from`` refits a trained world model on more data (Dyna-style): the tokenizer is copied from it (so the latent
+space stays), the DiT continues from its weights, the replays and the reward model are redone.
 """
 
 from __future__ import annotations
@@ -203,8 +206,19 @@ def run_stage(
         write_json_atomic(layout.root / TIMINGS_FILE, timings)
         logger.info("stage %s: done in %.1f s", name, seconds)
 
+    refined = Layout(Path(cfg.refine_from)) if cfg.refine_from else None
+    if refined is not None:
+        for part in (refined.tokenizer_model, refined.dit_model):
+            if not (part / "model.safetensors").is_file():
+                raise FileNotFoundError(f"refine_from: {part} holds no trained model (model.safetensors)")
+
     def tokenizer_stage():
         from rlinf_wm.runners.train_tokenizer import train_tokenizer
+
+        if refined is not None:  # refining keeps the latent space, so the DiT's weights still fit it
+            shutil.copytree(refined.tokenizer_model, layout.tokenizer_model, dirs_exist_ok=True)
+            shutil.copy2(refined.tokenizer_run / "metrics.json", layout.tokenizer_run / "metrics.json")
+            return {"copied_from": str(refined.tokenizer_run)}
 
         metrics = train_tokenizer(cfg.train.tokenizer, cfg.data_dir, layout.tokenizer_run, cfg.tokenizer,
                                   episodes=data.get(), progress=progress)
@@ -246,6 +260,7 @@ def run_stage(
             statistics, layout.dit_run,
             temporal_compression=int(attrs["temporal_compression"]),
             tokenizer=_load_tokenizer(layout), progress=progress,
+            init_weights=refined.dit_model if refined is not None else None,
         )
         return {"heldout_loss": metrics.get("heldout_loss"), "steps": metrics["steps"]}
 
