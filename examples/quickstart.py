@@ -43,6 +43,8 @@ class TaskConfigs:
     # model also trains on (train.reward_generated_episodes; 0 = none): it then judges generated frames, where the
     # world model's false successes are. Needs a per-frame tokenizer.
     reward_replays: int = 0
+    # DiT steps of each later round's refit (--rounds): it continues from the previous round's DiT
+    refine_dit_steps: int = 500
 
 
 TASKS = {
@@ -58,6 +60,7 @@ class Stage:
     command: list[str]
     done_marker: Path
     smoke_overrides: list[str] = field(default_factory=list)
+    env: dict[str, str] = field(default_factory=dict)
 
 
 def task_configs(task: str) -> TaskConfigs:
@@ -66,7 +69,12 @@ def task_configs(task: str) -> TaskConfigs:
     return TASKS[task]
 
 
-def build_stages(task: str, artifacts: Path) -> list[Stage]:
+def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
+    """The stages in order. Each round after the first is a Dyna-style refit: the world model is refined on the
+    real rollouts recorded by the previous round's evaluation (the RL policy's own states, where it exploited the
+    model), then GRPO continues from the previous round's policy in it."""
+    if rounds < 1:
+        raise SystemExit(f"quickstart: --rounds must be >= 1, got {rounds}")
     configs = task_configs(task)
     prefix = configs.prefix
     temperature = f"eval.temperature={configs.temperature}"
@@ -74,11 +82,44 @@ def build_stages(task: str, artifacts: Path) -> list[Stage]:
                   f"env.eval.num_envs={configs.smoke_eval_envs}"]
     python = sys.executable
     common = [f"task={task}", f"artifacts_dir={artifacts}"]
-    rl_dir = artifacts / "rl_grpo_wm"
     replays, smoke_replays = [], []
     if configs.reward_replays:
         replays = [f"train.reward_generated_episodes={configs.reward_replays}", "train.reward_generated_kinds=[policy]"]
         smoke_replays = ["train.reward_generated_episodes=2"]
+
+    def evaluation(name: str, policy: Path, out: Path) -> Stage:
+        # every evaluation records its episodes: the next round's world model trains on them
+        return Stage(
+            name,
+            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
+             f"policy_path={policy}", f"eval.output_dir={out}", "eval.save_episodes=true", temperature],
+            out / "summary.json",
+            smoke_eval,
+        )
+
+    def world_model(name: str, out: Path, rollouts: list[Path], refine: list[str]) -> Stage:
+        return Stage(
+            name,
+            [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_{prefix}",
+             "stage=all", *common, f"world_model_dir={out}", f"extra_data_dirs=[{','.join(map(str, rollouts))}]",
+             *replays, *refine],
+            out / "world_model.json",
+            ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4",
+             "++train.reward.batch_size=8", "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false",
+             *smoke_replays],
+        )
+
+    def grpo(name: str, out: Path, world_model_dir: Path, policy: list[str]) -> Stage:
+        return Stage(
+            name,
+            ["bash", "examples/embodiment/run_embodiment.sh", f"{prefix}_grpo_tinyvla", *common,
+             f"policy.temperature={configs.temperature}", f"env.train.world_model_dir={world_model_dir}", *policy],
+            out / "final" / "model" / "model.safetensors",
+            ["runner.max_iterations=1", "runner.eval_interval=0", "env.train.num_envs=4", "algorithm.group_size=2",
+             "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false"],
+            env={"LOG_DIR": str(out)},
+        )
+
     stages = [
         Stage(
             "collect",
@@ -92,37 +133,26 @@ def build_stages(task: str, artifacts: Path) -> list[Stage]:
             artifacts / "sft" / "model" / "model.safetensors",
             ["sft.max_steps=5", "sft.num_demos=-1"],
         ),
-        Stage(
-            "eval_base",
-            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
-             f"policy_path={artifacts}/sft/model", f"eval.output_dir={artifacts}/eval_base", "eval.save_episodes=true", temperature],
-            artifacts / "eval_base" / "summary.json",
-            smoke_eval,
-        ),
-        Stage(
-            "world_model",
-            [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_{prefix}",
-             "stage=all", *common, f"extra_data_dirs=[{artifacts}/eval_base/episodes]", *replays],
-            artifacts / "world_model" / "world_model.json",
-            ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4", "++train.reward.batch_size=8",
-             "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false", *smoke_replays],
-        ),
-        Stage(
-            "grpo_world_model",
-            ["bash", "examples/embodiment/run_embodiment.sh", f"{prefix}_grpo_tinyvla", *common,
-             f"policy.temperature={configs.temperature}"],
-            rl_dir / "final" / "model" / "model.safetensors",
-            ["runner.max_iterations=1", "runner.eval_interval=0", "env.train.num_envs=4", "algorithm.group_size=2",
-             "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false"],
-        ),
-        Stage(
-            "eval_rl",
-            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
-             f"policy_path={rl_dir}/final/model", f"eval.output_dir={artifacts}/eval_rl", temperature],
-            artifacts / "eval_rl" / "summary.json",
-            smoke_eval,
-        ),
+        evaluation("eval_base", artifacts / "sft" / "model", artifacts / "eval_base"),
     ]
+    rollouts = [artifacts / "eval_base" / "episodes"]
+    world_model_dir, rl_dir, eval_dir = artifacts / "world_model", artifacts / "rl_grpo_wm", artifacts / "eval_rl"
+    stages += [
+        world_model("world_model", world_model_dir, rollouts, []),
+        grpo("grpo_world_model", rl_dir, world_model_dir, []),
+        evaluation("eval_rl", rl_dir / "final" / "model", eval_dir),
+    ]
+    for r in range(2, rounds + 1):
+        rollouts = [*rollouts, eval_dir / "episodes"]
+        refined = artifacts / f"world_model_r{r}"
+        next_rl, eval_dir = artifacts / f"rl_grpo_wm_r{r}", artifacts / f"eval_rl_r{r}"
+        stages += [
+            world_model(f"world_model_r{r}", refined, rollouts,
+                        [f"refine_from={world_model_dir}", f"train.dit.steps={configs.refine_dit_steps}"]),
+            grpo(f"grpo_world_model_r{r}", next_rl, refined, [f"policy.path={rl_dir / 'final'}"]),
+            evaluation(f"eval_rl_r{r}", next_rl / "final" / "model", eval_dir),
+        ]
+        world_model_dir, rl_dir = refined, next_rl
     return stages
 
 
@@ -164,8 +194,7 @@ class MemorySampler(threading.Thread):
 
 def run_stage(stage: Stage, smoke: bool, log_dir: Path, env: dict) -> float:
     command = stage.command + (stage.smoke_overrides if smoke else [])
-    if stage.name == "grpo_world_model":
-        env = {**env, "LOG_DIR": str(stage.done_marker.parents[2])}
+    env = {**env, **stage.env}
     log_path = log_dir / f"{stage.name}.log"
     print(f"[quickstart] {stage.name}: {shlex.join(command)}  (log: {log_path})", flush=True)
     start = time.perf_counter()
@@ -197,6 +226,8 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--task", default="drawer-open-v3", choices=sorted(TASKS))
     parser.add_argument("--smoke", action="store_true", help="tiny settings for CI (seconds per stage)")
+    parser.add_argument("--rounds", type=int, default=1,
+                        help="RL rounds; each after the first refines the world model on the last policy's real rollouts")
     parser.add_argument("--force", nargs="*", default=[], help="stages to rerun even when cached")
     parser.add_argument("--override", nargs="*", default=[], metavar="STAGE:KEY=VALUE",
                         help="a Hydra override for one stage, e.g. world_model:train.dit.steps=1500")
@@ -208,7 +239,7 @@ def main() -> None:
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable}
     configs = task_configs(args.task)
-    stages = build_stages(args.task, artifacts)
+    stages = build_stages(args.task, artifacts, args.rounds)
     by_name = {s.name: s for s in stages}
     unknown = set(args.force) - set(by_name)
     if unknown:
@@ -234,19 +265,21 @@ def main() -> None:
     total = time.perf_counter() - total_start
 
     base = read_summary(artifacts / "eval_base" / "summary.json")
-    after = read_summary(artifacts / "eval_rl" / "summary.json")
-    rl_summary = read_summary(artifacts / "rl_grpo_wm" / "summary.json")
+    suffixes = [""] + [f"_r{r}" for r in range(2, args.rounds + 1)]  # the stage and directory names of each round
+    after = [read_summary(artifacts / f"eval_rl{suffix}" / "summary.json") for suffix in suffixes]
+    rl_summary = read_summary(artifacts / f"rl_grpo_wm{suffixes[-1]}" / "summary.json")
     imagined = rl_summary.get("last_metrics", {}).get("env/success_once")
-    table = [
-        (f"base policy (SFT), real success, T={configs.temperature:g}", format_rate(base)),
-        (f"after GRPO in the world model, real success, T={configs.temperature:g}", format_rate(after)),
-        ("imagined success, last RL iteration", "n/a" if imagined is None else f"{100 * imagined:5.1f} %"),
-    ]
+    temperature = f"T={configs.temperature:g}"
+    table = [(f"base policy (SFT), real success, {temperature}", format_rate(base))]
+    table += [(f"after GRPO in the world model{f' round {r}' if args.rounds > 1 else ''}, real success, {temperature}",
+               format_rate(rate)) for r, rate in enumerate(after, 1)]
+    table += [("imagined success, last RL iteration", "n/a" if imagined is None else f"{100 * imagined:5.1f} %")]
     table += [(f"wall time: {name}", "cached" if t is None else f"{t / 60:.1f} min") for name, t in wall_times.items()]
     table += [("wall time: total", f"{total / 60:.1f} min"), ("peak memory (process tree + Ray)", f"{sampler.peak_bytes / 2**30:.2f} GiB")]
     width = max(len(k) for k, _ in table)
     print("\n" + "\n".join(f"| {k:<{width}} | {v} |" for k, v in table))
-    result = {"task": args.task, "smoke": args.smoke, "base": base, "after_rl": after, "imagined_success": imagined,
+    result = {"task": args.task, "smoke": args.smoke, "rounds": args.rounds, "base": base,
+              "after_rl": after[-1], "after_rl_by_round": after, "imagined_success": imagined,
               "wall_time_s": wall_times, "total_s": total, "peak_memory_bytes": sampler.peak_bytes}
     (artifacts / "quickstart.json").write_text(json.dumps(result, indent=2))
 

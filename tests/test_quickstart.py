@@ -11,14 +11,30 @@ ROOT = Path(__file__).resolve().parents[1]
 
 @pytest.mark.slow
 def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
-    """The README's main command at smoke size: every stage runs, writes its output, and a rerun is all cached."""
+    """The README's main command at smoke size, with a second (Dyna-style) round: every stage runs, writes its
+    output, and a rerun is all cached."""
     artifacts = ROOT / "outputs-smoke" / "drawer-open-v3"
     env = {**os.environ, "MUJOCO_GL": "egl", "RAY_AUTH_MODE": "disabled"}
-    first = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke"], cwd=ROOT, env=env,
+    first = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke", "--rounds", "2"], cwd=ROOT, env=env,
                            capture_output=True, text=True, timeout=1500)
     assert first.returncode == 0, first.stdout[-3000:] + first.stderr[-3000:]
     result = json.loads((artifacts / "quickstart.json").read_text())
     assert result["base"]["num_episodes"] == 4 and result["after_rl"]["num_episodes"] == 4
+    assert len(result["after_rl_by_round"]) == 2 and "round 2" in first.stdout
+    # round 2: the world model is refined on every recorded real rollout so far, keeping the tokenizer and
+    # continuing the DiT; GRPO continues from round 1's policy
+    refined = json.loads((artifacts / "world_model_r2" / "training_data.json").read_text())
+    first_round = json.loads((artifacts / "world_model" / "training_data.json").read_text())
+    assert refined["episodes"] == first_round["episodes"] + result["after_rl_by_round"][0]["num_episodes"]
+    tokenizer = "tokenizer/model/model.safetensors"
+    assert (artifacts / "world_model_r2" / tokenizer).read_bytes() == (artifacts / "world_model" / tokenizer).read_bytes()
+    dit_run = json.loads((artifacts / "world_model_r2" / "dit" / "train_config.json").read_text())
+    assert dit_run["init_weights"] == str(artifacts / "world_model" / "dit" / "model")
+    from omegaconf import OmegaConf
+
+    rl_config = OmegaConf.load(artifacts / "rl_grpo_wm_r2" / "config.yaml")
+    assert rl_config.policy.path == str(artifacts / "rl_grpo_wm" / "final")
+    assert rl_config.env.train.world_model_dir == str(artifacts / "world_model_r2")
     assert 0.0 <= result["base"]["success_rate"] <= 1.0
     # Both evaluations sample at GRPO's rollout temperature, from a Gaussian-head base
     assert result["base"]["temperature"] == result["after_rl"]["temperature"] == 4.0
@@ -27,10 +43,11 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     # The reward model also trained on world-model replays of the base policy's recorded episodes
     assert (artifacts / "world_model" / "generated_episodes.hdf5").is_file()
     assert result["peak_memory_bytes"] > 0
-    second = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke"], cwd=ROOT, env=env,
+    second = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke", "--rounds", "2"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
-    stages = ["collect", "world_model", "sft", "eval_base", "grpo_world_model", "eval_rl"]
+    stages = ["collect", "world_model", "sft", "eval_base", "grpo_world_model", "eval_rl",
+              "world_model_r2", "grpo_world_model_r2", "eval_rl_r2"]
     assert all(f"[quickstart] {name}: cached" in second.stdout for name in stages), second.stdout
 
 
