@@ -45,12 +45,15 @@ class TaskConfigs:
     reward_replays: int = 0
     # DiT steps of each later round's refit (--rounds): it continues from the previous round's DiT
     refine_dit_steps: int = 500
+    # episodes of the mean-action evaluations: the GRPO config's runner.eval_episodes, whose end-of-run evaluation
+    # (mean actions from initial states 0..n-1) the base's is compared with
+    deterministic_episodes: int = 50
 
 
 TASKS = {
     # The Gaussian-head base is nearly deterministic at 1 (docs/results.md, 2026-12-02)
     "drawer-open-v3": TaskConfigs("metaworld_drawer_open", smoke_eval_envs=4, temperature=4.0, reward_replays=100),
-    "libero_spatial": TaskConfigs("libero_spatial", smoke_eval_envs=1),  # needs the libero extra
+    "libero_spatial": TaskConfigs("libero_spatial", smoke_eval_envs=1, deterministic_episodes=10),  # needs the libero extra
 }
 
 
@@ -134,6 +137,15 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
             ["sft.max_steps=5", "sft.num_demos=-1"],
         ),
         evaluation("eval_base", artifacts / "sft" / "model", artifacts / "eval_base"),
+        # mean actions from each of the 50 initial states once: the protocol of GRPO's own end-of-run evaluation
+        Stage(
+            "eval_base_deterministic",
+            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
+             f"policy_path={artifacts / 'sft' / 'model'}", f"eval.output_dir={artifacts / 'eval_base_deterministic'}",
+             "eval.deterministic=true", f"eval.num_episodes={configs.deterministic_episodes}", "eval.num_videos=0"],
+            artifacts / "eval_base_deterministic" / "summary.json",
+            smoke_eval,
+        ),
     ]
     rollouts = [artifacts / "eval_base" / "episodes"]
     world_model_dir, rl_dir, eval_dir = artifacts / "world_model", artifacts / "rl_grpo_wm", artifacts / "eval_rl"
@@ -267,19 +279,28 @@ def main() -> None:
     base = read_summary(artifacts / "eval_base" / "summary.json")
     suffixes = [""] + [f"_r{r}" for r in range(2, args.rounds + 1)]  # the stage and directory names of each round
     after = [read_summary(artifacts / f"eval_rl{suffix}" / "summary.json") for suffix in suffixes]
-    rl_summary = read_summary(artifacts / f"rl_grpo_wm{suffixes[-1]}" / "summary.json")
-    imagined = rl_summary.get("last_metrics", {}).get("env/success_once")
+    rl_metrics = [read_summary(artifacts / f"rl_grpo_wm{suffix}" / "summary.json").get("last_metrics", {})
+                  for suffix in suffixes]
+    imagined = rl_metrics[-1].get("env/success_once")
+    # GRPO's end-of-run evaluation, in the shape of an evaluation summary
+    after_deterministic = [{"success_rate": m["eval/success_rate"], "num_episodes": int(m["eval/num_episodes"]),
+                            "success_rate_ci95": (m["eval/success_rate_lower"], m["eval/success_rate_upper"])}
+                           if "eval/success_rate" in m else {} for m in rl_metrics]
+    base_deterministic = read_summary(artifacts / "eval_base_deterministic" / "summary.json")
     temperature = f"T={configs.temperature:g}"
+    label = [f"after GRPO in the world model{f' round {r}' if args.rounds > 1 else ''}" for r in range(1, args.rounds + 1)]
     table = [(f"base policy (SFT), real success, {temperature}", format_rate(base))]
-    table += [(f"after GRPO in the world model{f' round {r}' if args.rounds > 1 else ''}, real success, {temperature}",
-               format_rate(rate)) for r, rate in enumerate(after, 1)]
+    table += [(f"{name}, real success, {temperature}", format_rate(rate)) for name, rate in zip(label, after)]
+    table += [("base policy (SFT), real success, mean actions", format_rate(base_deterministic))]
+    table += [(f"{name}, real success, mean actions", format_rate(rate)) for name, rate in zip(label, after_deterministic)]
     table += [("imagined success, last RL iteration", "n/a" if imagined is None else f"{100 * imagined:5.1f} %")]
     table += [(f"wall time: {name}", "cached" if t is None else f"{t / 60:.1f} min") for name, t in wall_times.items()]
     table += [("wall time: total", f"{total / 60:.1f} min"), ("peak memory (process tree + Ray)", f"{sampler.peak_bytes / 2**30:.2f} GiB")]
     width = max(len(k) for k, _ in table)
     print("\n" + "\n".join(f"| {k:<{width}} | {v} |" for k, v in table))
     result = {"task": args.task, "smoke": args.smoke, "rounds": args.rounds, "base": base,
-              "after_rl": after[-1], "after_rl_by_round": after, "imagined_success": imagined,
+              "after_rl": after[-1], "after_rl_by_round": after,
+              "base_deterministic": base_deterministic, "after_rl_deterministic_by_round": after_deterministic, "imagined_success": imagined,
               "wall_time_s": wall_times, "total_s": total, "peak_memory_bytes": sampler.peak_bytes}
     (artifacts / "quickstart.json").write_text(json.dumps(result, indent=2))
 

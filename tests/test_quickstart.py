@@ -21,6 +21,8 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     result = json.loads((artifacts / "quickstart.json").read_text())
     assert result["base"]["num_episodes"] == 4 and result["after_rl"]["num_episodes"] == 4
     assert len(result["after_rl_by_round"]) == 2 and "round 2" in first.stdout
+    # the base is also evaluated with its mean actions, the protocol of GRPO's end-of-run evaluation
+    assert result["base_deterministic"]["deterministic"] is True and result["base"]["deterministic"] is False
     # round 2: the world model is refined on every recorded real rollout so far, keeping the tokenizer and
     # continuing the DiT; GRPO continues from round 1's policy
     refined = json.loads((artifacts / "world_model_r2" / "training_data.json").read_text())
@@ -46,7 +48,7 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     second = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke", "--rounds", "2"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
-    stages = ["collect", "world_model", "sft", "eval_base", "grpo_world_model", "eval_rl",
+    stages = ["collect", "world_model", "sft", "eval_base", "eval_base_deterministic", "grpo_world_model", "eval_rl",
               "world_model_r2", "grpo_world_model_r2", "eval_rl_r2"]
     assert all(f"[quickstart] {name}: cached" in second.stdout for name in stages), second.stdout
 
@@ -58,7 +60,8 @@ def test_quickstart_smoke_on_libero_runs_the_same_stages(tmp_path):
     artifacts = ROOT / "outputs-smoke" / "libero_spatial"
     env = {**os.environ, "MUJOCO_GL": "egl", "RAY_AUTH_MODE": "disabled"}
     run = subprocess.run([sys.executable, "examples/quickstart.py", "--task", "libero_spatial", "--smoke",
-                          "--force", "collect", "sft", "eval_base", "world_model", "grpo_world_model", "eval_rl"],
+                          "--force", "collect", "sft", "eval_base", "eval_base_deterministic", "world_model",
+                          "grpo_world_model", "eval_rl"],
                          cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
     assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
     result = json.loads((artifacts / "quickstart.json").read_text())
