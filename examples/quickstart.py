@@ -90,12 +90,12 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
         replays = [f"train.reward_generated_episodes={configs.reward_replays}", "train.reward_generated_kinds=[policy]"]
         smoke_replays = ["train.reward_generated_episodes=2"]
 
-    def evaluation(name: str, policy: Path, out: Path) -> Stage:
-        # every evaluation records its episodes: the next round's world model trains on them
+    # sampled evaluations record their episodes: the next round's world model trains on them
+    def evaluation(name: str, policy: Path, out: Path, settings=("eval.save_episodes=true", temperature)) -> Stage:
         return Stage(
             name,
             [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
-             f"policy_path={policy}", f"eval.output_dir={out}", "eval.save_episodes=true", temperature],
+             f"policy_path={policy}", f"eval.output_dir={out}", *settings],
             out / "summary.json",
             smoke_eval,
         )
@@ -137,15 +137,9 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
             ["sft.max_steps=5", "sft.num_demos=-1"],
         ),
         evaluation("eval_base", artifacts / "sft" / "model", artifacts / "eval_base"),
-        # mean actions from each of the 50 initial states once: the protocol of GRPO's own end-of-run evaluation
-        Stage(
-            "eval_base_deterministic",
-            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
-             f"policy_path={artifacts / 'sft' / 'model'}", f"eval.output_dir={artifacts / 'eval_base_deterministic'}",
-             "eval.deterministic=true", f"eval.num_episodes={configs.deterministic_episodes}", "eval.num_videos=0"],
-            artifacts / "eval_base_deterministic" / "summary.json",
-            smoke_eval,
-        ),
+        # mean actions from initial states 0..n-1 once each: the protocol of GRPO's own end-of-run evaluation
+        evaluation("eval_base_deterministic", artifacts / "sft" / "model", artifacts / "eval_base_deterministic",
+                   ("eval.deterministic=true", f"eval.num_episodes={configs.deterministic_episodes}", "eval.num_videos=0")),
     ]
     rollouts = [artifacts / "eval_base" / "episodes"]
     world_model_dir, rl_dir, eval_dir = artifacts / "world_model", artifacts / "rl_grpo_wm", artifacts / "eval_rl"
@@ -300,7 +294,8 @@ def main() -> None:
     print("\n" + "\n".join(f"| {k:<{width}} | {v} |" for k, v in table))
     result = {"task": args.task, "smoke": args.smoke, "rounds": args.rounds, "base": base,
               "after_rl": after[-1], "after_rl_by_round": after,
-              "base_deterministic": base_deterministic, "after_rl_deterministic_by_round": after_deterministic, "imagined_success": imagined,
+              "base_deterministic": base_deterministic, "after_rl_deterministic_by_round": after_deterministic,
+              "imagined_success": imagined,
               "wall_time_s": wall_times, "total_s": total, "peak_memory_bytes": sampler.peak_bytes}
     (artifacts / "quickstart.json").write_text(json.dumps(result, indent=2))
 
