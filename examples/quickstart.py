@@ -45,6 +45,10 @@ class TaskConfigs:
     reward_replays: int = 0
     # DiT steps of each later round's refit (--rounds): it continues from the previous round's DiT
     refine_dit_steps: int = 500
+    # GRPO's KL penalty towards the round's start policy in later rounds: the refit model is only right near the
+    # policy it was refit on; without it round 2 exploited the model (41 % real), with 1.0 it reached 53 %
+    # (docs/results.md, 2026-12-04 sixth session)
+    refine_kl_coef: float = 1.0
     # episodes of the mean-action evaluations: the GRPO config's runner.eval_episodes, whose end-of-run evaluation
     # (mean actions from initial states 0..n-1) the base's is compared with
     deterministic_episodes: int = 50
@@ -155,7 +159,8 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
         stages += [
             world_model(f"world_model_r{r}", refined, rollouts,
                         [f"refine_from={world_model_dir}", f"train.dit.steps={configs.refine_dit_steps}"]),
-            grpo(f"grpo_world_model_r{r}", next_rl, refined, [f"policy.path={rl_dir / 'final'}"]),
+            grpo(f"grpo_world_model_r{r}", next_rl, refined,
+                 [f"policy.path={rl_dir / 'final'}", f"algorithm.kl_coef={configs.refine_kl_coef}"]),
             evaluation(f"eval_rl_r{r}", next_rl / "final" / "model", eval_dir),
         ]
         world_model_dir, rl_dir = refined, next_rl

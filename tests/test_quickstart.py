@@ -37,6 +37,7 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     rl_config = OmegaConf.load(artifacts / "rl_grpo_wm_r2" / "config.yaml")
     assert rl_config.policy.path == str(artifacts / "rl_grpo_wm" / "final")
     assert rl_config.env.train.world_model_dir == str(artifacts / "world_model_r2")
+    assert rl_config.algorithm.kl_coef > 0  # anchored to the policy the model was refit on
     assert 0.0 <= result["base"]["success_rate"] <= 1.0
     # Both evaluations sample at GRPO's rollout temperature, from a Gaussian-head base
     assert result["base"]["temperature"] == result["after_rl"]["temperature"] == 4.0
