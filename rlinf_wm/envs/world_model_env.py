@@ -38,6 +38,7 @@ from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
 from rlinf_wm.envs.world_model_frames import WorldModelFrames
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
+from rlinf_wm.envs.world_model_placement import ModelPlacement
 from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
 
 REWARD_TYPES = ("success_once", "relative")
@@ -147,8 +148,7 @@ class WorldModelEnv(ChunkEnv):
         self._counting_dit = CountingModel(self.dit, self.timings)
         self._frames = WorldModelFrames(self.tokenizer, self.reward_model, self.initial_states, self.num_cond_latent_frames,
                                         self.chunk_size, self.device, self.dtype, self.timings)
-        self._onloaded = True
-        self._move_models(self.device)
+        self._placement = ModelPlacement(self.tokenizer, self.dit, self.reward_model, self.device, self.dtype)
 
         b = self.num_envs
         height, width = self.initial_states.image_size
@@ -182,14 +182,6 @@ class WorldModelEnv(ChunkEnv):
         return (*self.initial_states.image_size, 3)
 
     # ------------------------------------------------------------------ offloading
-    def _models(self) -> tuple[torch.nn.Module, ...]:
-        return self.tokenizer, self.dit, self.reward_model
-
-    def _move_models(self, device: torch.device) -> None:
-        self.tokenizer.to(device=device, dtype=torch.float32)
-        self.reward_model.to(device=device, dtype=torch.float32)
-        self.dit.to(device=device, dtype=self.dtype)
-
     def _move_state(self, device: torch.device) -> None:
         if self._context is not None:
             self._context = self._context.to(device)
@@ -197,27 +189,23 @@ class WorldModelEnv(ChunkEnv):
 
     def offload(self) -> None:
         """Move every parameter and buffer of tokenizer, DiT and reward model (and the latent state) to CPU."""
-        self._move_models(torch.device("cpu"))
+        self._placement.offload()
         self._move_state(torch.device("cpu"))
-        self._onloaded = False
-        if torch.cuda.is_available():
-            torch.cuda.empty_cache()  # give the freed blocks back, so another component can use them
 
     def onload(self) -> None:
-        self._move_models(self.device)
+        self._placement.onload()
         self._move_state(self.device)
-        self._onloaded = True
 
     @property
     def is_onloaded(self) -> bool:
-        return self._onloaded
+        return self._placement.onloaded
 
     def model_devices(self) -> set[str]:
         """Devices holding any parameter or buffer of the three models."""
-        return {str(t.device) for m in self._models() for t in (*m.parameters(), *m.buffers())}
+        return self._placement.devices()
 
     def _require_ready(self, call: str) -> None:
-        if not self._onloaded:
+        if not self._placement.onloaded:
             raise RuntimeError(f"WorldModelEnv.{call} called while offloaded: call onload() first")
 
     # ------------------------------------------------------------------ ChunkEnv

@@ -1,0 +1,40 @@
+"""Where a world model's three networks live, and moving them there and back (offloading).
+
+The DiT runs in the configured dtype (``bfloat16`` on GPUs); the tokenizer and the reward model stay float32.
+"""
+
+from __future__ import annotations
+
+import torch
+
+
+class ModelPlacement:
+    """Moves the tokenizer, DiT and reward model together; ``onloaded`` says whether they are on ``device``."""
+
+    def __init__(self, tokenizer: torch.nn.Module, dit: torch.nn.Module, reward_model: torch.nn.Module,
+                 device: torch.device, dtype: torch.dtype) -> None:
+        self.models = (tokenizer, dit, reward_model)
+        self.device, self.dtype = device, dtype
+        self.onloaded = False
+        self.onload()
+
+    def _move(self, device: torch.device) -> None:
+        tokenizer, dit, reward_model = self.models
+        tokenizer.to(device=device, dtype=torch.float32)
+        reward_model.to(device=device, dtype=torch.float32)
+        dit.to(device=device, dtype=self.dtype)
+
+    def offload(self) -> None:
+        """Every parameter and buffer to CPU."""
+        self._move(torch.device("cpu"))
+        self.onloaded = False
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()  # give the freed blocks back, so another component can use them
+
+    def onload(self) -> None:
+        self._move(self.device)
+        self.onloaded = True
+
+    def devices(self) -> set[str]:
+        """Devices holding any parameter or buffer of the three models."""
+        return {str(t.device) for m in self.models for t in (*m.parameters(), *m.buffers())}
