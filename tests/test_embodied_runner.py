@@ -4,6 +4,7 @@ GRPO and PPO runs, resume, crashed workers, and config errors that stop a run be
 import importlib.util
 import json
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -93,9 +94,10 @@ def test_bad_override_fails_before_ray_starts_and_names_the_key(tmp_path, policy
     ("cluster.rollout.num_workers=3", "cluster.rollout.num_workers: 3 rollout workers would leave some idle"),
     ("env.eval.camera=nowhere", "env.eval.camera: 'nowhere' is not one of"),
     ("env.train.task=door-open-v3", "env.train.task: 'door-open-v3' differs from task='drawer-open-v3'"),
+    ("runner.eval_temperature=0", "runner.eval_temperature: must be > 0 or null (mean actions), got 0.0"),
 ])
 def test_config_errors_name_the_full_key_path(tmp_path, policy_path, override, message):
-    with pytest.raises(ConfigError, match=message.replace("[", r"\[").replace("(", r"\(")):
+    with pytest.raises(ConfigError, match=re.escape(message)):
         compose_config(GRPO, tiny_overrides(policy_path, tmp_path) + [override])
 
 
@@ -159,7 +161,8 @@ def test_grpo_realsim_run_logs_metrics_checkpoints_and_evaluates(local_ray, poli
     for n in (1, 2):
         assert (log_dir / f"checkpoints/iter_{n}/state.pt").is_file()
         assert (log_dir / f"checkpoints/iter_{n}/policy/config.json").is_file()
-    assert (log_dir / "eval/iter_2/summary.json").is_file()
+    eval_summary = json.loads((log_dir / "eval/iter_2/summary.json").read_text())
+    assert eval_summary["deterministic"] is True  # runner.eval_temperature null: mean actions
     assert "num_envs: 4" in (log_dir / "config.yaml").read_text()
     assert list((log_dir / "tensorboard").glob("events.out.tfevents.*"))
     summary = json.loads((log_dir / "summary.json").read_text())

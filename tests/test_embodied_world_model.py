@@ -3,6 +3,7 @@ the imagined-minus-real calibration metric is logged. Slow: it records episodes 
 world model's three parts first (about a minute on one CPU core)."""
 
 import importlib.util
+import json
 from pathlib import Path
 
 import numpy as np
@@ -74,7 +75,7 @@ def test_grpo_in_the_world_model_logs_imagined_minus_real_success(world_model_ro
         "env.train.num_envs=4", "algorithm.group_size=2", "env.train.max_episode_steps=8",
         f"env.eval.image_size=[{IMAGE},{IMAGE}]", "env.eval.max_episode_steps=8", "env.eval.num_envs=2",
         "runner.max_iterations=2", "runner.eval_interval=2", "runner.eval_episodes=2", "runner.eval_workers=0",
-        "runner.progress_bar=false", "algorithm.zero_variance_groups=keep",
+        "runner.progress_bar=false", "algorithm.zero_variance_groups=keep", "runner.eval_temperature=4.0",
     ]
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
         cfg, resolved = prepare(compose("metaworld_drawer_open_grpo_tinyvla", overrides=overrides))
@@ -92,3 +93,6 @@ def test_grpo_in_the_world_model_logs_imagined_minus_real_success(world_model_ro
     assert "calibration/imagined_minus_real_success" not in rows[0]  # no evaluation in iteration 1
     assert rows[1]["calibration/imagined_minus_real_success"] == pytest.approx(
         rows[1]["env/success_once"] - rows[1]["eval/success_rate"])
+    # evaluated as the rollouts act: sampled at the given temperature, not with mean actions
+    eval_summary = json.loads((tmp_path / "run/eval/iter_2/summary.json").read_text())
+    assert eval_summary["deterministic"] is False and eval_summary["temperature"] == 4.0

@@ -29,7 +29,11 @@ class RunnerConfig:
     # budget. Compares runs by the data they consumed, e.g. real-sim RL with as many steps as a world model saw.
     max_env_steps: int | None = None
     eval_interval: int = 10  # evaluate in the real simulator every N iterations (and after the last); 0 = never
-    eval_episodes: int = 20  # deterministic episodes from initial states 0..N-1 (the same every time)
+    eval_episodes: int = 20  # episodes from initial states 0..N-1 (cycling), the same states every time
+    # null: the policy's mean actions. A number: actions sampled at that temperature (the same sampling seed every
+    # evaluation). Sampled at the rollouts' policy.temperature, the evaluation measures the policy RL trains, so
+    # calibration/imagined_minus_real_success compares like with like.
+    eval_temperature: float | None = None
     eval_workers: int = 1  # Ray actors running them, cluster.env.num_cpus each (0 = in the driver process)
     eval_videos: int = 2  # episodes recorded per evaluation under <log_dir>/eval/iter_N
     save_interval: int = 10  # checkpoint every N iterations (and after the last); 0 = only after the last
@@ -46,6 +50,9 @@ class RunnerConfig:
             require(getattr(self, name) >= 1, f"{path}.{name}", f"must be >= 1, got {getattr(self, name)}")
         for name in ("eval_interval", "save_interval", "eval_workers", "eval_videos", "max_worker_restarts"):
             require(getattr(self, name) >= 0, f"{path}.{name}", f"must be >= 0, got {getattr(self, name)}")
+        if self.eval_temperature is not None:
+            require(self.eval_temperature > 0, f"{path}.eval_temperature",
+                    f"must be > 0 or null (mean actions), got {self.eval_temperature}")
         if self.max_env_steps is not None:
             require(self.max_env_steps >= 1, f"{path}.max_env_steps", f"must be >= 1 or null, got {self.max_env_steps}")
 

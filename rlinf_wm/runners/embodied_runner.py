@@ -268,9 +268,10 @@ class EmbodiedRunner:
 
     # --- evaluation and checkpoints --------------------------------------------------------
     def _evaluate(self) -> dict[str, float]:
-        """Deterministic episodes in the real simulator (``env.eval``) with the current weights.
+        """Episodes in the real simulator (``env.eval``) with the current weights: mean actions, or sampled at
+        ``runner.eval_temperature``.
 
-        The same initial states every time (ids 0..eval_episodes-1), so evaluations are comparable.
+        The same initial states and sampling seed every time, so evaluations are comparable.
         """
         from rlinf_wm.config.policy_schema import EvalConfig, EvalEnvGroup, EvalRunConfig
         from rlinf_wm.runners.evaluate import run_evaluation
@@ -280,7 +281,8 @@ class EmbodiedRunner:
         self._actor_call("save_policy", str(policy_dir))
         eval_cfg = EvalConfig(
             num_episodes=cfg.runner.eval_episodes, num_workers=cfg.runner.eval_workers,
-            cpus_per_worker=max(cfg.cluster.env.num_cpus, 0.01), seed=cfg.runner.seed, deterministic=True,
+            cpus_per_worker=max(cfg.cluster.env.num_cpus, 0.01), seed=cfg.runner.seed,
+            deterministic=cfg.runner.eval_temperature is None, temperature=cfg.runner.eval_temperature or 1.0,
             num_videos=cfg.runner.eval_videos, output_dir=str(self.log_dir / "eval" / f"iter_{self.iteration}"),
         )
         if eval_cfg.num_workers:
