@@ -1,0 +1,238 @@
+"""Are a policy's imagined successes real? Its imagined episodes' actions, replayed in the real simulator.
+
+GRPO in the world model reinforces the action sequences the world model calls successes. This benchmark runs a
+policy closed loop in the world model from Meta-World's real initial states (reset ids 0..N-1, the world model
+conditioned on each state's real reset frame), records every imagined episode's actions, and replays them open
+loop in the real simulator from the same state (Meta-World is deterministic per reset id). The same policy also
+runs closed loop in the real simulator from the same states, at the same temperature. Per policy:
+
+* ``imagined``: closed-loop success in the world model: what RL is rewarded by;
+* ``replayed``: the same action sequences in the real simulator, success within the chunks the imagined episode
+  ran: are the actions the world model rewarded really successful?
+* ``real``: closed-loop success in the real simulator: what the policy achieves;
+
+so ``imagined - real = (imagined - replayed) + (replayed - real)``: the world model's error on the policy's own
+actions, plus the difference between acting on imagined and on real frames. An imagined success whose replay
+fails is attributed to the reward model when its success rule (threshold, chunk-end frames in a row) also fires
+on the *real* replay frames, and to the DiT otherwise (it generated a success the actions do not cause). Frame
+PSNR of imagined against replayed chunk-end frames, per chunk index, shows where the two part.
+
+    .venv/bin/python benchmarks/wm_imagined_replay.py --run-dir outputs/drawer-open-v3/rl_grpo_wm \
+        --policy outputs/drawer-open-v3/sft/model outputs/drawer-open-v3/rl_grpo_wm/final/model \
+        [--states 50] [--episodes-per-state 1] [--temperature 4.0] [--save-frames DIR] [--threads 2]
+
+The world-model env is the RL run's ``env.train`` (its ``config.yaml``), the real env its ``env.eval``. Prints one
+JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import math
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("MUJOCO_GL", "egl")
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import numpy as np  # noqa: E402
+
+from wm_calibration import imagined_outcome, psnr  # noqa: E402
+from wm_policy_calibration import run_config  # noqa: E402
+
+
+def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: float) -> list[dict]:
+    """The policy closed loop in the world model: per episode its action chunks [C, K, A], chunk-end frames
+    [C + 1, H, W, 3] (the reset frame first) and success."""
+    import torch
+
+    generator = torch.Generator().manual_seed(seed)
+    batch, episodes = env.num_envs, []
+    max_chunks = math.ceil(env.max_episode_steps / env.chunk_size) + 2
+    for round_index, begin in enumerate(range(0, len(starts), batch)):
+        ids = starts[begin : begin + batch]
+        used = len(ids)
+        ids = ids + [ids[-1]] * (batch - used)  # a short last round: spare envs repeat a start, results dropped
+        obs = env.reset(ids=np.asarray(ids), seed=seed + round_index)
+        frames, actions = [obs.images], []
+        done, chunks_run = np.zeros(batch, bool), np.zeros(batch, np.int64)
+        for _ in range(max_chunks):
+            if done.all():
+                break
+            chosen = np.asarray(policy.act(obs, deterministic=False, temperature=temperature, generator=generator).actions)
+            step = env.chunk_step(chosen)
+            chunks_run += ~done
+            done |= (step.terminated | step.truncated).any(axis=1)
+            actions.append(chosen)
+            frames.append(step.obs.images)
+            obs = step.obs
+        actions, frames = np.stack(actions, 1), np.stack(frames, 1)
+        for b in range(used):
+            n = int(chunks_run[b])
+            episodes.append({"actions": actions[b, :n], "frames": frames[b, : n + 1], "success": bool(step.info["success"][b])})
+    return episodes
+
+
+def replay(env, reset_ids: list[int], episodes: list[dict]) -> list[dict]:
+    """Each episode's actions open loop in the real env from its reset id: success within the chunks the episode
+    ran (a real success in the last chunk counts, as the imagined one did) and the chunk-end frames."""
+    batch, out = env.num_envs, []
+    for begin in range(0, len(episodes), batch):
+        group = episodes[begin : begin + batch]
+        ids = reset_ids[begin : begin + batch]
+        ids = ids + [ids[-1]] * (batch - len(group))
+        obs = env.reset(ids=np.asarray(ids))
+        lengths = np.array([len(e["actions"]) for e in group])
+        chunk_shape = group[0]["actions"].shape[1:]
+        success = np.zeros(len(group), bool)
+        frames = [[obs.images[b]] for b in range(len(group))]
+        for c in range(int(lengths.max())):
+            chunk = np.zeros((batch, *chunk_shape), np.float32)  # zero actions: the arm holds still
+            for b, episode in enumerate(group):
+                if c < lengths[b]:
+                    chunk[b] = episode["actions"][c]
+            step = env.chunk_step(chunk)
+            running = c < lengths
+            success |= np.asarray(step.info["success"][: len(group)], bool) & running
+            for b in np.flatnonzero(running):
+                frames[b].append(step.obs.images[b])
+        out += [{"success": bool(success[b]), "frames": np.stack(frames[b])} for b in range(len(group))]
+    return out
+
+
+def attribute(imagined: np.ndarray, replayed: np.ndarray, reward_fires_on_real: np.ndarray) -> dict:
+    """Split the imagined successes whose replay fails between the reward model (its rule fires on the real replay
+    frames too) and the DiT (it does not: the generated frames show a success the real ones do not)."""
+    false = imagined & ~replayed
+    return {"imagined_successes": int(imagined.sum()), "false_imagined_successes": int(false.sum()),
+            "false_by_reward_model": int((false & reward_fires_on_real).sum()),
+            "false_by_dit": int((false & ~reward_fires_on_real).sum()),
+            # the other way round: a replay succeeds that the world model did not call
+            "missed_imagined_successes": int((~imagined & replayed).sum())}
+
+
+def rate(x) -> float:
+    return round(float(np.mean(x)), 4)
+
+
+def evaluate_policy(policy_dir: Path, wm_env, real_env, reset_ids: list[int], args) -> tuple[dict, list, list]:
+    import torch
+
+    from rlinf_wm.models.policy import load_policy
+    from rlinf_wm.workers.eval_worker import run_episodes
+
+    policy = load_policy(policy_dir)
+    t0 = time.perf_counter()
+    imagined = imagined_episodes(wm_env, policy, reset_ids, args.seed, args.temperature)
+    t1 = time.perf_counter()
+    replayed = replay(real_env, reset_ids, imagined)
+    t2 = time.perf_counter()
+    real = run_episodes(real_env, policy, reset_ids, seed=args.seed, deterministic=False, temperature=args.temperature)
+    t3 = time.perf_counter()
+
+    # The env's own success rule, applied by its reward model to the real replay's chunk-end frames.
+    reward_model, threshold = wm_env.reward_model, wm_env.reward_threshold
+    if reward_model.num_frames != 1:
+        raise SystemExit("the reward model scores clips of several frames; this benchmark scores single frames")
+    fires = []
+    for episode in replayed:
+        with torch.no_grad():
+            probs = reward_model.predict_proba(torch.from_numpy(episode["frames"][1:])).numpy()
+        fires.append(bool(imagined_outcome(probs[None], threshold, wm_env.success_consecutive, 1)[0][0]))
+    i_success = np.array([e["success"] for e in imagined])
+    r_success = np.array([e["success"] for e in replayed])
+    c_success = np.array([bool(e["success"]) for e in real["episodes"]])
+    # imagined vs replayed frames at each chunk index both episodes reached
+    by_chunk: dict[int, list[float]] = {}
+    for im, re in zip(imagined, replayed):
+        for c in range(1, min(len(im["frames"]), len(re["frames"]))):
+            by_chunk.setdefault(c, []).append(psnr(im["frames"][c], re["frames"][c]))
+    marks = [c for c in (1, 5, 10, 20, 30) if c in by_chunk]
+    report = {
+        "policy": str(policy_dir), "episodes": len(reset_ids),
+        "imagined_success": rate(i_success), "replayed_success": rate(r_success), "real_success": rate(c_success),
+        "imagined_minus_real_pp": round(100 * (i_success.mean() - c_success.mean()), 1),
+        "world_model_error_pp": round(100 * (i_success.mean() - r_success.mean()), 1),  # imagined - replayed
+        "closed_loop_difference_pp": round(100 * (r_success.mean() - c_success.mean()), 1),  # replayed - real
+        **attribute(i_success, r_success, np.array(fires)),
+        "precision_of_imagined_success": rate(r_success[i_success]) if i_success.any() else None,
+        "frame_psnr_db_by_chunk": {c: round(float(np.mean(by_chunk[c])), 2) for c in marks},
+        "seconds": {"imagined": round(t1 - t0, 1), "replay": round(t2 - t1, 1), "real": round(t3 - t2, 1)},
+    }
+    return report, imagined, replayed
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--run-dir", type=Path, required=True, help="an RL run (its config.yaml gives both envs)")
+    parser.add_argument("--policy", type=Path, nargs="+", required=True, help="save_pretrained policy directories")
+    parser.add_argument("--states", type=int, default=50, help="real reset ids 0..N-1")
+    parser.add_argument("--episodes-per-state", type=int, default=1)
+    parser.add_argument("--temperature", type=float, default=None, help="default: the run's policy.temperature")
+    parser.add_argument("--num-envs", type=int, default=50, help="imagined envs per sampler run")
+    parser.add_argument("--real-envs", type=int, default=10, help="real simulator envs stepped together")
+    parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--save-frames", type=Path, default=None, metavar="DIR",
+                        help="write <policy n>_false_successes.png: replayed over imagined frames of up to 4 of them")
+    args = parser.parse_args()
+    for name in ("states", "episodes_per_state", "num_envs", "real_envs"):
+        if getattr(args, name) < 1:
+            parser.error(f"--{name.replace('_', '-')} must be >= 1")
+
+    import torch
+
+    from rlinf_wm.data.initial_states import InitialStates
+    from rlinf_wm.envs import make_env
+
+    torch.set_num_threads(args.threads)
+    config = run_config(args.run_dir)
+    if args.temperature is None:
+        args.temperature = float(config["policy"]["temperature"])
+    episodes = args.states * args.episodes_per_state
+    real_cfg = dict(config["env"]["eval"])
+    real_type = real_cfg.pop("env_type")
+    with make_env(real_type, **{**real_cfg, "num_envs": 1}) as single:
+        resets = [single.reset(ids=[s]) for s in range(args.states)]
+    reset_frames, instruction = np.stack([r.images[0] for r in resets]), resets[0].instructions[0]
+    real_env = make_env(real_type, **{**real_cfg, "num_envs": min(args.real_envs, episodes)})
+    reset_ids = [s for s in range(args.states) for _ in range(args.episodes_per_state)]
+    with tempfile.TemporaryDirectory() as tmp:
+        # the world model starts from each state's real reset frame: the same scene on both sides
+        states_path = Path(tmp) / "initial_states.hdf5"
+        InitialStates.from_frames(reset_frames, [instruction] * args.states, reset_ids=np.arange(args.states)).save(states_path)
+        wm_cfg = {**config["env"]["train"], "num_envs": min(args.num_envs, episodes), "initial_states_path": str(states_path)}
+        wm_env = make_env(wm_cfg.pop("env_type"), **wm_cfg)
+        reports = []
+        for n, policy_dir in enumerate(args.policy):
+            report, imagined, replayed = evaluate_policy(policy_dir, wm_env, real_env, reset_ids, args)
+            reports.append(report)
+            print(f"{policy_dir}: imagined {report['imagined_success']:.2f} replayed {report['replayed_success']:.2f} "
+                  f"real {report['real_success']:.2f}; false imagined successes {report['false_imagined_successes']} "
+                  f"(reward model {report['false_by_reward_model']}, DiT {report['false_by_dit']})", flush=True)
+            false = [i for i, (im, re) in enumerate(zip(imagined, replayed)) if im["success"] and not re["success"]][:4]
+            if args.save_frames and false:
+                import imageio.v3 as iio
+
+                from wm_calibration import side_by_side
+
+                args.save_frames.mkdir(parents=True, exist_ok=True)
+                # two rows per episode: the real replay over the imagined frames at the same chunks
+                image = np.concatenate([side_by_side([replayed[i]["frames"]], imagined[i]["frames"][None], [0])
+                                        for i in false], 0)
+                iio.imwrite(args.save_frames / f"policy{n}_false_successes.png", image)
+    real_env.close()
+    print(json.dumps({"run_dir": str(args.run_dir), "temperature": args.temperature, "states": args.states,
+                      "episodes_per_state": args.episodes_per_state,
+                      "success_rule": {"threshold": wm_env.reward_threshold, "consecutive": wm_env.success_consecutive},
+                      "policies": reports}))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,94 @@
+"""benchmarks/wm_imagined_replay.py: a policy's imagined episodes recorded, replayed in another env, and the false
+imagined successes attributed to the reward model or the DiT."""
+
+import importlib.util
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import numpy as np
+import pytest
+
+from rlinf_wm.envs.base import ChunkStep, Obs
+from rlinf_wm.envs.world_model_env import WorldModelEnv
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(Path(__file__).parent))
+from world_model_fixtures import CHUNK, make_world_model  # noqa: E402
+
+spec = importlib.util.spec_from_file_location("wm_imagined_replay", ROOT / "benchmarks" / "wm_imagined_replay.py")
+replay_benchmark = importlib.util.module_from_spec(spec)
+spec.loader.exec_module(replay_benchmark)
+
+
+class PushEnv:
+    """A real env stand-in: success once the summed first action component reaches 1 (chunk_size 2)."""
+
+    def __init__(self, num_envs: int) -> None:
+        self.num_envs = num_envs
+
+    def reset(self, ids) -> Obs:
+        self.total = np.zeros(self.num_envs)
+        self.success = np.zeros(self.num_envs, bool)
+        self.ids = np.asarray(ids)
+        return self._obs()
+
+    def chunk_step(self, actions) -> ChunkStep:
+        self.total += actions[:, :, 0].sum(axis=1)
+        self.success |= self.total >= 1.0
+        flags = np.zeros((self.num_envs, actions.shape[1]), bool)
+        return ChunkStep(self._obs(), np.zeros(flags.shape, np.float32), flags, flags, {"success": self.success.copy()})
+
+    def _obs(self) -> Obs:
+        images = np.zeros((self.num_envs, 2, 2, 3), np.uint8)
+        images[..., 0] = (self.total * 100).clip(0, 255)[:, None, None] if hasattr(self, "total") else 0
+        return Obs(images=images, instructions=["push"] * self.num_envs)
+
+
+def episode(pushes: list[float]) -> dict:
+    actions = np.zeros((len(pushes), 2, 4), np.float32)
+    actions[:, 0, 0] = pushes
+    return {"actions": actions}
+
+
+def test_replay_counts_real_success_only_within_the_chunks_the_episode_ran():
+    episodes = [episode([0.5, 0.5]),        # reaches 1 in its last chunk: a success
+                episode([0.5]),             # ends at 0.5: the zero actions after it never push further
+                episode([0.2, 0.2, 0.2]),   # never reaches 1
+                episode([1.0])]             # success in its first chunk (on the second batch of envs)
+    out = replay_benchmark.replay(PushEnv(num_envs=3), [0, 1, 2, 3], episodes)
+    assert [e["success"] for e in out] == [True, False, False, True]
+    # a frame per chunk the episode ran, after the reset frame
+    assert [len(e["frames"]) for e in out] == [3, 2, 4, 2]
+    assert out[0]["frames"][-1][0, 0, 0] == 100 and out[1]["frames"][-1][0, 0, 0] == 50
+
+
+def test_false_imagined_successes_are_split_between_reward_model_and_dit():
+    imagined = np.array([True, True, True, False, False])
+    replayed = np.array([True, False, False, True, False])
+    reward_fires_on_real = np.array([True, True, False, False, False])
+    assert replay_benchmark.attribute(imagined, replayed, reward_fires_on_real) == {
+        "imagined_successes": 3, "false_imagined_successes": 2, "false_by_reward_model": 1, "false_by_dit": 1,
+        "missed_imagined_successes": 1}
+
+
+class FixedPolicy:
+    """Pushes by +0.5 on the first action component every step, whatever it sees."""
+
+    def act(self, obs, deterministic, temperature, generator):
+        actions = np.zeros((len(obs.instructions), CHUNK, 4), np.float32)
+        actions[:, :, 0] = 0.5
+        return SimpleNamespace(actions=actions)
+
+
+@pytest.mark.parametrize("threshold, expect_success", [(-1.0, True), (2.0, False)])
+def test_imagined_episodes_record_actions_and_frames_up_to_the_episode_end(tmp_path, threshold, expect_success):
+    env = WorldModelEnv(str(make_world_model(tmp_path / "wm")), num_envs=2, max_episode_steps=6,
+                        reward_threshold=threshold)
+    episodes = replay_benchmark.imagined_episodes(env, FixedPolicy(), [0, 1, 2], seed=0, temperature=1.0)
+    assert len(episodes) == 3  # the last round ran with a spare env whose episode is dropped
+    chunks = 1 if expect_success else 6 // CHUNK  # every frame scores >= -1: success after the first chunk
+    for e in episodes:
+        assert e["success"] is expect_success
+        assert e["actions"].shape == (chunks, CHUNK, 4) and np.all(e["actions"][..., 0] == 0.5)
+        assert e["frames"].shape[0] == chunks + 1
