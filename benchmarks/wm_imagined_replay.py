@@ -15,11 +15,13 @@ so ``imagined - real = (imagined - replayed) + (replayed - real)``: the world mo
 actions, plus the difference between acting on imagined and on real frames. An imagined success whose replay
 fails is attributed to the reward model when its success rule (threshold, chunk-end frames in a row) also fires
 on the *real* replay frames, and to the DiT otherwise (it generated a success the actions do not cause). Frame
-PSNR of imagined against replayed chunk-end frames, per chunk index, shows where the two part.
+PSNR of imagined against replayed chunk-end frames, per chunk index, shows where the two part. With ``--resample N``
+every imagined episode's actions run open loop in the world model N more times with other sampler noise: is a false
+success the DiT's belief about those actions, or a noise draw that a rule over several draws would filter?
 
     .venv/bin/python benchmarks/wm_imagined_replay.py --run-dir outputs/drawer-open-v3/rl_grpo_wm \
         --policy outputs/drawer-open-v3/sft/model outputs/drawer-open-v3/rl_grpo_wm/final/model \
-        [--states 50] [--episodes-per-state 1] [--temperature 4.0] [--save-frames DIR] [--threads 2]
+        [--states 50] [--episodes-per-state 1] [--temperature 4.0] [--resample N] [--save-frames DIR] [--threads 2]
 
 The world-model env is the RL run's ``env.train`` (its ``config.yaml``), the real env its ``env.eval``. Prints one
 JSON object as its last line.
@@ -43,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from wm_calibration import imagined_outcome, psnr  # noqa: E402
+from wm_calibration import imagined_outcome, padded_chunks, psnr, run_imagined  # noqa: E402
 from wm_policy_calibration import run_config  # noqa: E402
 
 
@@ -117,8 +119,44 @@ def attribute(imagined: np.ndarray, replayed: np.ndarray, reward_fires_on_real: 
             "missed_imagined_successes": int((~imagined & replayed).sum())}
 
 
+def resampled_successes(env, reset_ids: list[int], episodes: list[dict], seeds: list[int]) -> np.ndarray:
+    """Each episode's actions open loop in the world model again, with other sampler noise: bool [N, len(seeds)],
+    success under the env's rule within the chunks the episode ran. Tells whether a false success is the DiT's
+    systematic belief about these actions or one unlucky noise draw (which a rule over several draws would filter)."""
+    batch, chunk = env.num_envs, env.chunk_size
+    lengths = np.array([len(e["actions"]) for e in episodes])
+    chunks = padded_chunks([e["actions"].reshape(-1, e["actions"].shape[-1]) for e in episodes],
+                           int(lengths.max()) * chunk, chunk)
+    out = np.zeros((len(episodes), len(seeds)), bool)
+    for begin in range(0, len(episodes), batch):
+        rows = np.arange(begin, min(begin + batch, len(episodes)))
+        padded = np.concatenate([rows, np.full(batch - len(rows), rows[-1])])  # a short last batch repeats a row
+        ids = np.asarray(reset_ids)[padded]
+        for j, seed in enumerate(seeds):
+            probs, _ = run_imagined(env, ids, chunks[padded], seed)
+            for i, row in enumerate(rows):
+                success, _, _ = imagined_outcome(probs[i : i + 1, : lengths[row]], env.reward_threshold,
+                                                 env.success_consecutive, chunk)
+                out[row, j] = success[0]
+    return out
+
+
 def rate(x) -> float:
     return round(float(np.mean(x)), 4)
+
+
+def resample_report(wm_env, reset_ids, imagined, i_success, r_success, args) -> dict:
+    if not args.resample:
+        return {}
+    seeds = [args.seed + 1000 * (j + 1) for j in range(args.resample)]
+    again = resampled_successes(wm_env, reset_ids, imagined, seeds)
+    true, false = i_success & r_success, i_success & ~r_success
+    return {"resample_seeds": len(seeds),
+            # the share of the other noise draws that repeat the success, for real and for false imagined successes
+            "resampled_success_of_true_successes": rate(again[true]) if true.any() else None,
+            "resampled_success_of_false_successes": rate(again[false]) if false.any() else None,
+            # successes that every other draw repeats too: what a rule "success under all draws" would keep
+            "kept_by_all_draws": {"true": int(again[true].all(1).sum()), "false": int(again[false].all(1).sum())}}
 
 
 def evaluate_policy(policy_dir: Path, wm_env, real_env, reset_ids: list[int], args) -> tuple[dict, list, list]:
@@ -163,6 +201,7 @@ def evaluate_policy(policy_dir: Path, wm_env, real_env, reset_ids: list[int], ar
         **attribute(i_success, r_success, np.array(fires)),
         "precision_of_imagined_success": rate(r_success[i_success]) if i_success.any() else None,
         "frame_psnr_db_by_chunk": {c: round(float(np.mean(by_chunk[c])), 2) for c in marks},
+        **resample_report(wm_env, reset_ids, imagined, i_success, r_success, args),
         "seconds": {"imagined": round(t1 - t0, 1), "replay": round(t2 - t1, 1), "real": round(t3 - t2, 1)},
     }
     return report, imagined, replayed
@@ -179,12 +218,16 @@ def main() -> None:
     parser.add_argument("--real-envs", type=int, default=10, help="real simulator envs stepped together")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--resample", type=int, default=0, metavar="N",
+                        help="replay each imagined episode's actions in the world model N more times with other noise")
     parser.add_argument("--save-frames", type=Path, default=None, metavar="DIR",
                         help="write <policy n>_false_successes.png: replayed over imagined frames of up to 4 of them")
     args = parser.parse_args()
     for name in ("states", "episodes_per_state", "num_envs", "real_envs"):
         if getattr(args, name) < 1:
             parser.error(f"--{name.replace('_', '-')} must be >= 1")
+    if args.resample < 0:
+        parser.error("--resample must be >= 0")
 
     import torch
 

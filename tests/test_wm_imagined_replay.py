@@ -92,3 +92,20 @@ def test_imagined_episodes_record_actions_and_frames_up_to_the_episode_end(tmp_p
         assert e["success"] is expect_success
         assert e["actions"].shape == (chunks, CHUNK, 4) and np.all(e["actions"][..., 0] == 0.5)
         assert e["frames"].shape[0] == chunks + 1
+
+
+def test_resampling_with_the_rollouts_own_noise_reproduces_its_successes(tmp_path):
+    env = WorldModelEnv(str(make_world_model(tmp_path / "wm", seed=2)), num_envs=2, max_episode_steps=8)
+    # a threshold between this model's scores, far from each, so successes are mixed and not a rounding matter
+    probs, _ = replay_benchmark.run_imagined(env, np.array([0, 1]), np.full((2, 4, CHUNK, 4), 0.5, np.float32), seed=0)
+    ordered = np.sort(probs.ravel())
+    gap = int(np.argmax(np.diff(ordered[2:-2]))) + 2
+    env.reward_threshold = float(ordered[gap : gap + 2].mean())
+    episodes = replay_benchmark.imagined_episodes(env, FixedPolicy(), [0, 1], seed=0, temperature=1.0)
+    original = [e["success"] for e in episodes]
+    assert sorted(original) == [False, True]
+    same = replay_benchmark.resampled_successes(env, [0, 1], episodes, seeds=[0, 0])
+    assert same.tolist() == [[success] * 2 for success in original]
+    # other noise, other rollouts: the same actions do not always end the same way
+    other = replay_benchmark.resampled_successes(env, [0, 1], episodes, seeds=[5, 6, 7])
+    assert (other != np.array(original)[:, None]).any()
