@@ -45,7 +45,7 @@ sys.path.insert(0, str(ROOT / "benchmarks"))
 
 import numpy as np  # noqa: E402
 
-from wm_calibration import imagined_outcome, padded_chunks, psnr, run_imagined  # noqa: E402
+from wm_calibration import imagined_outcome, padded_chunks, psnr, run_imagined, side_by_side  # noqa: E402
 from wm_policy_calibration import run_config  # noqa: E402
 
 
@@ -262,8 +262,6 @@ def main() -> None:
             false = [i for i, (im, re) in enumerate(zip(imagined, replayed)) if im["success"] and not re["success"]][:4]
             if args.save_frames and false:
                 import imageio.v3 as iio
-
-                from wm_calibration import side_by_side
 
                 args.save_frames.mkdir(parents=True, exist_ok=True)
                 # two rows per episode: the real replay over the imagined frames at the same chunks
