@@ -134,10 +134,10 @@ def resampled_successes(env, reset_ids: list[int], episodes: list[dict], seeds: 
         ids = np.asarray(reset_ids)[padded]
         for j, seed in enumerate(seeds):
             probs, _ = run_imagined(env, ids, chunks[padded], seed)
-            for i, row in enumerate(rows):
-                success, _, _ = imagined_outcome(probs[i : i + 1, : lengths[row]], env.reward_threshold,
-                                                 env.success_consecutive, chunk)
-                out[row, j] = success[0]
+            # scores after an episode's last chunk never count
+            ran = np.arange(probs.shape[1]) < lengths[rows, None]
+            out[rows, j], _, _ = imagined_outcome(np.where(ran, probs[: len(rows)], -np.inf), env.reward_threshold,
+                                                  env.success_consecutive, chunk)
     return out
 
 

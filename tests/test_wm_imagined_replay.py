@@ -41,7 +41,7 @@ class PushEnv:
 
     def _obs(self) -> Obs:
         images = np.zeros((self.num_envs, 2, 2, 3), np.uint8)
-        images[..., 0] = (self.total * 100).clip(0, 255)[:, None, None] if hasattr(self, "total") else 0
+        images[..., 0] = (self.total * 100).clip(0, 255)[:, None, None]
         return Obs(images=images, instructions=["push"] * self.num_envs)
 
 
