@@ -31,6 +31,7 @@ def wm_dir(tmp_path_factory) -> Path:
 def make(wm_dir, **kwargs) -> WorldModelEnv:
     kwargs.setdefault("num_envs", B)
     kwargs.setdefault("reward_threshold", NEVER)
+    kwargs.setdefault("dtype", "float32")  # exact comparisons below; "auto" would depend on the CPU
     return WorldModelEnv(world_model_dir=str(wm_dir), **kwargs)
 
 
@@ -245,7 +246,7 @@ def test_relative_rewards_sum_to_the_change_in_success_probability(wm_dir):
 
 def test_multi_frame_reward_model_stacks_previous_frames(tmp_path):
     root = make_world_model(tmp_path / "wm2", reward_frames=2)
-    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER)
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, dtype="float32")
     reset = env.reset(ids=[0, 1], seed=0)
     scores = ScriptedScores(env, [[0.1, 0.1], [0.1, 0.1]])
     env._frames.score = scores
@@ -255,7 +256,7 @@ def test_multi_frame_reward_model_stacks_previous_frames(tmp_path):
     assert scores.windows[0].shape == (2, 2, SIZE, SIZE, 3)
     np.testing.assert_array_equal(scores.windows[0][:, 1], first.images)
     np.testing.assert_array_equal(scores.windows[1][:, 1], second.images)
-    all_frames = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, reward_frames="all")
+    all_frames = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, dtype="float32", reward_frames="all")
     all_frames.reset(ids=[0, 1], seed=0)
     scores = ScriptedScores(all_frames, [[0.1] * 4])
     all_frames._frames.score = scores
@@ -269,7 +270,7 @@ def test_a_branched_state_stacks_its_last_frame_before_the_first_generated_one(t
     stock = InitialStates.load(root / "initial_states.hdf5")
     frames = np.random.default_rng(0).integers(0, 256, stock.frames.shape, dtype=np.uint8)  # distinct frames
     InitialStates(frames=frames, instructions=stock.instructions, start_steps=[3] * len(stock)).save(tmp_path / "b.hdf5")
-    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, reward_frames="all",
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, dtype="float32", reward_frames="all",
                         initial_states_path=str(tmp_path / "b.hdf5"))
     reset = env.reset(ids=[0, 1], seed=0)
     np.testing.assert_array_equal(reset.images, frames[[0, 1], -1])
@@ -285,7 +286,7 @@ def record_dit_actions(env, monkeypatch) -> list[np.ndarray]:
     seen, sample = [], env.sampler.sample
 
     def recording(model, x, mask, dit_actions, **kwargs):
-        seen.append(dit_actions.numpy())
+        seen.append(dit_actions.float().numpy())
         return sample(model, x, mask, dit_actions, **kwargs)
 
     monkeypatch.setattr(env.sampler, "sample", recording)
@@ -294,7 +295,7 @@ def record_dit_actions(env, monkeypatch) -> list[np.ndarray]:
 
 def test_a_dit_trained_on_running_sums_gets_them_from_reset_or_the_branch_point(tmp_path, monkeypatch):
     root = make_world_model(tmp_path / "wm_sum", action_integral_scale=0.5)
-    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER)
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, dtype="float32")
     seen = record_dit_actions(env, monkeypatch)
     inputs = DiTActionInputs(env.stats, 20.0, 0.5)
     first, second = actions(0, 2), actions(1, 2)
@@ -313,7 +314,7 @@ def test_a_dit_trained_on_running_sums_gets_them_from_reset_or_the_branch_point(
     sums = np.arange(len(stock) * 4, dtype=np.float64).reshape(len(stock), 4) / 10
     InitialStates(frames=stock.frames, instructions=stock.instructions, start_steps=[3] * len(stock),
                   action_sums=sums).save(tmp_path / "branched.hdf5")
-    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, initial_states_path=str(tmp_path / "branched.hdf5"))
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, dtype="float32", initial_states_path=str(tmp_path / "branched.hdf5"))
     seen = record_dit_actions(env, monkeypatch)
     env.reset(ids=[2, 1], seed=0)
     env.chunk_step(first)
@@ -321,7 +322,7 @@ def test_a_dit_trained_on_running_sums_gets_them_from_reset_or_the_branch_point(
     # a state inside an episode whose sum is unknown cannot start a DiT that needs it
     InitialStates(frames=stock.frames, instructions=stock.instructions,
                   start_steps=[3] * len(stock)).save(tmp_path / "unknown.hdf5")
-    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, initial_states_path=str(tmp_path / "unknown.hdf5"))
+    env = WorldModelEnv(str(root), num_envs=2, reward_threshold=NEVER, dtype="float32", initial_states_path=str(tmp_path / "unknown.hdf5"))
     with pytest.raises(ValueError, match="action_sums"):
         env.reset(ids=[0, 1])
 
@@ -515,3 +516,22 @@ def test_schema_rejects_bad_values():
             validate({**base, key: value}, WorldModelEnvConfig, "env.train")
     ok = validate(base, WorldModelEnvConfig, "env.train")
     assert json.dumps(ok.env_kwargs())  # plain data, passable to a Ray actor
+
+
+def test_bfloat16_runs_the_dit_in_it_and_decodes_under_autocast_close_to_float32(wm_dir, monkeypatch):
+    half, full = make(wm_dir, dtype="bfloat16"), make(wm_dir)
+    assert {p.dtype for p in half.dit.parameters()} == {torch.bfloat16}
+    assert {p.dtype for m in (half.tokenizer, half.reward_model) for p in m.parameters()} == {torch.float32}
+    decoded_in = []
+    decode = half.tokenizer.decode_to_uint8
+    monkeypatch.setattr(half.tokenizer, "decode_to_uint8",
+                        lambda z: decoded_in.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
+                                                    else None) or decode(z))
+    a, b = rollout(half, [0, 1, 2, 0], seed=1, chunks=1), rollout(full, [0, 1, 2, 0], seed=1, chunks=1)
+    assert decoded_in == [torch.bfloat16]
+    np.testing.assert_array_equal(a[0], b[0])  # the same reset frames
+    # the same noise and actions: the generated frames differ by bfloat16 rounding only
+    assert np.abs(a[1].astype(int) - b[1].astype(int)).mean() < 2.0
+    assert not np.array_equal(a[1], b[1])
+    with pytest.raises(ValueError, match="dtype must be one of"):
+        make(wm_dir, dtype="half")

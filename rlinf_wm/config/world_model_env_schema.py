@@ -11,8 +11,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rlinf_wm.config.validate import require
-
-DTYPES = ("float32", "bfloat16", "float16")
+from rlinf_wm.utils.precision import DTYPE_NAMES
 
 
 @dataclass
@@ -61,7 +60,7 @@ class WorldModelEnvConfig:
     success_consecutive: int = 1
     reencode_context: bool | None = None  # None: on for per-frame tokenizers (WorldModelEnv)
     device: str = "cpu"
-    dtype: str = "float32"
+    dtype: str = "auto"  # auto: bfloat16 where the hardware computes it natively (rlinf_wm.utils.precision)
     seed: int = 0
 
     def check(self, path: str) -> None:
@@ -75,7 +74,7 @@ class WorldModelEnvConfig:
                 f"must be > 0 (or null: as trained), got {self.action_scaler}")
         require(self.reward_threshold is None or self.reward_threshold >= 0, at("reward_threshold"),
                 f"must be >= 0 (or null: the reward model's), got {self.reward_threshold}")
-        require(self.dtype in DTYPES, at("dtype"), f"must be one of {list(DTYPES)}, got {self.dtype!r}")
+        require(self.dtype in DTYPE_NAMES, at("dtype"), f"must be one of {list(DTYPE_NAMES)}, got {self.dtype!r}")
         require(self.device == "cpu" or self.device.startswith("cuda"), at("device"),
                 f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")
 

@@ -40,6 +40,7 @@ from rlinf_wm.envs.world_model_frames import WorldModelFrames
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
 from rlinf_wm.envs.world_model_placement import ModelPlacement
 from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
+from rlinf_wm.utils.precision import resolve_dtype
 
 REWARD_TYPES = ("success_once", "relative")
 REWARD_FRAMES = ("last", "all")
@@ -73,8 +74,10 @@ class WorldModelEnv(ChunkEnv):
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
             (frames dissolve and the reward model fires on them); re-encoding keeps 30+ chunks on it.
-        device, dtype: where the models run; ``dtype`` applies to the DiT (``bfloat16`` on GPUs); the tokenizer
-            and the reward model stay float32.
+        device, dtype: where the models run. The DiT runs in ``dtype``; the tokenizer decodes under autocast in
+            it (bfloat16 decodes agree with float32 to ~53 dB); encoding and the reward model stay float32.
+            ``auto``: bfloat16 on hardware that computes it natively (CUDA, CPUs with AMX / AVX512-BF16), else
+            float32 (:mod:`rlinf_wm.utils.precision`).
         seed: seeds the noise streams and the initial-state draws of ``reset(ids=None)``.
     """
 
@@ -100,7 +103,7 @@ class WorldModelEnv(ChunkEnv):
         success_consecutive: int = 1,
         reencode_context: bool | None = None,
         device: str = "cpu",
-        dtype: str = "float32",
+        dtype: str = "auto",
         seed: int = 0,
     ) -> None:
         if reward_type not in REWARD_TYPES:
@@ -111,8 +114,7 @@ class WorldModelEnv(ChunkEnv):
                             ("success_consecutive", success_consecutive)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if not hasattr(torch, dtype) or not isinstance(getattr(torch, dtype), torch.dtype):
-            raise ValueError(f"dtype must be a torch dtype name like 'float32' or 'bfloat16', got {dtype!r}")
+        compute_dtype = resolve_dtype(dtype, device)
         parts = load_world_model_parts(
             world_model_dir, task, tokenizer_path, dit_path, reward_model_path, stats_path, initial_states_path,
             chunk_size, num_cond_latent_frames, action_scaler, sampler,
@@ -133,7 +135,7 @@ class WorldModelEnv(ChunkEnv):
         self.reward_type = reward_type
         self.reward_frames = reward_frames
         self.device = torch.device(device)
-        self.dtype = getattr(torch, dtype)
+        self.dtype = compute_dtype
         self.seed = int(seed)
         self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
         self.success_consecutive = int(success_consecutive)

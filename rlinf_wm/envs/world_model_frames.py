@@ -16,10 +16,12 @@ from rlinf_wm.data.initial_states import InitialStates
 from rlinf_wm.envs.world_model_timing import StepTimings
 from rlinf_wm.models.reward_model import RewardModel
 from rlinf_wm.models.tokenizer import VideoTokenizer
+from rlinf_wm.utils.precision import autocast
 
 
 class WorldModelFrames:
-    """Encoding, decoding and scoring for the world-model env (its models run on ``device``; latents in ``dtype``)."""
+    """Encoding, decoding and scoring for the world-model env (its models run on ``device``; latents in ``dtype``,
+    decoding under autocast in it)."""
 
     def __init__(
         self, tokenizer: VideoTokenizer, reward_model: RewardModel, initial_states: InitialStates,
@@ -85,12 +87,14 @@ class WorldModelFrames:
                 rows = torch.tensor([i for i, _ in pairs], device=new.device)
                 index = torch.tensor([j for _, j in pairs], device=new.device)
                 latents = new[rows, :, index].unsqueeze(2).float()  # [N, C, 1, h, w]
-                frames = self.tokenizer.decode_to_uint8(latents)[:, 0].cpu().numpy()
+                with autocast(self.device, self.dtype):
+                    frames = self.tokenizer.decode_to_uint8(latents)[:, 0].cpu().numpy()
                 for (i, j), frame in zip(pairs, frames):
                     out[i][j] = frame
                 self.timings.decoded_frames += len(pairs)
         else:
-            frames = self.tokenizer.decode_to_uint8(torch.cat([context, new], dim=2).float())
+            with autocast(self.device, self.dtype):
+                frames = self.tokenizer.decode_to_uint8(torch.cat([context, new], dim=2).float())
             frames = frames[:, -self.chunk_size :].cpu().numpy()  # the chunk's K frames
             for i, wanted_frames in enumerate(wanted):
                 out[i] = {j: frames[i, j] for j in wanted_frames}

@@ -1,6 +1,6 @@
 """Where a world model's three networks live, and moving them there and back (offloading).
 
-The DiT runs in the configured dtype (``bfloat16`` on GPUs); the tokenizer and the reward model stay float32.
+The DiT is cast to the configured dtype; the tokenizer and the reward model keep float32 weights.
 """
 
 from __future__ import annotations
