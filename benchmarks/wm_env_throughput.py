@@ -7,7 +7,9 @@ Measured in one process, one run, interleaved (so load from other processes hits
 * the real Meta-World env's rendered steps/s per process (``MetaWorldEnv``, 64x64, one env, stepped by chunks of
   the same K, so both produce one observation per chunk; K = 1, a render every step, is also reported);
 * the DiT's achieved FLOP/s (torch's FLOP counter over one forward of the env's micro-batch) against this
-  machine's fp32 matmul FLOP/s (1024^3 matmuls, from benchmarks/dit_flops.py);
+  machine's fp32 matmul FLOP/s (1024^3 matmuls, from benchmarks/dit_flops.py), and against its matmul FLOP/s in
+  the env's dtype;
+* the env's dtype (``--dtype``, default ``auto``: bfloat16 where native) against float32 at the largest batch;
 * classifier-free guidance: a sampler run with w = 0 (the no-op: one branch) against a bare one-branch loop, and
   with w > 0 (both branches in one doubled-batch call) against one branch;
 * the time split per chunk (DiT / decode / reward model / rest) from the env's ``timings``;
@@ -18,7 +20,7 @@ models of the default tiny config (examples/embodiment/config/model/wm_*.yaml: s
 frames rendered by Meta-World.
 
     .venv/bin/python benchmarks/wm_env_throughput.py [--world-model-dir outputs/drawer-open-v3/world_model]
-        [--num-steps N] [--threads 1] [--repeats 3]
+        [--num-steps N] [--dtype auto|float32|bfloat16] [--threads 1] [--repeats 3]
 
 Prints one JSON object as its last line.
 """
@@ -44,6 +46,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from rlinf_wm.envs.world_model_env import WorldModelEnv  # noqa: E402
+from rlinf_wm.utils.precision import resolve_dtype  # noqa: E402
 
 TASK = "drawer-open-v3"
 CONFIG = ROOT / "examples" / "embodiment" / "config"
@@ -132,11 +135,13 @@ def main() -> None:
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--steps-sweep", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--dtype", default="auto", help="the world-model env's dtype (auto: bfloat16 where native)")
     # 1 thread: the simulator steps on one core, so steps per CPU-second compare per-core efficiency; and one
     # thread does not spin-wait for a second core that other processes hold (which inflates CPU time)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    dtype = resolve_dtype(args.dtype, key="--dtype")
     from dit_flops import count_flops
 
     from rlinf_wm.envs.metaworld_env import MetaWorldEnv
@@ -153,13 +158,15 @@ def main() -> None:
 
     def make(num_envs: int, **overrides) -> WorldModelEnv:
         kwargs = dict(num_envs=num_envs, batch_size=max(args.batches + [1]), max_episode_steps=10**6,
-                      reward_threshold=NEVER, sampler=dict(sampler), seed=0)
+                      reward_threshold=NEVER, sampler=dict(sampler), seed=0, dtype=str(dtype).removeprefix("torch."))
         kwargs.update(overrides)
         env = WorldModelEnv(str(wm_dir), **kwargs)
         env.reset(seed=0)
         return env
 
     envs = {1: make(1), **{b: make(b) for b in args.batches}}
+    big = max(args.batches)
+    float32_env = make(big, dtype="float32") if dtype != torch.float32 else None
     k = envs[1].chunk_size
     num_steps = envs[1].sampler.num_steps
     rng = np.random.default_rng(0)
@@ -175,6 +182,8 @@ def main() -> None:
             ("real_k1", 1, lambda: timed_chunks(real, lambda: random_actions(1, 1), 5)),
             *[(f"wm_b{b}", b * k, lambda b=b: timed_chunks(envs[b], lambda b=b: random_actions(b), 3 if b == 1 else 1))
               for b in envs],
+            *([("wm_float32", big * k, lambda: timed_chunks(float32_env, lambda: random_actions(big), 1))]
+              if float32_env is not None else []),
         ]:
             wall, cpu = fn()
             samples.setdefault(name, []).append((steps / wall, steps / cpu))
@@ -182,7 +191,6 @@ def main() -> None:
     steps_per_cpu_second = {name: statistics.median(v[1] for v in values) for name, values in samples.items()}
 
     # where the time goes, at the largest batch (one more measured chunk with fresh timings)
-    big = max(args.batches)
     envs[big].timings.clear()
     start = time.perf_counter()
     envs[big].chunk_step(random_actions(big))
@@ -196,17 +204,19 @@ def main() -> None:
     dit = env.dit
     frames = env.num_cond_latent_frames + env.num_pred_latent_frames
     c, h = dit.latent_channels, env.tokenizer.latent_size
-    x = torch.randn(big, c, frames, h, h)
-    mask = torch.zeros(big, 1, frames, h, h)
+    x = torch.randn(big, c, frames, h, h, dtype=dtype)
+    mask = torch.zeros(big, 1, frames, h, h, dtype=dtype)
     mask[:, :, : env.num_cond_latent_frames] = 1
-    acts = torch.randn(big, env.chunk_size, env.action_dim)
-    s = torch.rand(big)
+    acts = torch.randn(big, env.chunk_size, dit.action_dim, dtype=dtype)  # with running sums when trained on them
+    s = torch.rand(big, dtype=dtype)
     with torch.no_grad():
         flops = count_flops(lambda: dit(x, s, acts, mask))
         a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
+        a_dtype, b_dtype = a.to(dtype), b.to(dtype)
         a @ b
+        a_dtype @ b_dtype
         dit(x, s, acts, mask)
-        peaks, peaks_cpu, forwards, forwards_cpu = [], [], [], []
+        peaks, peaks_cpu, peaks_dtype, forwards, forwards_cpu = [], [], [], [], []
         for _ in range(max(3, args.repeats)):  # alternating, so load hits both alike
             with Clock() as clock:
                 for _ in range(5):
@@ -214,21 +224,26 @@ def main() -> None:
             peaks.append(5 * 2 * 1024**3 / clock.wall)
             peaks_cpu.append(5 * 2 * 1024**3 / clock.cpu)
             with Clock() as clock:
+                for _ in range(5):
+                    a_dtype @ b_dtype
+            peaks_dtype.append(5 * 2 * 1024**3 / clock.wall)
+            with Clock() as clock:
                 dit(x, s, acts, mask)
             forwards.append(clock.wall)
             forwards_cpu.append(clock.cpu)
     peak, forward = statistics.median(peaks), statistics.median(forwards)
+    peak_dtype = statistics.median(peaks_dtype)
     peak_cpu, forward_cpu = statistics.median(peaks_cpu), statistics.median(forwards_cpu)
 
     # CFG: w = 0 (no-op, one branch) vs a bare one-branch loop; w > 0 (one doubled call) vs one branch
     from rlinf_wm.models.samplers import FlowSampler, integrate_flow
 
     flow = FlowSampler(**{**vars(env.sampler), "guidance": 0.0})
-    x_cond = torch.randn(big, c, frames, h, h)
+    x_cond = torch.randn(big, c, frames, h, h, dtype=dtype)
 
     def one_branch():
         no_drop = torch.zeros(big, dtype=torch.bool)
-        velocity = lambda y, level: dit(y, torch.full((big,), level), acts, mask, drop_actions=no_drop)  # noqa: E731
+        velocity = lambda y, level: dit(y, torch.full((big,), level, dtype=dtype), acts, mask, drop_actions=no_drop)  # noqa: E731
         given = mask.expand_as(x_cond) > 0.5
         keep = lambda y: torch.where(given, x_cond, y)  # noqa: E731
         with torch.no_grad():
@@ -261,6 +276,7 @@ def main() -> None:
         "num_cond_latent_frames": env.num_cond_latent_frames,
         "solver": env.sampler.solver,
         "num_steps": num_steps,
+        "dtype": str(dtype).removeprefix("torch."),
         "steps_per_second": {
             "sequential_batch1": steps_per_second["wm_b1"],
             **{f"batch{b}": steps_per_second[f"wm_b{b}"] for b in args.batches},
@@ -276,6 +292,8 @@ def main() -> None:
         "load_average_1min": os.getloadavg()[0],
         "batch64_over_sequential": steps_per_second.get("wm_b64", float("nan")) / steps_per_second["wm_b1"],
         "imagined_over_real": steps_per_second[f"wm_b{big}"] / steps_per_second["real_k"],
+        "dtype_over_float32": (steps_per_second[f"wm_b{big}"] / steps_per_second["wm_float32"]
+                               if float32_env is not None else 1.0),
         "batch64_over_sequential_cpu": steps_per_cpu_second.get("wm_b64", float("nan")) / steps_per_cpu_second["wm_b1"],
         "imagined_over_real_cpu": steps_per_cpu_second[f"wm_b{big}"] / steps_per_cpu_second["real_k"],
         "dit": {
@@ -285,6 +303,8 @@ def main() -> None:
             "achieved_gflops": flops / forward / 1e9,
             "matmul_gflops": peak / 1e9,
             "fraction_of_matmul_peak": flops / forward / peak,
+            "matmul_gflops_in_dtype": peak_dtype / 1e9,
+            "fraction_of_matmul_peak_in_dtype": flops / forward / peak_dtype,
             "forward_cpu_seconds": forward_cpu,
             "matmul_gflops_per_cpu_second": peak_cpu / 1e9,
             "fraction_of_matmul_peak_cpu": flops / forward_cpu / peak_cpu,
@@ -308,7 +328,8 @@ def main() -> None:
         f"imagined steps/s: seq b1 {steps_per_second['wm_b1']:.1f}, "
         + ", ".join(f"b{b} {steps_per_second[f'wm_b{b}']:.1f}" for b in args.batches)
         + f" | real Meta-World K={k}: {steps_per_second['real_k']:.1f}, K=1: {steps_per_second['real_k1']:.1f}",
-        f"DiT B={big}: {flops / forward / 1e9:.1f} GFLOP/s = {flops / forward / peak:.0%} of matmul {peak / 1e9:.1f}",
+        f"DiT B={big} ({dtype}): {flops / forward / 1e9:.1f} GFLOP/s = {flops / forward / peak:.0%} of fp32 matmul "
+        f"{peak / 1e9:.1f}, {flops / forward / peak_dtype:.0%} of {dtype} matmul {peak_dtype / 1e9:.1f}",
         f"CFG: w=0 {cfg_seconds['w0']:.2f}s, one branch {cfg_seconds['one_branch']:.2f}s, w={args.guidance} "
         f"{cfg_seconds['w']:.2f}s | split {', '.join(f'{k_}={v:.0%}' for k_, v in split.items())}",
     ):

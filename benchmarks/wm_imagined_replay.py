@@ -22,6 +22,7 @@ success the DiT's belief about those actions, or a noise draw that a rule over s
     .venv/bin/python benchmarks/wm_imagined_replay.py --run-dir outputs/drawer-open-v3/rl_grpo_wm \
         --policy outputs/drawer-open-v3/sft/model outputs/drawer-open-v3/rl_grpo_wm/final/model \
         [--states 50] [--episodes-per-state 1] [--temperature 4.0] [--resample N] [--save-frames DIR] [--threads 2]
+        [--dtype auto|float32|bfloat16]
 
 The world-model env is the RL run's ``env.train`` (its ``config.yaml``), the real env its ``env.eval``. Prints one
 JSON object as its last line.
@@ -218,6 +219,7 @@ def main() -> None:
     parser.add_argument("--real-envs", type=int, default=10, help="real simulator envs stepped together")
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--dtype", default=None, help="the world-model env's dtype (default: the run's env.train.dtype)")
     parser.add_argument("--resample", type=int, default=0, metavar="N",
                         help="replay each imagined episode's actions in the world model N more times with other noise")
     parser.add_argument("--save-frames", type=Path, default=None, metavar="DIR",
@@ -251,6 +253,8 @@ def main() -> None:
         states_path = Path(tmp) / "initial_states.hdf5"
         InitialStates.from_frames(reset_frames, [instruction] * args.states, reset_ids=np.arange(args.states)).save(states_path)
         wm_cfg = {**config["env"]["train"], "num_envs": min(args.num_envs, episodes), "initial_states_path": str(states_path)}
+        if args.dtype is not None:
+            wm_cfg["dtype"] = args.dtype
         wm_env = make_env(wm_cfg.pop("env_type"), **wm_cfg)
         reports = []
         for n, policy_dir in enumerate(args.policy):
@@ -270,6 +274,7 @@ def main() -> None:
                 iio.imwrite(args.save_frames / f"policy{n}_false_successes.png", image)
     real_env.close()
     print(json.dumps({"run_dir": str(args.run_dir), "temperature": args.temperature, "states": args.states,
+                      "dtype": str(wm_env.dtype).removeprefix("torch."),
                       "episodes_per_state": args.episodes_per_state,
                       "success_rule": {"threshold": wm_env.reward_threshold, "consecutive": wm_env.success_consecutive},
                       "policies": reports}))

@@ -121,9 +121,10 @@ def tiny_train(**overrides):
     return RewardTrainConfig(**{**base, **overrides})
 
 
-def test_learns_separable_task_with_minority_success(tmp_path):
+@pytest.mark.parametrize("precision", ["float32", "bfloat16"])
+def test_learns_separable_task_with_minority_success(tmp_path, precision):
     episodes = square_episodes()
-    metrics = train_reward_model(tiny_train(), None, tmp_path / "run", TINY, episodes, progress=False)
+    metrics = train_reward_model(tiny_train(precision=precision), None, tmp_path / "run", TINY, episodes, progress=False)
     assert metrics["heldout_positive_fraction"] < 0.6  # success frames are not the majority
     assert metrics["heldout_accuracy"] > 0.95 and metrics["heldout_balanced_accuracy"] > 0.95
     assert metrics["heldout_auc"] > 0.98
@@ -132,6 +133,12 @@ def test_learns_separable_task_with_minority_success(tmp_path):
     step = success_step(bright.rewards)
     predicted = model.predict_success(bright.frames).numpy()
     assert (predicted == (np.arange(len(bright.frames)) > step)).mean() > 0.9
+    assert {p.dtype for p in model.parameters()} == {torch.float32}  # mixed precision: float32 weights
+
+
+def test_a_bad_training_precision_names_the_key():
+    with pytest.raises(ConfigError, match=r"train\.reward\.precision"):
+        tiny_train(precision="float16").check("train.reward")
 
 
 def test_refuses_data_without_success_frames(tmp_path):

@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from rlinf_wm.config.validate import require
+from rlinf_wm.utils.precision import TRAIN_PRECISIONS
 from rlinf_wm.config.world_model_schema import (
     RewardModelConfig,
     RewardTrainConfig,
@@ -198,6 +199,8 @@ class TrainSection:
     reward_generated_episodes: int = 0
     reward_generated_kinds: list[str] = field(default_factory=list)
     reward_generated_batch_size: int = 32
+    # the dtype the replays are generated in: the RL env's (env dtype auto = bfloat16 where native)
+    reward_generated_dtype: str = "auto"
 
     def check(self, path: str) -> None:
         require(0.0 <= self.reward_reconstruction_prob <= 1.0, f"{path}.reward_reconstruction_prob",
@@ -206,6 +209,8 @@ class TrainSection:
                 f"must be >= 0, got {self.reward_generated_episodes}")
         require(self.reward_generated_batch_size >= 1, f"{path}.reward_generated_batch_size",
                 f"must be >= 1, got {self.reward_generated_batch_size}")
+        require(self.reward_generated_dtype in TRAIN_PRECISIONS, f"{path}.reward_generated_dtype",
+                f"must be one of {list(TRAIN_PRECISIONS)}, got {self.reward_generated_dtype!r}")
 
 
 @dataclass

@@ -11,6 +11,7 @@ from dataclasses import dataclass, field
 from typing import Literal
 
 from rlinf_wm.config.validate import require
+from rlinf_wm.utils.precision import TRAIN_PRECISIONS
 
 
 @dataclass
@@ -105,11 +106,15 @@ class TokenizerTrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     num_threads: int = 0  # torch threads; 0 = leave torch's default
+    # forward passes under autocast in this dtype, weights and optimizer in float32; auto = bfloat16 where the
+    # hardware computes it natively (rlinf_wm.utils.precision)
+    precision: str = "auto"
 
     def check(self, path: str) -> None:
         p = f"{path}." if path else ""
         require(self.steps > 0, f"{p}steps", "must be positive")
         require(self.batch_size > 0, f"{p}batch_size", "must be positive")
+        require(self.precision in TRAIN_PRECISIONS, f"{p}precision", f"must be one of {list(TRAIN_PRECISIONS)}, got {self.precision!r}")
         require(self.clip_frames >= 1, f"{p}clip_frames", "must be >= 1")
         require(0.0 < self.holdout_fraction < 1.0, f"{p}holdout_fraction", "must be in (0, 1)")
         require(self.lr > 0 and self.min_lr >= 0, f"{p}lr", "lr must be > 0 and min_lr >= 0")
@@ -168,11 +173,13 @@ class RewardTrainConfig:
     max_minutes: float | None = None
     seed: int = 0
     num_threads: int = 0
+    precision: str = "auto"  # as TokenizerTrainConfig.precision
 
     def check(self, path: str) -> None:
         p = f"{path}." if path else ""
         require(self.steps > 0, f"{p}steps", "must be positive")
         require(self.batch_size > 1, f"{p}batch_size", "must be > 1")
+        require(self.precision in TRAIN_PRECISIONS, f"{p}precision", f"must be one of {list(TRAIN_PRECISIONS)}, got {self.precision!r}")
         require(0.0 < self.holdout_fraction < 1.0, f"{p}holdout_fraction", "must be in (0, 1)")
         require(self.augment_shift >= 0, f"{p}augment_shift", "must be >= 0")
         require(self.reconstruction_max_frames >= 4, f"{p}reconstruction_max_frames", "must be >= 4")

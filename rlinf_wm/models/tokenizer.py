@@ -197,7 +197,8 @@ class VideoTokenizer(nn.Module, PyTorchModelHubMixin):
         """Training pass on ``[B, 3, T, H, W]`` in [-1, 1]: (unclamped reconstruction, mean KL per latent element)."""
         dist = self.posterior(x)
         z = dist.sample() if sample else dist.mean
-        kl = 0.5 * (dist.mean.pow(2) + dist.var - 1.0 - dist.logvar).mean()
+        mean, logvar = dist.mean.float(), dist.logvar.float()  # in float32 also under mixed precision
+        kl = 0.5 * (mean.pow(2) + logvar.exp() - 1.0 - logvar).mean()
         return self.decode_raw(z), kl
 
     @torch.no_grad()

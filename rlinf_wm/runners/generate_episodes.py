@@ -24,6 +24,7 @@ from tqdm.auto import tqdm
 from rlinf_wm.data.action_inputs import DiTActionInputs
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.runners.world_model_rollout import autoregressive_rollout, pixel_reencoder
+from rlinf_wm.utils.precision import autocast
 
 GENERATED_KIND = "generated"
 
@@ -64,12 +65,14 @@ def generate_episodes(
     seed: int = 0,
     reencode_context: bool = True,
     progress: bool = False,
+    dtype: torch.dtype = torch.float32,
 ) -> list[Episode]:
     """Replay ``episodes`` in the world model; returns one generated episode per input, in order.
 
     A generated episode has the source's first frame, then one generated frame per recorded action; actions,
     rewards, dones, success and instruction are the source's. ``attrs``: ``kind="generated"``, ``source_kind`` and
-    ``source_episode`` (``source_indices[i]``, default ``i``: the index in the training data).
+    ``source_episode`` (``source_indices[i]``, default ``i``: the index in the training data). ``dtype``: the
+    DiT and the decoder run under autocast in it (the env's dtype, so the replays match its rollouts to rounding).
     """
     if tokenizer.temporal_compression != 1:
         raise ValueError(f"generated episodes need a per-frame tokenizer (temporal_compression 1), got "
@@ -100,11 +103,12 @@ def generate_episodes(
         actions = action_inputs(raw)
         noise = [torch.randn(len(group), cond.shape[1], num_cond_latent_frames + num_pred_latent_frames,
                              *cond.shape[3:], generator=generator) for _ in range(num_chunks)]
-        generated = autoregressive_rollout(
-            dit, sampler, cond, torch.from_numpy(actions), num_chunks, num_pred_latent_frames,
-            dit.actions_per_latent_frame, noise, reencode=pixel_reencoder(tokenizer) if reencode_context else None,
-        )
-        frames = _decode_frames(tokenizer, generated)
+        with autocast("cpu", dtype):
+            generated = autoregressive_rollout(
+                dit, sampler, cond, torch.from_numpy(actions), num_chunks, num_pred_latent_frames,
+                dit.actions_per_latent_frame, noise, reencode=pixel_reencoder(tokenizer) if reencode_context else None,
+            )
+            frames = _decode_frames(tokenizer, generated.float())
         for b, (i, ep) in enumerate(zip(rows, group)):
             out[i] = Episode(
                 frames=np.concatenate([ep.frames[:1], frames[b, : ep.length]]),

@@ -57,6 +57,7 @@ from rlinf_wm.runners.train_tokenizer import (
 )
 from rlinf_wm.utils.checkpoint import save_model_atomic
 from rlinf_wm.utils.io import write_json_atomic
+from rlinf_wm.utils.precision import autocast, resolve_dtype
 
 
 @torch.no_grad()
@@ -121,6 +122,7 @@ def train_reward_model(
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    compute_dtype = resolve_dtype(cfg.precision, key="train.reward.precision")
     start_time = time.time()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -190,8 +192,9 @@ def train_reward_model(
         batch = train.inputs(index, train_recon, use_recon)
         x = random_shift(model.prepare(batch), cfg.augment_shift, shift_generator)
         labels = torch.from_numpy(train.labels[index].astype(np.float32))
-        logits = model.head(model.backbone(x).pooler_output.flatten(1)).squeeze(1)
-        loss = F.binary_cross_entropy_with_logits(logits, labels, pos_weight=pos_weight)
+        with autocast("cpu", compute_dtype):
+            logits = model.head(model.backbone(x).pooler_output.flatten(1)).squeeze(1)
+        loss = F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pos_weight)
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

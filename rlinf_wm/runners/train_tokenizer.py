@@ -35,6 +35,7 @@ from rlinf_wm.data.trajectories import Episode, load_episodes
 from rlinf_wm.models.tokenizer import VideoTokenizer, frames_to_model_input
 from rlinf_wm.utils.checkpoint import load_model, load_state, save_model_atomic, save_state_atomic
 from rlinf_wm.utils.io import json_round_trip, write_json_atomic
+from rlinf_wm.utils.precision import autocast, resolve_dtype
 
 
 
@@ -245,6 +246,7 @@ def train_tokenizer(
     out_dir.mkdir(parents=True, exist_ok=True)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    compute_dtype = resolve_dtype(cfg.precision, key="train.tokenizer.precision")
     start_time, start_cpu = time.time(), time.process_time()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -287,8 +289,9 @@ def train_tokenizer(
     stopped_early = False
     while step < cfg.steps:
         x = frames_to_model_input(train_sampler.sample(data_rng, cfg.batch_size))
-        recon, kl = tokenizer(x)
-        parts = reconstruction_loss(recon, x, cfg)
+        with autocast("cpu", compute_dtype):
+            recon, kl = tokenizer(x)
+        parts = reconstruction_loss(recon.float(), x, cfg)
         loss = (
             cfg.l1_weight * parts["l1"]
             + cfg.mse_weight * parts["mse"]

@@ -271,6 +271,7 @@ def run_stage(
         from rlinf_wm.models.samplers import FlowSampler
         from rlinf_wm.runners.generate_episodes import generate_episodes, select_sources
         from rlinf_wm.utils.checkpoint import load_model
+        from rlinf_wm.utils.precision import resolve_dtype
 
         episodes_list = data.get()
         sources = select_sources(episodes_list, cfg.train.reward_generated_episodes, cfg.train.reward_generated_kinds,
@@ -283,6 +284,7 @@ def run_stage(
             trained["num_cond_latent_frames"], trained["num_pred_latent_frames"],
             [episodes_list[i] for i in sources], sources,
             batch_size=cfg.train.reward_generated_batch_size, seed=cfg.seed, progress=progress,
+            dtype=resolve_dtype(cfg.train.reward_generated_dtype, key="train.reward_generated_dtype"),
         )
         write_episodes(layout.generated_episodes, generated)
         return {"episodes": len(generated), "failed": sum(not ep.success for ep in generated)}

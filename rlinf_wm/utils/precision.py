@@ -12,6 +12,8 @@ import contextlib
 import torch
 
 DTYPE_NAMES = ("auto", "float32", "bfloat16", "float16")
+# mixed-precision training: float16 would need gradient scaling, bfloat16 keeps float32's exponent range
+TRAIN_PRECISIONS = ("auto", "float32", "bfloat16")
 
 
 def native_bfloat16(device: str | torch.device = "cpu") -> bool:
