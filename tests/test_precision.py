@@ -2,7 +2,7 @@ import pytest
 import torch
 
 from rlinf_wm.utils import precision
-from rlinf_wm.utils.precision import autocast, resolve_dtype
+from rlinf_wm.utils.precision import autocast, resolve_dtype, training_autocast
 
 
 def test_auto_is_bfloat16_only_where_the_hardware_computes_it(monkeypatch):
@@ -34,3 +34,14 @@ def test_autocast_runs_matmuls_in_the_dtype_and_is_a_no_op_for_float32():
         assert (a @ a).dtype == torch.bfloat16
     with autocast("cpu", torch.float32):
         assert (a @ a).dtype == torch.float32
+
+
+def test_training_autocast_uses_the_math_attention_kernel_only_for_low_precision_on_cpu():
+    from torch.nn.attention import SDPBackend, _cur_sdpa_kernel_backends
+
+    with training_autocast("cpu", torch.bfloat16):
+        assert torch.get_autocast_dtype("cpu") == torch.bfloat16
+        assert _cur_sdpa_kernel_backends() == [SDPBackend.MATH]
+    with training_autocast("cpu", torch.float32):
+        assert not torch.is_autocast_enabled("cpu")
+        assert SDPBackend.FLASH_ATTENTION in _cur_sdpa_kernel_backends()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import time
 from dataclasses import replace
 from pathlib import Path
@@ -289,6 +290,10 @@ def test_malformed_config_keys_fail_with_dotted_paths(dataset):
         compose_config(base + ["train.reward.holdout_fraction=0.1"])
     with pytest.raises(ConfigError, match=r"^sampler\.solver: "):
         compose_config(base + ["sampler.solver=heun"])
+    for key in ("train.tokenizer.precision", "train.dit.precision", "train.reward.precision",
+                "train.reward_generated_dtype"):
+        with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be one of"):
+            compose_config(base + [f"{key}=float16"])
 
 
 def test_cosmos_2b_dit_builds_from_config_on_meta_device():

@@ -145,9 +145,12 @@ class DiTTrainConfig:
     max_minutes: float | None = None  # stop early (finishing cleanly) after this long; null = no limit
     seed: int = 0
     num_threads: int = 0  # torch threads; 0 = torch's default
+    precision: str = "auto"  # as train.tokenizer.precision (TokenizerTrainConfig)
 
     def check(self, path: str) -> None:
         at = _at(path)
+        require(self.precision in TRAIN_PRECISIONS, at("precision"),
+                f"must be one of {list(TRAIN_PRECISIONS)}, got {self.precision!r}")
         for name in ("num_cond_latent_frames", "num_pred_latent_frames", "steps", "batch_size", "log_every",
                      "eval_every", "sample_every", "sample_steps", "checkpoint_every", "keep_checkpoints"):
             require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")

@@ -53,6 +53,7 @@ from rlinf_wm.runners.train_tokenizer import (
 )
 from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
 from rlinf_wm.utils.io import read_json, write_json_atomic
+from rlinf_wm.utils.precision import resolve_dtype, training_autocast
 
 class LatentWindows:
     """All training windows of a set of latent episodes (see the module docstring); batches are torch tensors."""
@@ -222,6 +223,7 @@ def train_dit(
     _check_resume_config(out_dir, cfg)
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
+    compute_dtype = resolve_dtype(cfg.precision, key="train.dit.precision")
     start_time = time.time()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -295,10 +297,11 @@ def train_dit(
         x0, actions = train.batch(data_rng.integers(0, len(train), cfg.batch_size))
         if cfg.cond_noise_std > 0:
             x0 = x0 + mask * torch.randn_like(x0) * cfg.cond_noise_std
-        loss = flow_matching_loss(
-            model, x0, mask, actions,
-            logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift, action_dropout=cfg.action_dropout,
-        )
+        with training_autocast("cpu", compute_dtype):
+            loss = flow_matching_loss(
+                model, x0, mask, actions,
+                logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift, action_dropout=cfg.action_dropout,
+            )
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)

@@ -41,3 +41,17 @@ def autocast(device: str | torch.device, dtype: torch.dtype):
     if dtype == torch.float32:
         return contextlib.nullcontext()
     return torch.autocast(torch.device(device).type, dtype=dtype)
+
+
+@contextlib.contextmanager
+def training_autocast(device: str | torch.device, dtype: torch.dtype):
+    """:func:`autocast` for a training forward pass. On CPU in a low-precision dtype it also picks SDPA's math
+    kernel: the fused CPU flash-attention backward in bfloat16 took 5x its float32 time here (the tiny DiT's
+    training step: 0.25 s float32, 0.22 s bfloat16 with the fused kernel, 0.18 s with the math one)."""
+    with contextlib.ExitStack() as stack:
+        stack.enter_context(autocast(device, dtype))
+        if dtype != torch.float32 and torch.device(device).type == "cpu":
+            from torch.nn.attention import SDPBackend, sdpa_kernel
+
+            stack.enter_context(sdpa_kernel(SDPBackend.MATH))
+        yield
