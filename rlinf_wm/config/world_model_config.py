@@ -25,13 +25,13 @@ from pathlib import Path
 from typing import Literal
 
 from rlinf_wm.config.validate import require
-from rlinf_wm.utils.precision import TRAIN_PRECISIONS
 from rlinf_wm.config.world_model_schema import (
     RewardModelConfig,
     RewardTrainConfig,
     TokenizerConfig,
     TokenizerTrainConfig,
 )
+from rlinf_wm.utils.precision import TRAIN_PRECISIONS
 
 STAGES = ("tokenizer", "encode", "dit", "generate", "reward", "all")
 

@@ -114,7 +114,8 @@ class TokenizerTrainConfig:
         p = f"{path}." if path else ""
         require(self.steps > 0, f"{p}steps", "must be positive")
         require(self.batch_size > 0, f"{p}batch_size", "must be positive")
-        require(self.precision in TRAIN_PRECISIONS, f"{p}precision", f"must be one of {list(TRAIN_PRECISIONS)}, got {self.precision!r}")
+        require(self.precision in TRAIN_PRECISIONS, f"{p}precision",
+                f"must be one of {list(TRAIN_PRECISIONS)}, got {self.precision!r}")
         require(self.clip_frames >= 1, f"{p}clip_frames", "must be >= 1")
         require(0.0 < self.holdout_fraction < 1.0, f"{p}holdout_fraction", "must be in (0, 1)")
         require(self.lr > 0 and self.min_lr >= 0, f"{p}lr", "lr must be > 0 and min_lr >= 0")
@@ -179,7 +180,8 @@ class RewardTrainConfig:
         p = f"{path}." if path else ""
         require(self.steps > 0, f"{p}steps", "must be positive")
         require(self.batch_size > 1, f"{p}batch_size", "must be > 1")
-        require(self.precision in TRAIN_PRECISIONS, f"{p}precision", f"must be one of {list(TRAIN_PRECISIONS)}, got {self.precision!r}")
+        require(self.precision in TRAIN_PRECISIONS, f"{p}precision",
+                f"must be one of {list(TRAIN_PRECISIONS)}, got {self.precision!r}")
         require(0.0 < self.holdout_fraction < 1.0, f"{p}holdout_fraction", "must be in (0, 1)")
         require(self.augment_shift >= 0, f"{p}augment_shift", "must be >= 0")
         require(self.reconstruction_max_frames >= 4, f"{p}reconstruction_max_frames", "must be >= 4")

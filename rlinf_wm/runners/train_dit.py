@@ -55,6 +55,7 @@ from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
 from rlinf_wm.utils.io import read_json, write_json_atomic
 from rlinf_wm.utils.precision import resolve_dtype, training_autocast
 
+
 class LatentWindows:
     """All training windows of a set of latent episodes (see the module docstring); batches are torch tensors."""
 

@@ -57,7 +57,7 @@ from rlinf_wm.runners.train_tokenizer import (
 )
 from rlinf_wm.utils.checkpoint import save_model_atomic
 from rlinf_wm.utils.io import write_json_atomic
-from rlinf_wm.utils.precision import autocast, resolve_dtype
+from rlinf_wm.utils.precision import resolve_dtype, training_autocast
 
 
 @torch.no_grad()
@@ -192,7 +192,7 @@ def train_reward_model(
         batch = train.inputs(index, train_recon, use_recon)
         x = random_shift(model.prepare(batch), cfg.augment_shift, shift_generator)
         labels = torch.from_numpy(train.labels[index].astype(np.float32))
-        with autocast("cpu", compute_dtype):
+        with training_autocast("cpu", compute_dtype):
             logits = model.head(model.backbone(x).pooler_output.flatten(1)).squeeze(1)
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pos_weight)
         optimizer.zero_grad(set_to_none=True)

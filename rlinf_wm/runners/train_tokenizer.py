@@ -35,7 +35,7 @@ from rlinf_wm.data.trajectories import Episode, load_episodes
 from rlinf_wm.models.tokenizer import VideoTokenizer, frames_to_model_input
 from rlinf_wm.utils.checkpoint import load_model, load_state, save_model_atomic, save_state_atomic
 from rlinf_wm.utils.io import json_round_trip, write_json_atomic
-from rlinf_wm.utils.precision import autocast, resolve_dtype
+from rlinf_wm.utils.precision import resolve_dtype, training_autocast
 
 
 
@@ -289,7 +289,7 @@ def train_tokenizer(
     stopped_early = False
     while step < cfg.steps:
         x = frames_to_model_input(train_sampler.sample(data_rng, cfg.batch_size))
-        with autocast("cpu", compute_dtype):
+        with training_autocast("cpu", compute_dtype):
             recon, kl = tokenizer(x)
         parts = reconstruction_loss(recon.float(), x, cfg)
         loss = (
