@@ -65,9 +65,13 @@ TASKS = {
 class Stage:
     name: str
     command: list[str]
-    done_marker: Path
+    done_marker: Path  # written last by the stage: its output is complete
     smoke_overrides: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
+    also_needs: Path | None = None  # an output that only some settings write (a cached stage without it reruns)
+
+    def done(self) -> bool:
+        return self.done_marker.exists() and (self.also_needs is None or self.also_needs.exists())
 
 
 def task_configs(task: str) -> TaskConfigs:
@@ -94,14 +98,17 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
         replays = [f"train.reward_generated_episodes={configs.reward_replays}", "train.reward_generated_kinds=[policy]"]
         smoke_replays = ["train.reward_generated_episodes=2"]
 
-    # sampled evaluations record their episodes: the next round's world model trains on them
-    def evaluation(name: str, policy: Path, out: Path, settings=("eval.save_episodes=true", temperature)) -> Stage:
+    # a sampled evaluation records its episodes when a world model trains on them (the base's, and every round's
+    # but the last): rendering every step costs it 2.6x the time
+    def evaluation(name: str, policy: Path, out: Path, record: bool = True, settings=(temperature,)) -> Stage:
+        recording = ["eval.save_episodes=true"] if record else []
         return Stage(
             name,
             [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
-             f"policy_path={policy}", f"eval.output_dir={out}", *settings],
+             f"policy_path={policy}", f"eval.output_dir={out}", *recording, *settings],
             out / "summary.json",
             smoke_eval,
+            also_needs=out / "episodes" / "shard_00000.hdf5" if record else None,  # evaluate.EPISODES_FILE
         )
 
     def world_model(name: str, out: Path, rollouts: list[Path], refine: list[str]) -> Stage:
@@ -143,14 +150,15 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
         evaluation("eval_base", artifacts / "sft" / "model", artifacts / "eval_base"),
         # mean actions from initial states 0..n-1 once each: the protocol of GRPO's own end-of-run evaluation
         evaluation("eval_base_deterministic", artifacts / "sft" / "model", artifacts / "eval_base_deterministic",
-                   ("eval.deterministic=true", f"eval.num_episodes={configs.deterministic_episodes}", "eval.num_videos=0")),
+                   record=False, settings=("eval.deterministic=true", f"eval.num_episodes={configs.deterministic_episodes}",
+                                           "eval.num_videos=0")),
     ]
     rollouts = [artifacts / "eval_base" / "episodes"]
     world_model_dir, rl_dir, eval_dir = artifacts / "world_model", artifacts / "rl_grpo_wm", artifacts / "eval_rl"
     stages += [
         world_model("world_model", world_model_dir, rollouts, []),
         grpo("grpo_world_model", rl_dir, world_model_dir, []),
-        evaluation("eval_rl", rl_dir / "final" / "model", eval_dir),
+        evaluation("eval_rl", rl_dir / "final" / "model", eval_dir, record=rounds > 1),
     ]
     for r in range(2, rounds + 1):
         rollouts = [*rollouts, eval_dir / "episodes"]
@@ -161,7 +169,7 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
                         [f"refine_from={world_model_dir}", f"train.dit.steps={configs.refine_dit_steps}"]),
             grpo(f"grpo_world_model_r{r}", next_rl, refined,
                  [f"policy.path={rl_dir / 'final'}", f"algorithm.kl_coef={configs.refine_kl_coef}"]),
-            evaluation(f"eval_rl_r{r}", next_rl / "final" / "model", eval_dir),
+            evaluation(f"eval_rl_r{r}", next_rl / "final" / "model", eval_dir, record=r < rounds),
         ]
         world_model_dir, rl_dir = refined, next_rl
     return stages
@@ -215,8 +223,9 @@ def run_stage(stage: Stage, smoke: bool, log_dir: Path, env: dict) -> float:
     if result.returncode != 0:
         tail = log_path.read_text()[-3000:]
         raise SystemExit(f"[quickstart] stage {stage.name} failed (exit {result.returncode}); last lines of {log_path}:\n{tail}")
-    if not stage.done_marker.exists():
-        raise SystemExit(f"[quickstart] stage {stage.name} finished but did not write {stage.done_marker}")
+    if not stage.done():
+        raise SystemExit(f"[quickstart] stage {stage.name} finished but did not write {stage.done_marker}"
+                         + (f" and {stage.also_needs}" if stage.also_needs else ""))
     return elapsed
 
 
@@ -266,7 +275,7 @@ def main() -> None:
     wall_times: dict[str, float | None] = {}
     total_start = time.perf_counter()
     for stage in stages:
-        if stage.done_marker.exists() and stage.name not in args.force:
+        if stage.done() and stage.name not in args.force:
             print(f"[quickstart] {stage.name}: cached ({stage.done_marker})", flush=True)
             wall_times[stage.name] = None
             continue

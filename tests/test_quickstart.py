@@ -81,3 +81,30 @@ def test_quickstart_rejects_a_bad_override():
     run = subprocess.run([sys.executable, "examples/quickstart.py", "--override", "nonsense:x=1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)
     assert run.returncode != 0 and "STAGE:KEY=VALUE" in run.stderr
+
+
+def load_quickstart():
+    import importlib.util
+
+    spec = importlib.util.spec_from_file_location("quickstart", ROOT / "examples" / "quickstart.py")
+    module = importlib.util.module_from_spec(spec)
+    sys.modules["quickstart"] = module  # its dataclasses look their module up
+    spec.loader.exec_module(module)
+    return module
+
+
+@pytest.mark.parametrize("rounds", [1, 2])
+def test_only_evaluations_a_world_model_trains_on_record_their_episodes(tmp_path, rounds):
+    quickstart = load_quickstart()
+    stages = {s.name: s for s in quickstart.build_stages("drawer-open-v3", tmp_path, rounds)}
+    recording = {name for name, s in stages.items() if "eval.save_episodes=true" in s.command}
+    assert recording == ({"eval_base"} if rounds == 1 else {"eval_base", "eval_rl"})
+    assert recording == {name for name, s in stages.items() if s.also_needs is not None}
+    # a finished evaluation that did not record reruns once a later round needs its episodes
+    evaluation = stages["eval_base"]
+    evaluation.done_marker.parent.mkdir(parents=True)
+    evaluation.done_marker.write_text("{}")
+    assert not evaluation.done()
+    evaluation.also_needs.parent.mkdir()
+    evaluation.also_needs.write_bytes(b"")
+    assert evaluation.done()
