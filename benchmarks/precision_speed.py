@@ -154,8 +154,9 @@ def main() -> None:
     results["reward_train_step"] = compare("reward model train step", lambda d: lambda: step(d), args.repeats)
 
     # policy: a batch of 64 frames, as sft
-    policy = TinyVLA(**model_config("tinyvla", image_size=64, action_dim=4, action_head="gaussian",
-                                    action_q01=[-1.0] * 4, action_q99=[1.0] * 4))
+    policy = TinyVLA({k: v for k, v in model_config("tinyvla", image_size=64, action_dim=4, action_head="gaussian",
+                                                  action_q01=[-1.0] * 4, action_q99=[1.0] * 4).items()
+                      if k != "policy_type"})
     observations = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8)
     instructions = policy.instruction_tokenizer.encode(["open the drawer"] * 64)
 
