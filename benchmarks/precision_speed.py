@@ -31,10 +31,10 @@ sys.path.insert(0, str(ROOT))
 
 from rlinf_wm.models.dit import ActionDiT  # noqa: E402
 from rlinf_wm.models.flow_matching import flow_matching_loss  # noqa: E402
-from rlinf_wm.models.policy.tiny_vla import TinyVLA  # noqa: E402
 from rlinf_wm.models.reward_model import RewardModel  # noqa: E402
 from rlinf_wm.models.tokenizer import VideoTokenizer  # noqa: E402
 from rlinf_wm.utils.precision import autocast, native_bfloat16, training_autocast  # noqa: E402
+from rlinf_wm.workers.policy_factory import build_policy  # noqa: E402
 
 MODELS = ROOT / "examples" / "embodiment" / "config" / "model"
 PRECISIONS = (torch.float32, torch.bfloat16)
@@ -154,9 +154,8 @@ def main() -> None:
     results["reward_train_step"] = compare("reward model train step", lambda d: lambda: step(d), args.repeats)
 
     # policy: a batch of 64 frames, as sft
-    policy = TinyVLA({k: v for k, v in model_config("tinyvla", image_size=64, action_dim=4, action_head="gaussian",
-                                                  action_q01=[-1.0] * 4, action_q99=[1.0] * 4).items()
-                      if k != "policy_type"})
+    policy = build_policy({"model": model_config("tinyvla", image_size=64, action_dim=4, action_head="gaussian",
+                                                 action_q01=[-1.0] * 4, action_q99=[1.0] * 4)})
     observations = torch.randint(0, 256, (64, 64, 64, 3), dtype=torch.uint8)
     instructions = policy.instruction_tokenizer.encode(["open the drawer"] * 64)
 
