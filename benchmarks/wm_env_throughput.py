@@ -10,6 +10,8 @@ Measured in one process, one run, interleaved (so load from other processes hits
   machine's fp32 matmul FLOP/s (1024^3 matmuls, from benchmarks/dit_flops.py), and against its matmul FLOP/s in
   the env's dtype;
 * the env's dtype (``--dtype``, default ``auto``: bfloat16 where native) against float32 at the largest batch;
+* ``torch.compile`` (``--compile``, default ``auto``: where a compiler is installed) against the eager env at the
+  largest batch (every env runs one chunk first, so compiling is not timed);
 * classifier-free guidance: a sampler run with w = 0 (the no-op: one branch) against a bare one-branch loop, and
   with w > 0 (both branches in one doubled-batch call) against one branch;
 * the time split per chunk (DiT / decode / reward model / rest) from the env's ``timings``;
@@ -20,7 +22,7 @@ models of the default tiny config (examples/embodiment/config/model/wm_*.yaml: s
 frames rendered by Meta-World.
 
     .venv/bin/python benchmarks/wm_env_throughput.py [--world-model-dir outputs/drawer-open-v3/world_model]
-        [--num-steps N] [--dtype auto|float32|bfloat16] [--threads 1] [--repeats 3]
+        [--num-steps N] [--dtype auto|float32|bfloat16] [--compile auto|true|false] [--threads 1] [--repeats 3]
 
 Prints one JSON object as its last line.
 """
@@ -46,6 +48,7 @@ import torch  # noqa: E402
 from omegaconf import OmegaConf  # noqa: E402
 
 from rlinf_wm.envs.world_model_env import WorldModelEnv  # noqa: E402
+from rlinf_wm.utils.compilation import resolve_compile  # noqa: E402
 from rlinf_wm.utils.precision import resolve_dtype  # noqa: E402
 
 TASK = "drawer-open-v3"
@@ -136,12 +139,15 @@ def main() -> None:
     parser.add_argument("--steps-sweep", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--dtype", default="auto", help="the world-model env's dtype (auto: bfloat16 where native)")
+    parser.add_argument("--compile", default="auto", choices=["auto", "true", "false"],
+                        help="torch.compile the env's DiT and decoder (auto: where a compiler is installed)")
     # 1 thread: the simulator steps on one core, so steps per CPU-second compare per-core efficiency; and one
     # thread does not spin-wait for a second core that other processes hold (which inflates CPU time)
     parser.add_argument("--threads", type=int, default=1)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype, key="--dtype")
+    compiled = resolve_compile({"true": True, "false": False}.get(args.compile, args.compile), key="--compile")
     from dit_flops import count_flops
 
     from rlinf_wm.envs.metaworld_env import MetaWorldEnv
@@ -158,15 +164,18 @@ def main() -> None:
 
     def make(num_envs: int, **overrides) -> WorldModelEnv:
         kwargs = dict(num_envs=num_envs, batch_size=max(args.batches + [1]), max_episode_steps=10**6,
-                      reward_threshold=NEVER, sampler=dict(sampler), seed=0, dtype=str(dtype).removeprefix("torch."))
+                      reward_threshold=NEVER, sampler=dict(sampler), seed=0, dtype=str(dtype).removeprefix("torch."),
+                      compile=compiled)
         kwargs.update(overrides)
         env = WorldModelEnv(str(wm_dir), **kwargs)
         env.reset(seed=0)
+        env.chunk_step(np.zeros((num_envs, env.chunk_size, 4), np.float32))  # compiles, when compiling
         return env
 
     envs = {1: make(1), **{b: make(b) for b in args.batches}}
     big = max(args.batches)
-    float32_env = make(big, dtype="float32") if dtype != torch.float32 else None
+    float32_env = make(big, dtype="float32", compile=False) if dtype != torch.float32 else None
+    eager_env = make(big, compile=False) if compiled else None
     k = envs[1].chunk_size
     num_steps = envs[1].sampler.num_steps
     rng = np.random.default_rng(0)
@@ -184,6 +193,8 @@ def main() -> None:
               for b in envs],
             *([("wm_float32", big * k, lambda: timed_chunks(float32_env, lambda: random_actions(big), 1))]
               if float32_env is not None else []),
+            *([("wm_eager", big * k, lambda: timed_chunks(eager_env, lambda: random_actions(big), 1))]
+              if eager_env is not None else []),
         ]:
             wall, cpu = fn()
             samples.setdefault(name, []).append((steps / wall, steps / cpu))
@@ -210,7 +221,9 @@ def main() -> None:
     acts = torch.randn(big, env.chunk_size, dit.action_dim, dtype=dtype)  # with running sums when trained on them
     s = torch.rand(big, dtype=dtype)
     with torch.no_grad():
+        dit.compile_forward = False  # the FLOP counter sees eager ops only; the timing below runs as the env does
         flops = count_flops(lambda: dit(x, s, acts, mask))
+        dit.compile_forward = compiled
         a, b = torch.randn(1024, 1024), torch.randn(1024, 1024)
         a_dtype, b_dtype = a.to(dtype), b.to(dtype)
         a @ b
@@ -277,6 +290,7 @@ def main() -> None:
         "solver": env.sampler.solver,
         "num_steps": num_steps,
         "dtype": str(dtype).removeprefix("torch."),
+        "compiled": compiled,
         "steps_per_second": {
             "sequential_batch1": steps_per_second["wm_b1"],
             **{f"batch{b}": steps_per_second[f"wm_b{b}"] for b in args.batches},
@@ -294,6 +308,8 @@ def main() -> None:
         "imagined_over_real": steps_per_second[f"wm_b{big}"] / steps_per_second["real_k"],
         "dtype_over_float32": (steps_per_second[f"wm_b{big}"] / steps_per_second["wm_float32"]
                                if float32_env is not None else 1.0),
+        "compiled_over_eager": (steps_per_second[f"wm_b{big}"] / steps_per_second["wm_eager"]
+                                if eager_env is not None else 1.0),
         "batch64_over_sequential_cpu": steps_per_cpu_second.get("wm_b64", float("nan")) / steps_per_cpu_second["wm_b1"],
         "imagined_over_real_cpu": steps_per_cpu_second[f"wm_b{big}"] / steps_per_cpu_second["real_k"],
         "dit": {
@@ -327,7 +343,8 @@ def main() -> None:
     for line in (
         f"imagined steps/s: seq b1 {steps_per_second['wm_b1']:.1f}, "
         + ", ".join(f"b{b} {steps_per_second[f'wm_b{b}']:.1f}" for b in args.batches)
-        + f" | real Meta-World K={k}: {steps_per_second['real_k']:.1f}, K=1: {steps_per_second['real_k1']:.1f}",
+        + f" | real Meta-World K={k}: {steps_per_second['real_k']:.1f}, K=1: {steps_per_second['real_k1']:.1f}"
+        + (f" | b{big} compiled / eager {results['compiled_over_eager']:.2f}x" if compiled else ""),
         f"DiT B={big} ({dtype}): {flops / forward / 1e9:.1f} GFLOP/s = {flops / forward / peak:.0%} of fp32 matmul "
         f"{peak / 1e9:.1f}, {flops / forward / peak_dtype:.0%} of {dtype} matmul {peak_dtype / 1e9:.1f}",
         f"CFG: w=0 {cfg_seconds['w0']:.2f}s, one branch {cfg_seconds['one_branch']:.2f}s, w={args.guidance} "

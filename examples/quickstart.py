@@ -120,7 +120,7 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
             out / "world_model.json",
             ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4",
              "++train.reward.batch_size=8", "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false",
-             *smoke_replays],
+             "++train.dit.compile=false", *smoke_replays],  # compiling would take longer than the 4 steps
         )
 
     def grpo(name: str, out: Path, world_model_dir: Path, policy: list[str]) -> Stage:
@@ -130,7 +130,8 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
              f"policy.temperature={configs.temperature}", f"env.train.world_model_dir={world_model_dir}", *policy],
             out / "final" / "model" / "model.safetensors",
             ["runner.max_iterations=1", "runner.eval_interval=0", "env.train.num_envs=4", "algorithm.group_size=2",
-             "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false"],
+             "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false",
+             "env.train.compile=false"],
             env={"LOG_DIR": str(out)},
         )
 

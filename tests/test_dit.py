@@ -94,19 +94,21 @@ def test_actions_change_prediction_and_dropping_ignores_them():
     assert (v_drop[drop] - v[drop]).abs().amax() > 1e-3
 
 
-def test_per_frame_timesteps_and_action_embeddings_reach_the_right_frames():
+@pytest.mark.parametrize("use_diffusers_forward", [False, True])
+def test_per_frame_timesteps_and_action_embeddings_reach_the_right_frames(use_diffusers_forward):
     model = randomised(ActionDiT(**SMALL))
+    model.use_diffusers_forward = use_diffusers_forward
     x, s, actions, mask = inputs(batch=2, frames=4, cond_frames=2)
-    seen = {}
+    time_embed = model.transformer.time_embed
+    embed, seen = time_embed.embed, {}
 
-    def record(module, args):
-        seen["timestep"] = args[1].clone()
-        seen["to_timestep"] = module.pending_action_embeddings[0].clone()
+    def record(hidden_states, timestep, to_timestep, to_adaln):
+        seen["timestep"], seen["to_timestep"] = timestep.clone(), to_timestep.clone()
+        return embed(hidden_states, timestep, to_timestep, to_adaln)
 
-    handle = model.transformer.time_embed.register_forward_pre_hook(record)
+    time_embed.embed = record
     with torch.no_grad():
         model(x, s, actions, mask)
-    handle.remove()
     frame_timestep = seen["timestep"].view(2, 4)
     assert torch.equal(frame_timestep[:, :2], torch.zeros(2, 2))  # conditioning frames are clean
     assert torch.allclose(frame_timestep[:, 2:], s[:, None].expand(2, 2))
@@ -114,7 +116,7 @@ def test_per_frame_timesteps_and_action_embeddings_reach_the_right_frames():
     assert torch.count_nonzero(per_frame[:, :2]) == 0  # zero action embedding on conditioning frames
     groups = actions.reshape(2, 2, 6)  # 2 actions x 3 dims per predicted frame, in order
     assert torch.allclose(per_frame[:, 2:], model.action_embed_timestep(groups), atol=1e-6)
-    assert model.transformer.time_embed.pending_action_embeddings is None  # the hook is cleared after the call
+    assert time_embed.pending_action_embeddings is None  # diffusers' path clears its hand-over after the call
 
 
 def test_skipped_cross_attention_equals_zero_text_context():

@@ -40,6 +40,7 @@ from rlinf_wm.envs.world_model_frames import WorldModelFrames
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
 from rlinf_wm.envs.world_model_placement import ModelPlacement
 from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
+from rlinf_wm.utils.compilation import resolve_compile
 from rlinf_wm.utils.precision import resolve_dtype
 
 REWARD_TYPES = ("success_once", "relative")
@@ -78,6 +79,9 @@ class WorldModelEnv(ChunkEnv):
             it (bfloat16 decodes agree with float32 to ~53 dB); encoding and the reward model stay float32.
             ``auto``: bfloat16 on hardware that computes it natively (CUDA, CPUs with AMX / AVX512-BF16), else
             float32 (:mod:`rlinf_wm.utils.precision`).
+        compile: ``torch.compile`` the DiT and the per-frame tokenizer's decoder (``auto``: where a compiler is
+            installed; :mod:`rlinf_wm.utils.compilation`). The first chunk of a process then compiles (~20-40 s on
+            CPU), so it pays off for RL runs, not for short evaluations.
         seed: seeds the noise streams and the initial-state draws of ``reset(ids=None)``.
     """
 
@@ -104,6 +108,7 @@ class WorldModelEnv(ChunkEnv):
         reencode_context: bool | None = None,
         device: str = "cpu",
         dtype: str = "auto",
+        compile: bool | str = False,
         seed: int = 0,
     ) -> None:
         if reward_type not in REWARD_TYPES:
@@ -115,6 +120,7 @@ class WorldModelEnv(ChunkEnv):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         compute_dtype = resolve_dtype(dtype, device)
+        compiled = resolve_compile(compile, device)
         parts = load_world_model_parts(
             world_model_dir, task, tokenizer_path, dit_path, reward_model_path, stats_path, initial_states_path,
             chunk_size, num_cond_latent_frames, action_scaler, sampler,
@@ -147,9 +153,10 @@ class WorldModelEnv(ChunkEnv):
                              f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")
 
         self.timings = StepTimings()
+        self.dit.compile_forward = compiled
         self._counting_dit = CountingModel(self.dit, self.timings)
         self._frames = WorldModelFrames(self.tokenizer, self.reward_model, self.initial_states, self.num_cond_latent_frames,
-                                        self.chunk_size, self.device, self.dtype, self.timings)
+                                        self.chunk_size, self.device, self.dtype, self.timings, compiled)
         self._placement = ModelPlacement(self.tokenizer, self.dit, self.reward_model, self.device, self.dtype)
 
         b = self.num_envs

@@ -15,7 +15,7 @@ import torch
 from rlinf_wm.data.initial_states import InitialStates
 from rlinf_wm.envs.world_model_timing import StepTimings
 from rlinf_wm.models.reward_model import RewardModel
-from rlinf_wm.models.tokenizer import VideoTokenizer
+from rlinf_wm.models.tokenizer import VideoTokenizer, compiled_decode_to_uint8
 from rlinf_wm.utils.precision import autocast
 
 
@@ -26,11 +26,13 @@ class WorldModelFrames:
     def __init__(
         self, tokenizer: VideoTokenizer, reward_model: RewardModel, initial_states: InitialStates,
         num_cond_latent_frames: int, chunk_size: int, device: torch.device, dtype: torch.dtype, timings: StepTimings,
+        compiled: bool = False,
     ) -> None:
         self.tokenizer, self.reward_model, self.initial_states = tokenizer, reward_model, initial_states
         self.num_cond_latent_frames, self.chunk_size = num_cond_latent_frames, chunk_size
         self.device, self.dtype, self.timings = device, dtype, timings
         self.per_frame = tokenizer.temporal_compression == 1
+        self.compiled_decoder = compiled and self.per_frame  # see compiled_decode_to_uint8
         self._latent_cache: dict[int, torch.Tensor] = {}  # reset id -> context latents [C, Tc, h, w]
         self._prob_cache: dict[int, float] = {}  # reset id -> success probability of the reset frame
 
@@ -88,7 +90,11 @@ class WorldModelFrames:
                 index = torch.tensor([j for _, j in pairs], device=new.device)
                 latents = new[rows, :, index].unsqueeze(2).float()  # [N, C, 1, h, w]
                 with autocast(self.device, self.dtype):
-                    frames = self.tokenizer.decode_to_uint8(latents)[:, 0].cpu().numpy()
+                    if self.compiled_decoder:
+                        frames = compiled_decode_to_uint8()(self.tokenizer, latents)
+                    else:
+                        frames = self.tokenizer.decode_to_uint8(latents)
+                    frames = frames[:, 0].cpu().numpy()
                 for (i, j), frame in zip(pairs, frames):
                     out[i][j] = frame
                 self.timings.decoded_frames += len(pairs)

@@ -29,6 +29,7 @@ True`` runs diffusers' own forward instead (tests check that both agree).
 
 from __future__ import annotations
 
+import functools
 import math
 from typing import Any
 
@@ -79,6 +80,17 @@ def _as_triple(value, name: str) -> tuple:
     if len(values) != 3:
         raise ValueError(f"ActionDiT {name} must have 3 entries (T, H, W), got {value!r}")
     return values
+
+
+@functools.cache
+def compiled_per_frame_forward():
+    """``ActionDiT._per_frame_forward`` through ``torch.compile`` (inductor), built once per process.
+
+    A plain function of (model, tensors), not a bound method stored on the model, so copies of a model never call
+    the original's weights. Shapes are dynamic (``dynamic=None``: the first new batch size recompiles once into a
+    size-generic kernel), since the env's batch shrinks as episodes finish. Needs a C++ compiler on CPU.
+    """
+    return torch.compile(ActionDiT._per_frame_forward)
 
 
 class ActionDiT(nn.Module, PyTorchModelHubMixin):
@@ -177,6 +189,8 @@ class ActionDiT(nn.Module, PyTorchModelHubMixin):
         self.action_embed_adaln = ActionMLP(action_in, action_hidden, 3 * hidden_size)
         # True: run diffusers' own forward (per-token modulation); False: the equivalent, faster per-frame path.
         self.use_diffusers_forward = False
+        # True: the per-frame path runs through torch.compile (see compiled_per_frame_forward)
+        self.compile_forward = False
         self.reset_parameters()
 
     @classmethod
@@ -283,10 +297,11 @@ class ActionDiT(nn.Module, PyTorchModelHubMixin):
         frame_timestep = torch.where(
             is_conditioning, torch.full_like(timestep[:, None], self.condition_frame_timestep), timestep[:, None]
         ) * self.timestep_scale
-        time_embed = self.transformer.time_embed
-        time_embed.pending_action_embeddings = (frame_to_timestep.flatten(0, 1), frame_to_adaln.flatten(0, 1))
-        try:
-            if self.use_diffusers_forward or self.transformer.gradient_checkpointing:
+        action_embeddings = (frame_to_timestep.flatten(0, 1), frame_to_adaln.flatten(0, 1))
+        if self.use_diffusers_forward or self.transformer.gradient_checkpointing:
+            time_embed = self.transformer.time_embed
+            time_embed.pending_action_embeddings = action_embeddings
+            try:
                 return self.transformer(
                     hidden_states=x,
                     timestep=frame_timestep.reshape(batch, 1, num_frames, 1, 1),
@@ -294,15 +309,18 @@ class ActionDiT(nn.Module, PyTorchModelHubMixin):
                     condition_mask=condition_mask.to(x.dtype),
                     return_dict=False,
                 )[0]
-            return self._per_frame_forward(x, frame_timestep, condition_mask.to(x.dtype))
-        finally:
-            time_embed.pending_action_embeddings = None
+            finally:
+                time_embed.pending_action_embeddings = None
+        per_frame_forward = compiled_per_frame_forward() if self.compile_forward else ActionDiT._per_frame_forward
+        return per_frame_forward(self, x, frame_timestep, condition_mask.to(x.dtype), *action_embeddings)
 
-    def _per_frame_forward(self, x: torch.Tensor, frame_timestep: torch.Tensor, condition_mask: torch.Tensor):
+    def _per_frame_forward(self, x: torch.Tensor, frame_timestep: torch.Tensor, condition_mask: torch.Tensor,
+                           frame_to_timestep: torch.Tensor, frame_to_adaln: torch.Tensor):
         """diffusers' ``CosmosTransformer3DModel.forward`` (per-frame timesteps, zero text context) with the same
         modules, computing each AdaLN modulation once per latent frame and broadcasting it over that frame's tokens
         (diffusers repeats it for every token), and skipping the cross-attention branch (it adds exactly 0).
-        benchmarks/dit_flops.py measured 1.66x (B=16) / 1.73x (B=64) on CPU; tests check both paths agree."""
+        benchmarks/dit_flops.py measured 1.66x (B=16) / 1.73x (B=64) on CPU; tests check both paths agree.
+        It has no data-dependent control flow, so ``torch.compile`` takes it whole (``compile_forward``)."""
         transformer = self.transformer
         batch, _, num_frames, _, _ = x.shape
         hidden = self.hidden_size
@@ -313,7 +331,7 @@ class ActionDiT(nn.Module, PyTorchModelHubMixin):
         _, post_t, post_h, post_w, _ = tokens.shape
         per_frame = post_h * post_w
         h = tokens.reshape(batch, num_frames, per_frame, hidden)
-        temb, embedded = transformer.time_embed(h, frame_timestep.flatten())  # [B*T, 3D], [B*T, D]
+        temb, embedded = transformer.time_embed.embed(h, frame_timestep.flatten(), frame_to_timestep, frame_to_adaln)
         temb = temb.view(batch, num_frames, 1, 3 * hidden)
         activated = torch.nn.functional.silu(embedded.view(batch, num_frames, 1, hidden))
         if extra_pos_emb is not None:

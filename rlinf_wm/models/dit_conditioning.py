@@ -32,10 +32,14 @@ class ActionTimestepEmbedding(CosmosEmbedding):
         self.pending_action_embeddings: tuple[torch.Tensor, torch.Tensor] | None = None
 
     def forward(self, hidden_states: torch.Tensor, timestep: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.embed(hidden_states, timestep, *(self.pending_action_embeddings or (None, None)))
+
+    def embed(self, hidden_states: torch.Tensor, timestep: torch.Tensor, to_timestep: torch.Tensor | None,
+              to_adaln: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(temb [N, 3D], embedded_timestep [N, D])`` with the action embeddings added (None: none)."""
         timesteps_proj = self.time_proj(timestep).type_as(hidden_states)
         temb = self.t_embedder(timesteps_proj)  # the AdaLN-LoRA vector, [N, 3D]
-        if self.pending_action_embeddings is not None:
-            to_timestep, to_adaln = self.pending_action_embeddings
+        if to_timestep is not None:
             timesteps_proj = timesteps_proj + to_timestep
             temb = temb + to_adaln
         return temb, self.norm(timesteps_proj)

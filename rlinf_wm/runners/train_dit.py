@@ -53,6 +53,7 @@ from rlinf_wm.runners.train_tokenizer import (
 )
 from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
 from rlinf_wm.utils.io import read_json, write_json_atomic
+from rlinf_wm.utils.compilation import resolve_compile
 from rlinf_wm.utils.precision import resolve_dtype, training_autocast
 
 
@@ -225,6 +226,7 @@ def train_dit(
     if cfg.num_threads > 0:
         torch.set_num_threads(cfg.num_threads)
     compute_dtype = resolve_dtype(cfg.precision, key="train.dit.precision")
+    compiled = resolve_compile(cfg.compile, key="train.dit.compile")
     start_time = time.time()
     torch.manual_seed(cfg.seed)
     random.seed(cfg.seed)
@@ -275,6 +277,7 @@ def train_dit(
                                  f"train.dit.ema_decay={cfg.ema_decay}; resume with the same settings or start over")
             ema.load_state_dict(state["ema"])
     model.train()
+    model.compile_forward = compiled
     resumed_from = step
 
     def averaged_model():
