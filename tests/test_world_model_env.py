@@ -16,6 +16,7 @@ from rlinf_wm.data.initial_states import InitialStates
 from rlinf_wm.data.trajectories import Episode, write_episodes
 from rlinf_wm.envs import make_env
 from rlinf_wm.envs.world_model_env import WorldModelEnv
+from rlinf_wm.utils.compilation import compiler_available
 
 B = 4
 NEVER = 1.01  # a success threshold no probability reaches
@@ -516,6 +517,17 @@ def test_schema_rejects_bad_values():
             validate({**base, key: value}, WorldModelEnvConfig, "env.train")
     ok = validate(base, WorldModelEnvConfig, "env.train")
     assert json.dumps(ok.env_kwargs())  # plain data, passable to a Ray actor
+
+
+@pytest.mark.skipif(not compiler_available("cpu"), reason="torch.compile on CPU needs a C++ compiler")
+def test_a_compiled_env_generates_the_eager_frames(wm_dir):
+    compiled, eager = make(wm_dir, compile=True), make(wm_dir)
+    assert compiled.dit.compile_forward and compiled._frames.compiled_decoder
+    assert not eager.dit.compile_forward and not eager._frames.compiled_decoder
+    a, b = rollout(compiled, [0, 1, 2, 0], seed=1), rollout(eager, [0, 1, 2, 0], seed=1)
+    assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # fused kernels round differently
+    with pytest.raises(ValueError, match="compile must be one of"):
+        make(wm_dir, compile="on")
 
 
 def test_bfloat16_runs_the_dit_in_it_and_decodes_under_autocast_close_to_float32(wm_dir, monkeypatch):
