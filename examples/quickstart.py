@@ -130,7 +130,8 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
              f"policy.temperature={configs.temperature}", f"env.train.world_model_dir={world_model_dir}", *policy],
             out / "final" / "model" / "model.safetensors",
             ["runner.max_iterations=1", "runner.eval_interval=0", "env.train.num_envs=4", "algorithm.group_size=2",
-             "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false"],
+             "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false",
+             "env.train.compile=false"],
             env={"LOG_DIR": str(out)},
         )
 

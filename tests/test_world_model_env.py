@@ -480,12 +480,14 @@ def test_env_yaml_derives_every_path_from_world_model_dir_and_builds(wm_dir):
     for section in ("train", "eval"):
         resolved = OmegaConf.to_container(root.env[section], resolve=True)
         assert resolved["world_model_dir"] == "outputs/x/world_model"
+        assert resolved["compile"] == "auto"
         for key in ("tokenizer_path", "dit_path", "reward_model_path", "stats_path", "initial_states_path"):
             assert resolved[key].startswith("outputs/x/world_model/"), key
     # command-line style overrides of the sampler and window keys
     overrides = OmegaConf.from_dotlist([
         f"env.train.world_model_dir={wm_dir}", "env.train.sampler.num_steps=1", "env.train.sampler.guidance=1.5",
         "env.train.num_envs=2", "env.train.batch_size=2", "env.train.reward_threshold=1.01",
+        "env.train.compile=false",  # the YAML's auto would compile for one chunk (see test_a_compiled_env_...)
     ])
     merged = OmegaConf.merge(root, overrides)
     cfg = validate(merged.env.train, WorldModelEnvConfig, "env.train")

@@ -106,6 +106,7 @@ def tiny_overrides(root: Path) -> list[str]:
         "++train.tokenizer.stats_max_frames=64",
         "++train.tokenizer.eval_max_frames=32",
         "++train.tokenizer.warmup_steps=5",
+        "++train.dit.compile=false",  # compiling costs more than these few steps (tests/test_compilation.py covers it)
         # reward model
         f"++reward_model.image_size={SIZE}",
         "++reward_model.hidden_sizes=[8,16]",

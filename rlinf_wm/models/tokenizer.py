@@ -21,6 +21,7 @@ like ``Obs.images``) or float ``[B, 3, T, H, W]``; latents are ``[B, C, T', h, w
 from __future__ import annotations
 
 import functools
+import warnings
 from typing import Sequence
 
 import numpy as np
@@ -62,6 +63,9 @@ def compiled_decode_to_uint8():
     tokenizer, like :func:`rlinf_wm.models.dit.compiled_per_frame_forward`). For per-frame tokenizers: 1.9x on a
     batch of 64 frames in bfloat16 on the project's CPU. Wan's decoder keeps a feature cache across frames that
     dynamo cannot trace whole."""
+    # diffusers' upsampler checks the torch version through an lru_cache'd helper; dynamo warns that it traces
+    # through the cache, which is harmless here (the version does not change) and would repeat in every worker's log
+    warnings.filterwarnings("ignore", message="Dynamo detected a call to a `functools.lru_cache`", category=UserWarning)
     return torch.compile(VideoTokenizer.decode_to_uint8)
 
 

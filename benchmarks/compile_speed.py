@@ -1,0 +1,119 @@
+"""Eager against ``torch.compile`` for the passes the project can compile, on this machine, in one run.
+
+The DiT's training step (bfloat16 autocast where native, as ``train.dit.precision: auto``), the DiT's rollout
+forward at the env's batch (both CFG branches, weights in the env's dtype), and the per-frame tokenizer's decode
+of one frame per env, as ``WorldModelEnv(compile=True)`` runs them. Models are the shipped default configs,
+randomly initialised (speed does not depend on the weights), at the drawer-open-v3 shapes. Each compiled variant's
+first call (the compile) is timed on its own; then eager and compiled are timed alternately, so load from other
+processes hits both alike; medians. Inductor's on-disk cache makes compiles after the first run of a machine
+shorter: ``--cold`` points it at a fresh directory.
+
+    .venv/bin/python benchmarks/compile_speed.py [--threads 2] [--repeats 7] [--env-batch 64] [--cold]
+
+Prints ``compiled_speedup`` (eager seconds / compiled seconds) and ``compile_seconds`` per measurement. Prints one
+JSON object as its last line.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--repeats", type=int, default=7)
+    parser.add_argument("--env-batch", type=int, default=64, help="envs per DiT call at rollout (x2 with CFG)")
+    parser.add_argument("--cold", action="store_true", help="compile without inductor's on-disk cache")
+    args = parser.parse_args()
+    if args.cold:  # before torch is imported, so inductor reads it
+        os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_cold_")
+
+    import torch
+    from precision_speed import interleaved, model_config, training_step
+
+    from rlinf_wm.models.dit import ActionDiT
+    from rlinf_wm.models.flow_matching import flow_matching_loss
+    from rlinf_wm.models.tokenizer import VideoTokenizer, compiled_decode_to_uint8
+    from rlinf_wm.utils.compilation import compiler_available
+    from rlinf_wm.utils.precision import autocast, resolve_dtype
+
+    if not compiler_available("cpu"):
+        raise SystemExit("compile_speed: torch.compile on CPU needs a C++ compiler (c++, g++ or clang++ on PATH)")
+    torch.set_num_threads(args.threads)
+    torch.manual_seed(0)
+    dtype = resolve_dtype("auto")
+    results = {"threads": args.threads, "dtype": str(dtype).removeprefix("torch."), "cold_cache": args.cold}
+
+    def compare(name: str, eager, compiled) -> None:
+        start = time.perf_counter()
+        compiled()
+        compile_seconds = time.perf_counter() - start
+        seconds = interleaved({"eager": eager, "compiled": compiled}, args.repeats)
+        results[name] = {"eager_seconds": seconds["eager"], "compiled_seconds": seconds["compiled"],
+                         "compiled_speedup": seconds["eager"] / seconds["compiled"], "compile_seconds": compile_seconds}
+        print(f"{name}: eager {seconds['eager'] * 1e3:.1f} ms, compiled {seconds['compiled'] * 1e3:.1f} ms "
+              f"({results[name]['compiled_speedup']:.2f}x); first compiled call {compile_seconds:.1f} s", flush=True)
+
+    tokenizer = VideoTokenizer(**model_config("wm_tokenizer_per_frame")).eval()
+    channels, size = tokenizer.latent_channels, tokenizer.latent_size
+    cond, pred = 2, 4  # the drawer-open world model's window; 8 action inputs = 4 actions + their running sums
+    dit = ActionDiT(**model_config("wm_dit_tiny", latent_channels=channels, action_dim=8, actions_per_latent_frame=1))
+
+    def window(batch):
+        x = torch.randn(batch, channels, cond + pred, size, size)
+        mask = torch.zeros(batch, 1, cond + pred, size, size)
+        mask[:, :, :cond] = 1
+        return x, mask, torch.randn(batch, pred, 8)
+
+    # DiT training step: batch 32 as train.dit, optimizer included
+    x0, mask, actions = window(32)
+    models = {flag: copy.deepcopy(dit) for flag in (False, True)}
+    steps = {}
+    for flag, model in models.items():
+        model.compile_forward = flag
+        step = training_step(model, lambda model=model: flow_matching_loss(model, x0, mask, actions))
+        steps[flag] = lambda step=step: step(dtype)
+    compare("dit_train_step", steps[False], steps[True])
+
+    # DiT rollout forward: both CFG branches of the env's batch in one call, weights cast as the env casts them
+    rows = 2 * args.env_batch
+    x, mask, actions = (t.to(dtype) for t in window(rows))
+    level = torch.rand(rows, dtype=dtype)
+    cast = {flag: copy.deepcopy(dit).to(dtype).eval() for flag in (False, True)}
+    cast[True].compile_forward = True
+
+    def forward(flag):
+        def run():
+            with torch.no_grad():
+                cast[flag](x, level, actions, mask)
+        return run
+
+    compare(f"dit_rollout_forward_x{rows}", forward(False), forward(True))
+
+    # decode one frame per env under the env's autocast
+    latents = torch.randn(args.env_batch, channels, 1, size, size)
+
+    def decode(fn):
+        def run():
+            with torch.no_grad(), autocast("cpu", dtype):
+                fn(tokenizer, latents)
+        return run
+
+    compare(f"tokenizer_decode_x{args.env_batch}", decode(VideoTokenizer.decode_to_uint8), decode(compiled_decode_to_uint8()))
+    print(json.dumps(results))
+
+
+if __name__ == "__main__":
+    main()
