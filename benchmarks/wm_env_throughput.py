@@ -174,7 +174,7 @@ def main() -> None:
 
     envs = {1: make(1), **{b: make(b) for b in args.batches}}
     big = max(args.batches)
-    float32_env = make(big, dtype="float32", compile=False) if dtype != torch.float32 else None
+    float32_env = make(big, dtype="float32") if dtype != torch.float32 else None  # compiled alike
     eager_env = make(big, compile=False) if compiled else None
     k = envs[1].chunk_size
     num_steps = envs[1].sampler.num_steps

@@ -147,7 +147,7 @@ class DiTTrainConfig:
     num_threads: int = 0  # torch threads; 0 = torch's default
     precision: str = "auto"  # as train.tokenizer.precision (TokenizerTrainConfig)
     # torch.compile the DiT's forward (rlinf_wm.utils.compilation): auto = where a compiler is installed; the
-    # first step then compiles for ~40 s, so the Python default stays off for short runs
+    # first step then compiles (~60 s with inductor's cache cold), so the Python default stays off for short runs
     compile: bool | Literal["auto"] = False
 
     def check(self, path: str) -> None:

@@ -60,7 +60,7 @@ def frames_to_uint8(frames: torch.Tensor) -> torch.Tensor:
 @functools.cache
 def compiled_decode_to_uint8():
     """``VideoTokenizer.decode_to_uint8`` through ``torch.compile``, built once per process (a function of the
-    tokenizer, like :func:`rlinf_wm.models.dit.compiled_per_frame_forward`). For per-frame tokenizers: 1.9x on a
+    tokenizer, like :func:`rlinf_wm.models.dit.compiled_per_frame_forward`). For per-frame tokenizers: 1.7x on a
     batch of 64 frames in bfloat16 on the project's CPU. Wan's decoder keeps a feature cache across frames that
     dynamo cannot trace whole."""
     # diffusers' upsampler checks the torch version through an lru_cache'd helper; dynamo warns that it traces

@@ -52,8 +52,8 @@ from rlinf_wm.runners.train_tokenizer import (
     warmup_cosine,
 )
 from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
-from rlinf_wm.utils.io import read_json, write_json_atomic
 from rlinf_wm.utils.compilation import resolve_compile
+from rlinf_wm.utils.io import read_json, write_json_atomic
 from rlinf_wm.utils.precision import resolve_dtype, training_autocast
 
 
