@@ -2,7 +2,8 @@
 
 The DiT's training step (bfloat16 autocast where native, as ``train.dit.precision: auto``), the DiT's rollout
 forward at the env's batch (both CFG branches, weights in the env's dtype), and the per-frame tokenizer's decode
-of one frame per env, as ``WorldModelEnv(compile=True)`` runs them. Models are the shipped default configs,
+of one frame per env, as ``WorldModelEnv(compile=True)`` runs them; and, to show why they stay eager, the
+tokenizer's and the reward model's training steps with their whole module compiled. Models are the shipped default configs,
 randomly initialised (speed does not depend on the weights), at the drawer-open-v3 shapes. Each compiled variant's
 first call (the compile) is timed on its own; then eager and compiled are timed alternately, so load from other
 processes hits both alike; medians. Inductor's on-disk cache makes compiles after the first run of a machine
@@ -45,6 +46,7 @@ def main() -> None:
 
     from rlinf_wm.models.dit import ActionDiT
     from rlinf_wm.models.flow_matching import flow_matching_loss
+    from rlinf_wm.models.reward_model import RewardModel
     from rlinf_wm.models.tokenizer import VideoTokenizer, compiled_decode_to_uint8
     from rlinf_wm.utils.compilation import compiler_available
     from rlinf_wm.utils.precision import autocast, resolve_dtype
@@ -112,6 +114,39 @@ def main() -> None:
         return run
 
     compare(f"tokenizer_decode_x{args.env_batch}", decode(VideoTokenizer.decode_to_uint8), decode(compiled_decode_to_uint8()))
+
+    # not compiled by the project: the tokenizer's training step (batch 16) and the reward model's (batch 64)
+    frames = torch.rand(16, 3, 1, 64, 64) * 2 - 1
+    images, labels = torch.rand(64, 3, 64, 64), (torch.rand(64) > 0.5).float()
+
+    def training_variants(module, make_loss):
+        """Eager and compiled training-step callables; ``make_loss(model, compiled)`` -> a no-argument loss."""
+        variants = {}
+        for flag in (False, True):
+            model = copy.deepcopy(module)
+            loss = make_loss(model, flag)
+            step = training_step(model, loss)
+            variants[flag] = lambda step=step: step(dtype)
+        return variants[False], variants[True]
+
+    def tokenizer_step_loss(model, flag):
+        forward = torch.compile(model) if flag else model  # the wrapper shares the parameters
+
+        def loss():
+            recon, kl = forward(frames)
+            return (recon.float() - frames).abs().mean() + 1e-6 * kl
+        return loss
+
+    def reward_step_loss(model, flag):
+        backbone = torch.compile(model.backbone) if flag else model.backbone
+
+        def loss():
+            logits = model.head(backbone(images).pooler_output.flatten(1)).squeeze(1)
+            return torch.nn.functional.binary_cross_entropy_with_logits(logits.float(), labels)
+        return loss
+
+    compare("tokenizer_train_step", *training_variants(tokenizer.train(), tokenizer_step_loss))
+    compare("reward_train_step", *training_variants(RewardModel(**model_config("wm_reward_resnet")), reward_step_loss))
     print(json.dumps(results))
 
 

@@ -2,7 +2,7 @@
 
 Inductor fuses the tiny DiT's many small elementwise ops (AdaLN modulation, RoPE, norms) around its matmuls; on the
 project's 2-core CPU that made the DiT's bfloat16 rollout forward 1.6x and its training step 1.7x faster
-(docs/results.md). The first call of a process compiles (25-65 s here with inductor's on-disk cache cold, a few
+(docs/results.md). The first call of a process compiles (20-65 s here with inductor's on-disk cache cold, a few
 seconds warm), so it pays off for long runs, not for a few calls: tests and short tools leave it off.
 """
 
