@@ -79,15 +79,24 @@ def main() -> None:
         mask[:, :, :cond] = 1
         return x, mask, torch.randn(batch, pred, 8)
 
+    def training_variants(module, make_loss):
+        """Eager and compiled training-step callables; ``make_loss(model, compiled)`` -> a no-argument loss."""
+        variants = {}
+        for flag in (False, True):
+            model = copy.deepcopy(module)
+            loss = make_loss(model, flag)
+            step = training_step(model, loss)
+            variants[flag] = lambda step=step: step(dtype)
+        return variants[False], variants[True]
+
     # DiT training step: batch 32 as train.dit, optimizer included
     x0, mask, actions = window(32)
-    models = {flag: copy.deepcopy(dit) for flag in (False, True)}
-    steps = {}
-    for flag, model in models.items():
+
+    def dit_step_loss(model, flag):
         model.compile_forward = flag
-        step = training_step(model, lambda model=model: flow_matching_loss(model, x0, mask, actions))
-        steps[flag] = lambda step=step: step(dtype)
-    compare("dit_train_step", steps[False], steps[True])
+        return lambda: flow_matching_loss(model, x0, mask, actions)
+
+    compare("dit_train_step", *training_variants(dit, dit_step_loss))
 
     # DiT rollout forward: both CFG branches of the env's batch in one call, weights cast as the env casts them
     rows = 2 * args.env_batch
@@ -118,16 +127,6 @@ def main() -> None:
     # not compiled by the project: the tokenizer's training step (batch 16) and the reward model's (batch 64)
     frames = torch.rand(16, 3, 1, 64, 64) * 2 - 1
     images, labels = torch.rand(64, 3, 64, 64), (torch.rand(64) > 0.5).float()
-
-    def training_variants(module, make_loss):
-        """Eager and compiled training-step callables; ``make_loss(model, compiled)`` -> a no-argument loss."""
-        variants = {}
-        for flag in (False, True):
-            model = copy.deepcopy(module)
-            loss = make_loss(model, flag)
-            step = training_step(model, loss)
-            variants[flag] = lambda step=step: step(dtype)
-        return variants[False], variants[True]
 
     def tokenizer_step_loss(model, flag):
         forward = torch.compile(model) if flag else model  # the wrapper shares the parameters
