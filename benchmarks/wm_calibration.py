@@ -184,6 +184,8 @@ def main() -> None:
     parser.add_argument("--steps-sweep", type=int, nargs="*", default=[],
                         help="run the imagined side once per solver step count (quality vs steps)")
     parser.add_argument("--guidance", type=float, default=None)
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
+                        help="guide only solver steps with flow time in (LOW, HIGH] (default: as trained)")
     parser.add_argument("--reward-frames", choices=["last", "all"], default="last")
     parser.add_argument("--rules", nargs="*", default=["0.5:1", "0.8:1", "0.8:2", "0.95:2", "0.95:3"],
                         help="success rules THRESHOLD:CONSECUTIVE applied to the same imagined rollouts")
@@ -213,7 +215,7 @@ def main() -> None:
         wm_dir = random_world_model(Path(tmp.name) / "world_model", reset_frames, instruction)
     states_path = Path(tmp.name) / "calibration_states.hdf5"
     InitialStates.from_frames(reset_frames, [instruction] * len(reset_ids), reset_ids=reset_ids).save(states_path)
-    sampler = {"guidance": args.guidance} if args.guidance is not None else {}
+    sampler = {"guidance": args.guidance, "guidance_interval": args.guidance_interval}
     env = WorldModelEnv(str(wm_dir), num_envs=args.episodes, initial_states_path=str(states_path),
                         max_episode_steps=args.horizon, sampler=sampler, reward_frames=args.reward_frames,
                         batch_size=args.episodes, seed=args.seed)
@@ -247,7 +249,8 @@ def main() -> None:
                "episodes_per_policy": args.episodes, "horizon": args.horizon, "noise_std": args.noise_std,
                "steps_after_success": args.steps_after_success,
                "chunk_size": env.chunk_size, "solver": env.sampler.solver, "trained_num_steps": trained_steps,
-               "guidance": env.sampler.guidance, "reward_frames": args.reward_frames,
+               "guidance": env.sampler.guidance, "guidance_interval": list(env.sampler.guidance_interval),
+               "reward_frames": args.reward_frames,
                "real": {p: {"success_rate": float(real[p]["success"].mean()), "replay_reproduces_recording":
                             real[p]["reproduced"], "seconds": real[p]["seconds"],
                             "reward_model_false_success_on_real_frames": reward_only[p],

@@ -15,7 +15,8 @@ Measured in one process, one run, interleaved (so load from other processes hits
 * classifier-free guidance: a sampler run with w = 0 (the no-op: one branch) against a bare one-branch loop, and
   with w > 0 (both branches in one doubled-batch call) against one branch;
 * the time split per chunk (DiT / decode / reward model / rest) from the env's ``timings``;
-* env-steps/s at batch 64 for a few solver step counts (quality vs steps: benchmarks/wm_calibration.py).
+* env-steps/s at batch 64 for a few solver step counts, and with guidance limited to ``--guidance-interval``
+  (default: every step but the last, at s = 0.01); quality vs either: benchmarks/wm_calibration.py.
 
 Models: the trained world model in ``--world-model-dir`` when it has a world_model.json, else randomly initialised
 models of the default tiny config (examples/embodiment/config/model/wm_*.yaml: same shapes, same cost) with reset
@@ -135,6 +136,8 @@ def main() -> None:
     parser.add_argument("--world-model-dir", default=f"outputs/{TASK}/world_model")
     parser.add_argument("--num-steps", type=int, default=None, help="solver steps (default: the env's, as trained)")
     parser.add_argument("--guidance", type=float, default=1.0, help="w for the CFG measurement")
+    parser.add_argument("--guidance-interval", type=float, nargs=2, default=[0.05, 1.0], metavar=("LOW", "HIGH"),
+                        help="an env guiding only solver steps with flow time in (LOW, HIGH], against the trained one")
     parser.add_argument("--batches", type=int, nargs="+", default=[16, 64])
     parser.add_argument("--steps-sweep", type=int, nargs="*", default=[1, 2, 4])
     parser.add_argument("--repeats", type=int, default=3)
@@ -176,6 +179,7 @@ def main() -> None:
     big = max(args.batches)
     float32_env = make(big, dtype="float32") if dtype != torch.float32 else None  # compiled alike
     eager_env = make(big, compile=False) if compiled else None
+    interval_env = make(big, sampler={**sampler, "guidance_interval": args.guidance_interval})
     k = envs[1].chunk_size
     num_steps = envs[1].sampler.num_steps
     rng = np.random.default_rng(0)
@@ -195,6 +199,7 @@ def main() -> None:
               if float32_env is not None else []),
             *([("wm_eager", big * k, lambda: timed_chunks(eager_env, lambda: random_actions(big), 1))]
               if eager_env is not None else []),
+            ("wm_interval", big * k, lambda: timed_chunks(interval_env, lambda: random_actions(big), 1)),
         ]:
             wall, cpu = fn()
             samples.setdefault(name, []).append((steps / wall, steps / cpu))
@@ -310,6 +315,8 @@ def main() -> None:
                                if float32_env is not None else 1.0),
         "compiled_over_eager": (steps_per_second[f"wm_b{big}"] / steps_per_second["wm_eager"]
                                 if eager_env is not None else 1.0),
+        "guidance_interval": args.guidance_interval,
+        "guidance_interval_over_trained": steps_per_second["wm_interval"] / steps_per_second[f"wm_b{big}"],
         "batch64_over_sequential_cpu": steps_per_cpu_second.get("wm_b64", float("nan")) / steps_per_cpu_second["wm_b1"],
         "imagined_over_real_cpu": steps_per_cpu_second[f"wm_b{big}"] / steps_per_cpu_second["real_k"],
         "dit": {
@@ -344,7 +351,8 @@ def main() -> None:
         f"imagined steps/s: seq b1 {steps_per_second['wm_b1']:.1f}, "
         + ", ".join(f"b{b} {steps_per_second[f'wm_b{b}']:.1f}" for b in args.batches)
         + f" | real Meta-World K={k}: {steps_per_second['real_k']:.1f}, K=1: {steps_per_second['real_k1']:.1f}"
-        + (f" | b{big} compiled / eager {results['compiled_over_eager']:.2f}x" if compiled else ""),
+        + (f" | b{big} compiled / eager {results['compiled_over_eager']:.2f}x" if compiled else "")
+        + f" | guidance in {args.guidance_interval} / as trained {results['guidance_interval_over_trained']:.2f}x",
         f"DiT B={big} ({dtype}): {flops / forward / 1e9:.1f} GFLOP/s = {flops / forward / peak:.0%} of fp32 matmul "
         f"{peak / 1e9:.1f}, {flops / forward / peak_dtype:.0%} of {dtype} matmul {peak_dtype / 1e9:.1f}",
         f"CFG: w=0 {cfg_seconds['w0']:.2f}s, one branch {cfg_seconds['one_branch']:.2f}s, w={args.guidance} "

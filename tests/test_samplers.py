@@ -150,6 +150,46 @@ def test_guidance_batches_both_branches_in_one_call(solver):
 
 
 @pytest.mark.parametrize("solver", ["2ab", "euler", "unipc"])
+def test_guidance_interval_guides_only_the_steps_inside_it(solver):
+    x_cond, mask, actions = toy_batch()
+    noise = torch.randn(x_cond.shape, generator=torch.Generator().manual_seed(3))
+    schedule = [float(s) for s in FlowSampler(num_steps=4).sigmas()]  # 0.995, 0.963, 0.594, 0.0099, 0
+    inside = (0.05, 0.97)  # the second and third steps
+    model = CountingModel()
+    partly = FlowSampler(solver=solver, num_steps=4, guidance=3.0, guidance_interval=inside).sample(
+        model, x_cond, mask, actions, noise=noise
+    )
+    assert model.calls == [2, 4, 4, 2]
+    steps_seen = []
+
+    class GuidedWhereTold(CountingModel):  # guidance by hand, on the steps inside the interval only
+        def forward(self, x, timestep, actions, condition_mask, drop_actions=None):
+            s = float(timestep[0])
+            steps_seen.append(s)
+            v_c = super().forward(x, timestep, actions, condition_mask, None)
+            if not inside[0] < s <= inside[1]:
+                return v_c
+            v_u = super().forward(x, timestep, actions, condition_mask, torch.ones(x.shape[0], dtype=torch.bool))
+            return v_c + 3.0 * (v_c - v_u)
+
+    by_hand = FlowSampler(solver=solver, num_steps=4).sample(
+        GuidedWhereTold(), x_cond, mask, actions, guidance=0.0, noise=noise
+    )
+    assert steps_seen == pytest.approx(schedule[:-1], rel=1e-5)
+    assert torch.allclose(partly, by_hand, atol=1e-5)
+    everywhere = FlowSampler(solver=solver, num_steps=4, guidance=3.0).sample(
+        CountingModel(), x_cond, mask, actions, noise=noise
+    )
+    assert (partly - everywhere).abs().amax() > 1e-3
+
+
+@pytest.mark.parametrize("interval", [(0.5, 0.5), (-0.1, 1.0), (0.0, 1.5), (0.2,)])
+def test_bad_guidance_intervals_are_rejected(interval):
+    with pytest.raises(ValueError, match="guidance_interval"):
+        FlowSampler(guidance_interval=interval)
+
+
+@pytest.mark.parametrize("solver", ["2ab", "euler", "unipc"])
 def test_conditioning_frames_come_back_unchanged(solver):
     x_cond, mask, actions = toy_batch()
     sample = FlowSampler(solver=solver, num_steps=4, guidance=2.0).sample(

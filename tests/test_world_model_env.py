@@ -486,7 +486,7 @@ def test_env_yaml_derives_every_path_from_world_model_dir_and_builds(wm_dir):
     # command-line style overrides of the sampler and window keys
     overrides = OmegaConf.from_dotlist([
         f"env.train.world_model_dir={wm_dir}", "env.train.sampler.num_steps=1", "env.train.sampler.guidance=1.5",
-        "env.train.num_envs=2", "env.train.batch_size=2", "env.train.reward_threshold=1.01",
+        "env.train.sampler.guidance_interval=[0.0,0.5]", "env.train.num_envs=2", "env.train.batch_size=2", "env.train.reward_threshold=1.01",
         "env.train.compile=false",  # the YAML's auto would compile for one chunk (see test_a_compiled_env_...)
     ])
     merged = OmegaConf.merge(root, overrides)
@@ -495,10 +495,12 @@ def test_env_yaml_derives_every_path_from_world_model_dir_and_builds(wm_dir):
     kwargs = cfg.env_kwargs()
     env = make_env(kwargs.pop("env_type"), **kwargs)
     assert env.sampler.num_steps == 1 and env.chunk_size == CHUNK and env.num_envs == 2
+    assert env.sampler.guidance == 1.5 and env.sampler.guidance_interval == (0.0, 0.5)
     env.reset(ids=[0, 1], seed=0)
     env.timings.clear()
     env.chunk_step(actions(0, 2))
-    assert (env.timings.dit_calls, env.timings.dit_rows) == (1, 4)
+    # the one solver step (s = 0.995) lies outside the guidance interval: one branch for the 2 envs
+    assert (env.timings.dit_calls, env.timings.dit_rows) == (1, 2)
 
 
 def test_schema_rejects_bad_values():
@@ -511,6 +513,8 @@ def test_schema_rejects_bad_values():
         ("num_envs", 0, "num_envs"),
         ("sampler", {"num_steps": 0}, "sampler.num_steps"),
         ("sampler", {"solver": "rk4"}, "sampler.solver"),
+        ("sampler", {"guidance_interval": [0.6, 0.2]}, "sampler.guidance_interval"),
+        ("sampler", {"guidance_interval": [0.5]}, "sampler.guidance_interval"),
         ("chunk_size", 0, "chunk_size"),
         ("dtype", "float64x", "dtype"),
         ("success_consecutive", 0, "success_consecutive"),

@@ -187,7 +187,7 @@ def test_all_stages_write_under_world_model_dir(trained, dataset):
     assert settings["chunk_size"] == 2 and settings["action_dim"] == 4
     assert settings["action_scaler"] == 20.0
     assert settings["latent_shape"] == [4, 8, 8]
-    assert settings["sampler"]["num_steps"] == 2
+    assert settings["sampler"]["num_steps"] == 2 and settings["sampler"]["guidance_interval"] == [0.0, 1.0]
     for key in ("tokenizer", "dit", "reward_model", "initial_states", "dataset_statistics"):
         assert (root / settings["paths"][key]).exists(), key
     timings = json.loads((root / "timings.json").read_text())
@@ -291,6 +291,8 @@ def test_malformed_config_keys_fail_with_dotted_paths(dataset):
         compose_config(base + ["train.reward.holdout_fraction=0.1"])
     with pytest.raises(ConfigError, match=r"^sampler\.solver: "):
         compose_config(base + ["sampler.solver=heun"])
+    with pytest.raises(ConfigError, match=r"^sampler\.guidance_interval: must be \[low, high\]"):
+        compose_config(base + ["sampler.guidance_interval=[0.9,0.1]"])
     for key in ("train.tokenizer.precision", "train.dit.precision", "train.reward.precision",
                 "train.reward_generated_dtype"):
         with pytest.raises(ConfigError, match=rf"^{re.escape(key)}: must be one of"):

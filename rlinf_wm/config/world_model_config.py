@@ -25,6 +25,7 @@ from pathlib import Path
 from typing import Literal
 
 from rlinf_wm.config.validate import require
+from rlinf_wm.config.world_model_env_schema import check_guidance_interval
 from rlinf_wm.config.world_model_schema import (
     RewardModelConfig,
     RewardTrainConfig,
@@ -179,6 +180,7 @@ class SamplerConfig:
     solver: Literal["2ab", "euler", "unipc"] = "2ab"
     num_steps: int = 4
     guidance: float = 1.5  # w on the actions; 0 runs one branch
+    guidance_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # guide steps with s in (low, high]
     sigma_min: float = 0.01
     sigma_max: float = 200.0
     rho: float = 7.0
@@ -187,6 +189,7 @@ class SamplerConfig:
         at = _at(path)
         require(self.num_steps >= 1, at("num_steps"), f"must be >= 1, got {self.num_steps}")
         require(self.guidance >= 0, at("guidance"), f"must be >= 0, got {self.guidance}")
+        check_guidance_interval(self.guidance_interval, at("guidance_interval"))
         require(0 < self.sigma_min < self.sigma_max, at("sigma_min"),
                 f"need 0 < sigma_min < sigma_max, got {self.sigma_min}, {self.sigma_max}")
         require(self.rho > 0, at("rho"), f"must be > 0, got {self.rho}")

@@ -14,6 +14,13 @@ from rlinf_wm.config.validate import require
 from rlinf_wm.utils.precision import DTYPE_NAMES
 
 
+def check_guidance_interval(interval, path: str) -> None:
+    """``[low, high]`` with ``0 <= low < high <= 1``: the flow times whose solver steps get guidance."""
+    values = list(interval) if isinstance(interval, (list, tuple)) else None
+    require(values is not None and len(values) == 2 and 0.0 <= values[0] < values[1] <= 1.0, path,
+            f"must be [low, high] with 0 <= low < high <= 1, got {interval}")
+
+
 @dataclass
 class WorldModelSamplerConfig:
     """:class:`rlinf_wm.models.samplers.FlowSampler` settings; ``null`` keeps the trained default."""
@@ -21,6 +28,7 @@ class WorldModelSamplerConfig:
     solver: Literal["2ab", "euler", "unipc"] | None = None
     num_steps: int | None = None
     guidance: float | None = None
+    guidance_interval: list[float] | None = None
     sigma_min: float | None = None
     sigma_max: float | None = None
     rho: float | None = None
@@ -28,6 +36,8 @@ class WorldModelSamplerConfig:
     def check(self, path: str) -> None:
         require(self.num_steps is None or self.num_steps >= 1, f"{path}.num_steps", f"must be >= 1, got {self.num_steps}")
         require(self.guidance is None or self.guidance >= 0, f"{path}.guidance", f"must be >= 0, got {self.guidance}")
+        if self.guidance_interval is not None:
+            check_guidance_interval(self.guidance_interval, f"{path}.guidance_interval")
         require(self.sigma_min is None or self.sigma_min > 0, f"{path}.sigma_min", f"must be > 0, got {self.sigma_min}")
         if self.sigma_min is not None and self.sigma_max is not None:
             require(self.sigma_min < self.sigma_max, f"{path}.sigma_max",

@@ -62,8 +62,8 @@ class WorldModelEnv(ChunkEnv):
         num_cond_latent_frames: latent frames conditioning each chunk.
         max_episode_steps: truncation, in actions.
         action_scaler: normalised actions (q01..q99 -> [-1, 1]) are multiplied by this before the DiT.
-        sampler: ``FlowSampler`` settings (solver, num_steps, guidance, sigma_min, sigma_max, rho); a missing or
-            ``None`` key takes the trained default.
+        sampler: ``FlowSampler`` settings (solver, num_steps, guidance, guidance_interval, sigma_min, sigma_max,
+            rho); a missing or ``None`` key takes the trained default.
         batch_size: most envs per sampler run (CFG doubles each DiT call's batch internally).
         reward_type: ``success_once`` or ``relative`` (module docstring).
         reward_frames: ``last`` scores the last frame of each chunk; ``all`` every generated frame.

@@ -35,7 +35,7 @@ DEFAULT_PATHS = {
     "dataset_statistics": STATISTICS_FILE,
     "initial_states": INITIAL_STATES_FILE,
 }
-SAMPLER_KEYS = ("solver", "num_steps", "guidance", "sigma_min", "sigma_max", "rho")
+SAMPLER_KEYS = ("solver", "num_steps", "guidance", "guidance_interval", "sigma_min", "sigma_max", "rho")
 
 
 def resolve_model_dir(path: str | Path) -> Path:
