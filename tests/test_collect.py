@@ -81,6 +81,50 @@ def test_noisy_episode_is_the_expert_with_more_noise(tmp_path):
     assert jumps[1] > 3 * jumps[0]
 
 
+def test_near_miss_episodes_come_out_of_the_expert_share_only():
+    base = dict(num_episodes=60, episodes_per_shard=7, perturbed_fraction=0.2, random_fraction=0.1, noisy_fraction=0.1)
+    before = [p.kind for s in plan_episodes(tiny_config("/unused", **base)) for p in s]
+    after = [p.kind for s in plan_episodes(tiny_config("/unused", near_miss_fraction=0.3, **base)) for p in s]
+    assert abs(after.count("near_miss") - 18) <= 1  # a 30 % share of 60
+    assert all(b == a or (b, a) == ("expert", "near_miss") for b, a in zip(before, after))
+
+
+def test_an_aim_offset_moves_where_the_expert_goes():
+    from rlinf_wm.envs.experts import ExpertPolicy
+
+    state = np.zeros(39)
+    state[:3] = [0.0, 0.6, 0.2]  # hand
+    state[4:7] = [0.0, 0.9, 0.1]  # drawer handle, far away: the expert moves towards (above) it
+    shifted = state.copy()
+    shifted[4:7] += [0.05, 0.0, 0.03]
+    aimed = ExpertPolicy("drawer-open-v3", aim_offset=[0.05, 0.0, 0.03]).act(state)
+    np.testing.assert_array_equal(aimed, ExpertPolicy("drawer-open-v3").act(shifted))
+    assert not np.array_equal(aimed, ExpertPolicy("drawer-open-v3").act(state))
+    with pytest.raises(ValueError, match="aim_offset"):
+        ExpertPolicy("drawer-open-v3", aim_offset=[0.1, 0.2])
+
+
+def test_a_near_miss_episode_misses_beside_the_handle(tmp_path):
+    from rlinf_wm.envs.experts import record_episode
+    from rlinf_wm.envs.metaworld_env import MetaWorldEnv
+
+    env = MetaWorldEnv("drawer-open-v3", num_envs=1, image_size=(32, 32), max_episode_steps=150)
+    try:
+        expert = record_episode(env, "expert", seed=1, task_id=0, expert_noise_std=0.0)
+        wide = ((0.09, 0.0, 0.0), (0.09, 0.0, 0.0))  # a fixed 9 cm sideways: the gripper passes beside the handle
+        miss = record_episode(env, "near_miss", seed=1, task_id=0, expert_noise_std=0.0, near_miss_offset=wide)
+        centred = ((0.0, 0.0, 0.0), (0.0, 0.0, 0.0))
+        same = record_episode(env, "near_miss", seed=1, task_id=0, expert_noise_std=0.0, near_miss_offset=centred)
+    finally:
+        env.close()
+    assert expert.success and not miss.success and miss.length == 150
+    assert miss.attrs["kind"] == "near_miss" and miss.attrs["aim_offset"] == pytest.approx([0.09, 0.0, 0.0])
+    # the arm still travels as far as the expert's does: a miss with a success's motion, not a wander
+    reach = lambda ep: np.abs(ep.actions[:, :3]).sum()  # noqa: E731
+    assert reach(miss) > 0.5 * reach(expert)
+    np.testing.assert_array_equal(same.actions, expert.actions)  # a zero offset is the expert
+
+
 def test_collection_reads_back_into_windows(reference):
     out, summary = reference
     assert sorted(p.name for p in out.glob("*.hdf5")) == ["shard_00000.hdf5", "shard_00001.hdf5"]
@@ -165,7 +209,10 @@ def test_collect_config_composes_and_validates():
         assert cfg.num_episodes == 12 and cfg.env.task == cfg.task
         bad = [("env.task=door-open-v3", "env.task"), ("random_fraction=0.9", "random_fraction"),
                ("env.num_envs=4", "env.num_envs"), ("+extra=1", "extra"), ("steps_after_success=-1", "steps_after_success"),
-               ("noisy_fraction=0.8", "noisy_fraction"), ("noisy_expert_std=-1", "noisy_expert_std")]
+               ("noisy_fraction=0.8", "noisy_fraction"), ("noisy_expert_std=-1", "noisy_expert_std"),
+               ("near_miss_fraction=0.9", "near_miss_fraction"),
+               ("near_miss_offset=[[0.1,0,0],[0.0,0,0]]", "near_miss_offset"),
+               ("near_miss_offset=[[0,0],[1,1]]", "near_miss_offset")]
         for override, key in bad:
             with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
                 validate(compose("collect_metaworld_drawer_open", overrides=[override]), CollectConfig)

@@ -71,6 +71,10 @@ class CollectConfig:
     random_fraction: float = 0.1  # episodes of random actions only
     noisy_fraction: float = 0.0  # episodes of the expert with noisy_expert_std action noise: near-misses at contact
     noisy_expert_std: float = 1.0
+    # episodes of the expert aiming at the object + an offset drawn per episode between these corners (metres,
+    # x / y / z; Meta-World): misses beside the object with a success's motions, the world model's counterexamples
+    near_miss_fraction: float = 0.0
+    near_miss_offset: list[list[float]] = field(default_factory=lambda: [[-0.09, 0.0, 0.0], [0.09, 0.0, 0.08]])
     steps_after_success: int = 0  # keep recording this many steps past success (Meta-World): frames of success
     seed: int = 0
     progress_bar: bool = True
@@ -90,10 +94,17 @@ class CollectConfig:
         require(self.steps_after_success == 0 or self.env.env_type == "metaworld", at("steps_after_success"),
                 f"only Meta-World collection records past success, env.env_type is {self.env.env_type!r}")
         require(self.noisy_expert_std >= 0, at("noisy_expert_std"), f"must be >= 0, got {self.noisy_expert_std}")
-        fractions = ("perturbed_fraction", "random_fraction", "noisy_fraction")
+        fractions = ("perturbed_fraction", "random_fraction", "noisy_fraction", "near_miss_fraction")
         for name in fractions:
             value = getattr(self, name)
             require(0.0 <= value <= 1.0, at(name), f"must be in [0, 1], got {value}")
-        total = sum(getattr(self, name) for name in fractions)
-        require(total <= 1.0, at("noisy_fraction"),
-                f"perturbed_fraction + random_fraction + noisy_fraction must be <= 1, got {total}")
+        total = 0.0
+        for name in fractions:  # the error names the share that takes the sum past 1
+            total += getattr(self, name)
+            require(total <= 1.0, at(name), f"{' + '.join(fractions)} must be <= 1, got {total} by {name}")
+        require(self.near_miss_fraction == 0 or self.env.env_type == "metaworld", at("near_miss_fraction"),
+                f"near-miss episodes aim Meta-World's scripted experts, env.env_type is {self.env.env_type!r}")
+        corners = self.near_miss_offset
+        require(len(corners) == 2 and all(len(c) == 3 for c in corners)
+                and all(lo <= hi for lo, hi in zip(*corners)), at("near_miss_offset"),
+                f"must be two corners [[x, y, z], [x, y, z]] with low <= high per axis, got {corners}")

@@ -30,7 +30,8 @@ logger = logging.getLogger(__name__)
 STATISTICS_FILE = "dataset_statistics.json"
 SUMMARY_FILE = "collection_summary.json"
 # Settings added after shards were first written, with the value that older shards were collected with.
-_IMPLICIT_SETTINGS = {"steps_after_success": 0, "noisy_fraction": 0.0, "noisy_expert_std": 1.0}
+_IMPLICIT_SETTINGS = {"steps_after_success": 0, "noisy_fraction": 0.0, "noisy_expert_std": 1.0,
+                      "near_miss_fraction": 0.0, "near_miss_offset": [[-0.09, 0.0, 0.0], [0.09, 0.0, 0.08]]}
 
 
 @dataclass(frozen=True)
@@ -51,7 +52,8 @@ def episode_seed(base_seed: int, global_index: int) -> int:
     return base_seed * 1_000_000 + global_index
 
 
-def episode_kind(index: int, perturbed_fraction: float, random_fraction: float, noisy_fraction: float = 0.0) -> str:
+def episode_kind(index: int, perturbed_fraction: float, random_fraction: float, noisy_fraction: float = 0.0,
+                 near_miss_fraction: float = 0.0) -> str:
     """Kind of the ``index``-th episode of a collection: the shares hold closely even for a few episodes.
 
     A golden-ratio sequence spreads ``index`` evenly over [0, 1) (deterministic, so a resumed
@@ -64,6 +66,8 @@ def episode_kind(index: int, perturbed_fraction: float, random_fraction: float, 
         return "perturbed"
     if u < random_fraction + perturbed_fraction + noisy_fraction:
         return "noisy"
+    if u < random_fraction + perturbed_fraction + noisy_fraction + near_miss_fraction:
+        return "near_miss"
     return "expert"
 
 
@@ -78,7 +82,8 @@ def plan_episodes(cfg: CollectConfig) -> list[list[EpisodePlan]]:
                 shard=shard,
                 slot=g - first,
                 global_index=g,
-                kind=episode_kind(g, cfg.perturbed_fraction, cfg.random_fraction, cfg.noisy_fraction),
+                kind=episode_kind(g, cfg.perturbed_fraction, cfg.random_fraction, cfg.noisy_fraction,
+                                  cfg.near_miss_fraction),
                 seed=episode_seed(cfg.seed, g),
                 task_id=g,  # cycles through the initial states evenly
             )
@@ -91,7 +96,7 @@ def collection_settings(cfg: CollectConfig) -> dict:
     """Everything that determines a shard's content; stored in each shard and compared on resume."""
     env = {k: v for k, v in dataclasses.asdict(cfg.env).items() if k not in ("num_envs",)}
     keys = ("seed", "episodes_per_shard", "expert_noise_std", "perturbed_fraction", "random_fraction",
-            "steps_after_success", "noisy_fraction", "noisy_expert_std")
+            "steps_after_success", "noisy_fraction", "noisy_expert_std", "near_miss_fraction", "near_miss_offset")
     # Through JSON so it compares equal to what a shard stores (tuples become lists).
     return json.loads(json.dumps({"env": env, "collect": {k: getattr(cfg, k) for k in keys}}))
 
@@ -129,15 +134,20 @@ def _read_kinds(path: Path) -> list[str]:
         return [str(data[n].attrs.get("kind", "unknown")) for n in names]
 
 
+def _collector_args(cfg: CollectConfig) -> tuple:
+    """EpisodeCollector's arguments; near-miss offsets only where near-miss episodes are planned (Meta-World)."""
+    near_miss_offset = cfg.near_miss_offset if cfg.near_miss_fraction > 0 else None
+    return (dataclasses.asdict(cfg.env), cfg.expert_noise_std, cfg.steps_after_success, cfg.noisy_expert_std,
+            near_miss_offset)
+
+
 class _InProcessRecorder:
     """Runs episodes one by one in this process (``num_workers=0``; tests, notebooks)."""
 
     def __init__(self, cfg: CollectConfig) -> None:
         from rlinf_wm.workers.collector_worker import EpisodeCollector
 
-        self.collector = EpisodeCollector(
-            dataclasses.asdict(cfg.env), cfg.expert_noise_std, cfg.steps_after_success, cfg.noisy_expert_std
-        )
+        self.collector = EpisodeCollector(*_collector_args(cfg))
 
     def run(self, plans: deque, on_episode: Callable[[EpisodePlan, Episode], None]) -> None:
         while plans:
@@ -166,7 +176,7 @@ class _RayRecorder:
         # Episodes are deterministic, so a crashed actor can be restarted and its episode retried.
         self.actors = [
             CollectorWorker.options(num_cpus=cfg.num_cpus_per_worker, max_restarts=2, max_task_retries=2).remote(
-                dataclasses.asdict(cfg.env), cfg.expert_noise_std, cfg.steps_after_success, cfg.noisy_expert_std
+                *_collector_args(cfg)
             )
             for _ in range(cfg.num_workers)
         ]

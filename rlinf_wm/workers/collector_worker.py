@@ -11,7 +11,7 @@ class EpisodeCollector:
     """One env built from ``env_cfg`` (``env_type`` + the env class's kwargs) and that env's scripted expert."""
 
     def __init__(self, env_cfg: dict, expert_noise_std: float, steps_after_success: int = 0,
-                 noisy_expert_std: float = 1.0) -> None:
+                 noisy_expert_std: float = 1.0, near_miss_offset: list | None = None) -> None:
         # Imported here so the driver never loads a simulator just to create actors.
         from rlinf_wm.envs.registry import get_episode_recorder, make_env
 
@@ -25,6 +25,8 @@ class EpisodeCollector:
         self.noisy_expert_std = noisy_expert_std
         if steps_after_success:
             self.options["steps_after_success"] = steps_after_success
+        if near_miss_offset is not None:  # only Meta-World's recorder has near-miss episodes (CollectConfig.check)
+            self.options["near_miss_offset"] = near_miss_offset
 
     def record(self, kind: str, seed: int, task_id: int) -> Episode:
         """``kind`` is one of the recorder's kinds, or ``noisy``: the expert with ``noisy_expert_std`` action noise."""
