@@ -87,6 +87,7 @@ def test_near_miss_episodes_come_out_of_the_expert_share_only():
     after = [p.kind for s in plan_episodes(tiny_config("/unused", near_miss_fraction=0.3, **base)) for p in s]
     assert abs(after.count("near_miss") - 18) <= 1  # a 30 % share of 60
     assert all(b == a or (b, a) == ("expert", "near_miss") for b, a in zip(before, after))
+    assert after[0] == "expert"  # the first demonstration stays: a 1-demo SFT base does not change
 
 
 def test_an_aim_offset_moves_where_the_expert_goes():

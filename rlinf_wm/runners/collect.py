@@ -57,17 +57,18 @@ def episode_kind(index: int, perturbed_fraction: float, random_fraction: float, 
     """Kind of the ``index``-th episode of a collection: the shares hold closely even for a few episodes.
 
     A golden-ratio sequence spreads ``index`` evenly over [0, 1) (deterministic, so a resumed
-    collection assigns the same kinds).
+    collection assigns the same kinds). Near-miss episodes take the top of [0, 1), so adding them leaves the
+    first episode (u = 0.5) an expert demonstration, the one a 1-demo SFT policy learns from.
     """
     u = (0.5 + index * 0.6180339887498949) % 1.0
+    if u >= 1.0 - near_miss_fraction:
+        return "near_miss"
     if u < random_fraction:
         return "random"
     if u < random_fraction + perturbed_fraction:
         return "perturbed"
     if u < random_fraction + perturbed_fraction + noisy_fraction:
         return "noisy"
-    if u < random_fraction + perturbed_fraction + noisy_fraction + near_miss_fraction:
-        return "near_miss"
     return "expert"
 
 
