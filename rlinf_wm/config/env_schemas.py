@@ -54,6 +54,11 @@ ENV_SCHEMAS: dict[str, type] = {
 COLLECT_ENV_SCHEMAS: dict[str, type] = {"metaworld": MetaWorldEnvConfig, "libero": LiberoEnvConfig}
 
 
+# Per-axis range of the near-miss aim offset (metres, x / y / z of the object position the expert aims at):
+# sideways and above, never into the table. On drawer-open-v3 71-74 % of such episodes still succeed.
+NEAR_MISS_OFFSET = ((-0.09, 0.0, 0.0), (0.09, 0.0, 0.08))
+
+
 @dataclass
 class CollectConfig:
     """Top-level config of ``examples/collect/collect_data.py`` (scripted-expert data collection)."""
@@ -74,7 +79,7 @@ class CollectConfig:
     # episodes of the expert aiming at the object + an offset drawn per episode between these corners (metres,
     # x / y / z; Meta-World): misses beside the object with a success's motions, the world model's counterexamples
     near_miss_fraction: float = 0.0
-    near_miss_offset: list[list[float]] = field(default_factory=lambda: [[-0.09, 0.0, 0.0], [0.09, 0.0, 0.08]])
+    near_miss_offset: list[list[float]] = field(default_factory=lambda: [list(c) for c in NEAR_MISS_OFFSET])
     steps_after_success: int = 0  # keep recording this many steps past success (Meta-World): frames of success
     seed: int = 0
     progress_bar: bool = True

@@ -14,13 +14,11 @@ import warnings
 
 import numpy as np
 
+from rlinf_wm.config.env_schemas import NEAR_MISS_OFFSET
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.envs.metaworld_env import MetaWorldEnv
 
 EPISODE_KINDS = ("expert", "perturbed", "random", "near_miss")
-# Per-axis range of the near-miss aim offset (metres, x / y / z of the object position the expert aims at):
-# sideways and above, never into the table. On drawer-open-v3, 100 such episodes succeeded in 74 %.
-NEAR_MISS_OFFSET = ((-0.09, 0.0, 0.0), (0.09, 0.0, 0.08))
 
 
 def _policy_class(task: str) -> type:

@@ -20,7 +20,7 @@ from typing import Callable
 import h5py
 import numpy as np
 
-from rlinf_wm.config.env_schemas import CollectConfig
+from rlinf_wm.config.env_schemas import NEAR_MISS_OFFSET, CollectConfig
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode, read_episodes, write_episodes
 from rlinf_wm.utils.io import write_json_atomic
@@ -31,7 +31,7 @@ STATISTICS_FILE = "dataset_statistics.json"
 SUMMARY_FILE = "collection_summary.json"
 # Settings added after shards were first written, with the value that older shards were collected with.
 _IMPLICIT_SETTINGS = {"steps_after_success": 0, "noisy_fraction": 0.0, "noisy_expert_std": 1.0,
-                      "near_miss_fraction": 0.0, "near_miss_offset": [[-0.09, 0.0, 0.0], [0.09, 0.0, 0.08]]}
+                      "near_miss_fraction": 0.0, "near_miss_offset": [list(c) for c in NEAR_MISS_OFFSET]}
 
 
 @dataclass(frozen=True)
