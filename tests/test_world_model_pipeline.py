@@ -187,7 +187,7 @@ def test_all_stages_write_under_world_model_dir(trained, dataset):
     assert settings["chunk_size"] == 2 and settings["action_dim"] == 4
     assert settings["action_scaler"] == 20.0
     assert settings["latent_shape"] == [4, 8, 8]
-    assert settings["sampler"]["num_steps"] == 2 and settings["sampler"]["guidance_interval"] == [0.0, 1.0]
+    assert settings["sampler"]["num_steps"] == 2 and settings["sampler"]["guidance_interval"] == [0.05, 1.0]
     for key in ("tokenizer", "dit", "reward_model", "initial_states", "dataset_statistics"):
         assert (root / settings["paths"][key]).exists(), key
     timings = json.loads((root / "timings.json").read_text())

@@ -180,7 +180,9 @@ class SamplerConfig:
     solver: Literal["2ab", "euler", "unipc"] = "2ab"
     num_steps: int = 4
     guidance: float = 1.5  # w on the actions; 0 runs one branch
-    guidance_interval: list[float] = field(default_factory=lambda: [0.0, 1.0])  # guide steps with s in (low, high]
+    # guide only solver steps with flow time s in (low, high]: the last step (s = 0.01) moves the data prediction by
+    # 1 % of the guidance term, so skipping it saves 1 of 8 DiT row-passes with the same outcomes (results.md)
+    guidance_interval: list[float] = field(default_factory=lambda: [0.05, 1.0])
     sigma_min: float = 0.01
     sigma_max: float = 200.0
     rho: float = 7.0
