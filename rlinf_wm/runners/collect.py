@@ -1,7 +1,7 @@
 """Collect scripted-expert episodes (Meta-World or LIBERO, by ``env.env_type``) into HDF5 shards, resumably.
 
 Episode ``g`` (global index) belongs to shard ``g // episodes_per_shard``; its kind (expert /
-perturbed / random), seed and initial state depend only on ``g`` and the config, so a rerun
+perturbed / random / noisy / near_miss), seed and initial state depend only on ``g`` and the config, so a rerun
 regenerates exactly the episodes of missing shards. Shards are written atomically: a shard file
 under its final name is complete, and complete shards are skipped on resume.
 """
