@@ -29,6 +29,8 @@ the policy's closed-loop reaction to imagined frames.
 
     .venv/bin/python benchmarks/wm_calibration.py [--world-model-dir outputs/drawer-open-v3/world_model]
         [--episodes 20] [--horizon 150] [--noise-std 1.0] [--num-steps N | --steps-sweep 1 2 4 10] [--threads T]
+        [--distilled]
+        [--distilled]
 
 With --steps-sweep the imagined side runs once per solver step count, with the PSNR of imagined against real
 chunk-end frames: quality against steps, to choose the fewest steps at equal quality.
@@ -186,6 +188,8 @@ def main() -> None:
     parser.add_argument("--guidance", type=float, default=None)
     parser.add_argument("--guidance-interval", type=float, nargs=2, default=None, metavar=("LOW", "HIGH"),
                         help="guide only solver steps with flow time in (LOW, HIGH] (default: as trained)")
+    parser.add_argument("--distilled", action="store_true",
+                        help="the world model's distilled student DiT and its sampler (stage=distill)")
     parser.add_argument("--reward-frames", choices=["last", "all"], default="last")
     parser.add_argument("--rules", nargs="*", default=["0.5:1", "0.8:1", "0.8:2", "0.95:2", "0.95:3"],
                         help="success rules THRESHOLD:CONSECUTIVE applied to the same imagined rollouts")
@@ -218,7 +222,7 @@ def main() -> None:
     sampler = {"guidance": args.guidance, "guidance_interval": args.guidance_interval}
     env = WorldModelEnv(str(wm_dir), num_envs=args.episodes, initial_states_path=str(states_path),
                         max_episode_steps=args.horizon, sampler=sampler, reward_frames=args.reward_frames,
-                        batch_size=args.episodes, seed=args.seed)
+                        batch_size=args.episodes, seed=args.seed, distilled=args.distilled)
     trained_steps = env.sampler.num_steps
     sweep = args.steps_sweep or [args.num_steps or trained_steps]
 
@@ -248,7 +252,7 @@ def main() -> None:
                "world_model_dir": str(args.world_model_dir) if trained else None,
                "episodes_per_policy": args.episodes, "horizon": args.horizon, "noise_std": args.noise_std,
                "steps_after_success": args.steps_after_success,
-               "chunk_size": env.chunk_size, "solver": env.sampler.solver, "trained_num_steps": trained_steps,
+               "distilled": args.distilled, "chunk_size": env.chunk_size, "solver": env.sampler.solver, "trained_num_steps": trained_steps,
                "guidance": env.sampler.guidance, "guidance_interval": list(env.sampler.guidance_interval),
                "reward_frames": args.reward_frames,
                "real": {p: {"success_rate": float(real[p]["success"].mean()), "replay_reproduces_recording":

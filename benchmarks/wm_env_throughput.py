@@ -16,7 +16,9 @@ Measured in one process, one run, interleaved (so load from other processes hits
   with w > 0 (both branches in one doubled-batch call) against one branch;
 * the time split per chunk (DiT / decode / reward model / rest) from the env's ``timings``;
 * env-steps/s at batch 64 for a few solver step counts, and with guidance limited to ``--guidance-interval``
-  (default: every step but the last, at s = 0.01); quality vs either: benchmarks/wm_calibration.py.
+  (default: every step but the last, at s = 0.01); quality vs either: benchmarks/wm_calibration.py;
+* with ``--distilled``: every env above runs the world model's one-step student DiT (``stage=distill``), and the
+  teacher env (the guided multi-step DiT) is measured beside it at the largest batch.
 
 Models: the trained world model in ``--world-model-dir`` when it has a world_model.json, else randomly initialised
 models of the default tiny config (examples/embodiment/config/model/wm_*.yaml: same shapes, same cost) with reset
@@ -24,6 +26,7 @@ frames rendered by Meta-World.
 
     .venv/bin/python benchmarks/wm_env_throughput.py [--world-model-dir outputs/drawer-open-v3/world_model]
         [--num-steps N] [--dtype auto|float32|bfloat16] [--compile auto|true|false] [--threads 1] [--repeats 3]
+        [--distilled]
 
 Prints one JSON object as its last line.
 """
@@ -147,6 +150,8 @@ def main() -> None:
     # 1 thread: the simulator steps on one core, so steps per CPU-second compare per-core efficiency; and one
     # thread does not spin-wait for a second core that other processes hold (which inflates CPU time)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument("--distilled", action="store_true",
+                        help="run the world model's distilled student DiT (and time the teacher beside it)")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
     dtype = resolve_dtype(args.dtype, key="--dtype")
@@ -163,12 +168,14 @@ def main() -> None:
         tmp = tempfile.TemporaryDirectory()
         frames = np.stack([real.reset(ids=[i]).images[0] for i in range(8)])
         wm_dir = random_world_model(Path(tmp.name) / "world_model", frames, real.instruction)
+    if args.distilled and not trained:
+        parser.error(f"--distilled needs a trained world model with a distilled DiT in {wm_dir}")
     sampler = {"num_steps": args.num_steps} if args.num_steps else {}
 
     def make(num_envs: int, **overrides) -> WorldModelEnv:
         kwargs = dict(num_envs=num_envs, batch_size=max(args.batches + [1]), max_episode_steps=10**6,
                       reward_threshold=NEVER, sampler=dict(sampler), seed=0, dtype=str(dtype).removeprefix("torch."),
-                      compile=compiled)
+                      compile=compiled, distilled=args.distilled)
         kwargs.update(overrides)
         env = WorldModelEnv(str(wm_dir), **kwargs)
         env.reset(seed=0)
@@ -180,6 +187,7 @@ def main() -> None:
     float32_env = make(big, dtype="float32") if dtype != torch.float32 else None  # compiled alike
     eager_env = make(big, compile=False) if compiled else None
     interval_env = make(big, sampler={**sampler, "guidance_interval": args.guidance_interval})
+    teacher_env = make(big, distilled=False, sampler={}) if args.distilled else None
     k = envs[1].chunk_size
     num_steps = envs[1].sampler.num_steps
     rng = np.random.default_rng(0)
@@ -200,6 +208,8 @@ def main() -> None:
             *([("wm_eager", big * k, lambda: timed_chunks(eager_env, lambda: random_actions(big), 1))]
               if eager_env is not None else []),
             ("wm_interval", big * k, lambda: timed_chunks(interval_env, lambda: random_actions(big), 1)),
+            *([("wm_teacher", big * k, lambda: timed_chunks(teacher_env, lambda: random_actions(big), 1))]
+              if teacher_env is not None else []),
         ]:
             wall, cpu = fn()
             samples.setdefault(name, []).append((steps / wall, steps / cpu))
@@ -296,6 +306,7 @@ def main() -> None:
         "num_steps": num_steps,
         "dtype": str(dtype).removeprefix("torch."),
         "compiled": compiled,
+        "distilled": args.distilled,
         "steps_per_second": {
             "sequential_batch1": steps_per_second["wm_b1"],
             **{f"batch{b}": steps_per_second[f"wm_b{b}"] for b in args.batches},
@@ -315,6 +326,9 @@ def main() -> None:
                                if float32_env is not None else 1.0),
         "compiled_over_eager": (steps_per_second[f"wm_b{big}"] / steps_per_second["wm_eager"]
                                 if eager_env is not None else 1.0),
+        **({"teacher_batch_steps_per_second": steps_per_second["wm_teacher"],
+            "distilled_over_teacher": steps_per_second[f"wm_b{big}"] / steps_per_second["wm_teacher"]}
+           if teacher_env is not None else {}),
         "guidance_interval": args.guidance_interval,
         "guidance_interval_over_trained": steps_per_second["wm_interval"] / steps_per_second[f"wm_b{big}"],
         "batch64_over_sequential_cpu": steps_per_cpu_second.get("wm_b64", float("nan")) / steps_per_cpu_second["wm_b1"],
@@ -352,7 +366,8 @@ def main() -> None:
         + ", ".join(f"b{b} {steps_per_second[f'wm_b{b}']:.1f}" for b in args.batches)
         + f" | real Meta-World K={k}: {steps_per_second['real_k']:.1f}, K=1: {steps_per_second['real_k1']:.1f}"
         + (f" | b{big} compiled / eager {results['compiled_over_eager']:.2f}x" if compiled else "")
-        + f" | guidance in {args.guidance_interval} / as trained {results['guidance_interval_over_trained']:.2f}x",
+        + f" | guidance in {args.guidance_interval} / as trained {results['guidance_interval_over_trained']:.2f}x"
+        + (f" | distilled / teacher {results['distilled_over_teacher']:.2f}x" if teacher_env is not None else ""),
         f"DiT B={big} ({dtype}): {flops / forward / 1e9:.1f} GFLOP/s = {flops / forward / peak:.0%} of fp32 matmul "
         f"{peak / 1e9:.1f}, {flops / forward / peak_dtype:.0%} of {dtype} matmul {peak_dtype / 1e9:.1f}",
         f"CFG: w=0 {cfg_seconds['w0']:.2f}s, one branch {cfg_seconds['one_branch']:.2f}s, w={args.guidance} "

@@ -639,3 +639,86 @@ def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, da
         _initial_dit(source / "dit" / "model", other)
     with pytest.raises(Exception, match="refine_from"):
         compose_config(tiny_overrides(dataset) + [f"refine_from={source}"])
+
+
+def test_line_noise_puts_the_first_euler_step_on_the_teachers_sample():
+    """The student's pairs: from the noise draw z at the first flow time s0, one Euler step along the line velocity
+    z' - x0 lands exactly on x0 (with z itself as the noise end it would miss by (1 - s0) |x0 - z|)."""
+    from rlinf_wm.models.samplers import FlowSampler
+    from rlinf_wm.runners.distill_dit import line_noise, student_sampler
+
+    generator = torch.Generator().manual_seed(0)
+    target, noise = torch.randn(3, 2, 4, 2, 2, generator=generator), torch.randn(3, 2, 4, 2, 2, generator=generator)
+    mask = torch.zeros(3, 1, 4, 2, 2)
+    mask[:, :, :2] = 1
+    x_cond = torch.where(mask.expand_as(target) > 0, target, torch.zeros_like(target))
+    sampler = student_sampler(FlowSampler(solver="2ab", num_steps=4, guidance=1.5), 1)
+    assert (sampler.solver, sampler.num_steps, sampler.guidance) == ("euler", 1, 0.0)
+    s0 = float(sampler.sigmas()[0])
+    for noise_end, exact in ((line_noise(noise, target, s0), True), (noise, False)):
+        def line_velocity(x, timestep, actions, condition_mask, drop_actions=None, noise_end=noise_end):
+            assert not drop_actions.any()  # guidance is baked in: one branch
+            return noise_end - target
+
+        sample = sampler.sample(line_velocity, x_cond, mask, torch.zeros(3, 4, 1), noise=noise)
+        error = (sample - target)[:, :, 2:].abs().max().item()
+        assert (error < 1e-5) if exact else (error > 1e-3)
+
+
+def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(trained, dataset, tmp_path):
+    """stage=distill fits the guided teacher's samples in one Euler step far better than the teacher does at that
+    cost, world_model.json records the student and its sampler, and the env's distilled=true runs it with one
+    DiT call per chunk; a world model without a student and steps=0 fail naming what to do."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    from rlinf_wm.envs.world_model_env import WorldModelEnv
+    from rlinf_wm.models.dit import ActionDiT
+    from rlinf_wm.runners.world_model_pipeline import run_stage
+    from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
+
+    root = tmp_path / "run"
+    shutil.copytree(dataset, root)  # the trained world model of the `trained` fixture, mtimes kept
+    wm = root / "world_model"
+    # The fixture's 6-step DiT still predicts ~0 (zero-initialised output), a straight flow a single step already
+    # follows; random weights make the teacher's guided 2-step samples far from its own 1-step unguided ones.
+    teacher = load_model(ActionDiT, wm / "dit" / "model")
+    generator = torch.Generator().manual_seed(0)
+    with torch.no_grad():
+        for parameter in teacher.parameters():
+            parameter.add_(torch.randn(parameter.shape, generator=generator) * 0.1)
+    save_model_atomic(teacher, wm / "dit" / "model")
+    with pytest.raises(ValueError, match=r"distilled=true .*stage=distill"):
+        WorldModelEnv(str(wm), num_envs=2, distilled=True)
+    with pytest.raises(ValueError, match=r"train.distill.steps"):
+        run_stage(compose_config(tiny_overrides(root)), "distill")
+    cfg = compose_config(tiny_overrides(root) + [
+        "sampler.guidance=1.5", "train.distill.steps=80", "train.distill.num_pairs=8", "train.distill.batch_size=8",
+        "train.distill.pair_batch_size=4", "train.distill.heldout_pairs=4", "train.distill.lr=3e-3",
+        "train.distill.warmup_steps=0", "train.distill.log_every=10", "train.distill.compile=false",
+    ])
+    report = run_stage(cfg, "all")
+    assert [report[s]["status"] for s in ("tokenizer", "encode", "dit", "reward")] == ["cached"] * 4
+    assert report["distill"]["status"] == "ran"
+    metrics = json.loads((wm / "dit_distilled" / "metrics.json").read_text())
+    assert metrics["final_train_loss"] < 0.5 * metrics["first_train_loss"]
+    assert metrics["train_student_teacher_mse"] < 0.5 * metrics["train_teacher_at_student_cost_mse"]
+    assert metrics["heldout_windows"] == 4 and np.isfinite(metrics["heldout_student_teacher_mse"])
+
+    settings = json.loads((wm / "world_model.json").read_text())
+    assert settings["paths"]["distilled_dit"] == "dit_distilled/model"
+    assert settings["distilled_sampler"]["solver"] == "euler" and settings["distilled_sampler"]["num_steps"] == 1
+    assert settings["distilled_sampler"]["guidance"] == 0.0 and settings["sampler"]["guidance"] == 1.5
+    env = WorldModelEnv(str(wm), num_envs=2, distilled=True, seed=0, dtype="float32")
+    assert (env.sampler.solver, env.sampler.num_steps, env.sampler.guidance) == ("euler", 1, 0.0)
+    student = load_file(wm / "dit_distilled" / "model" / "model.safetensors")
+    for name, tensor in env.dit.state_dict().items():
+        torch.testing.assert_close(tensor, student[name], msg=name)
+    env.reset(ids=[0, 1], seed=0)
+    env.timings.clear()
+    env.chunk_step(np.zeros((2, env.chunk_size, 4), np.float32))
+    assert env.timings.dit_calls == 1 and env.timings.dit_rows == 2  # one branch, one step, both envs
+    teacher = WorldModelEnv(str(wm), num_envs=2, seed=0, dtype="float32")
+    assert (teacher.sampler.solver, teacher.sampler.guidance) == ("2ab", 1.5)
+    assert run_stage(cfg, "distill")["distill"]["status"] == "cached"

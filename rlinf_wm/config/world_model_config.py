@@ -9,6 +9,7 @@ its training, the sampler and the evaluation. Layout of a composed config::
     reward_model:  RewardModelConfig    (model/wm_reward_*.yaml)
     dit:           DiTConfig            (model/wm_dit_*.yaml)
     train.tokenizer / train.reward / train.dit         how each part is trained
+    train.distill                                      the optional few-step student of the DiT
     sampler:       SamplerConfig        (defaults written to world_model.json for the env)
     eval:          EvalConfig
 
@@ -34,7 +35,7 @@ from rlinf_wm.config.world_model_schema import (
 )
 from rlinf_wm.utils.precision import TRAIN_PRECISIONS
 
-STAGES = ("tokenizer", "encode", "dit", "generate", "reward", "all")
+STAGES = ("tokenizer", "encode", "dit", "distill", "generate", "reward", "all")
 
 
 def _at(path: str):
@@ -174,6 +175,40 @@ class DiTTrainConfig:
 
 
 @dataclass
+class DistillConfig:
+    """A one- or two-step student of the guided DiT (``distill_dit``); ``steps: 0`` trains none."""
+
+    steps: int = 0
+    num_steps: int = 1  # the student's Euler steps per chunk (DiT row-passes, no CFG branch)
+    num_pairs: int = 4096  # teacher samples (noise -> guided sample) from training windows
+    pair_batch_size: int = 64  # windows per teacher sampler run
+    heldout_pairs: int = 128  # held-out windows on which the student is compared with the teacher
+    batch_size: int = 32
+    lr: float = 2e-4
+    min_lr: float = 1e-6
+    warmup_steps: int = 20
+    weight_decay: float = 0.0
+    grad_clip: float = 1.0
+    log_every: int = 25
+    seed: int = 0
+    num_threads: int = 0
+    precision: str = "auto"  # teacher sampling dtype and training autocast (as train.dit.precision)
+    compile: bool | Literal["auto"] = False
+
+    def check(self, path: str) -> None:
+        at = _at(path)
+        require(self.steps >= 0, at("steps"), f"must be >= 0 (0: no student), got {self.steps}")
+        for name in ("num_steps", "num_pairs", "pair_batch_size", "batch_size", "log_every"):
+            require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
+        require(self.heldout_pairs >= 0, at("heldout_pairs"), f"must be >= 0, got {self.heldout_pairs}")
+        require(self.lr > 0, at("lr"), f"must be > 0, got {self.lr}")
+        require(0 <= self.min_lr <= self.lr, at("min_lr"), f"must be in [0, lr={self.lr}], got {self.min_lr}")
+        require(self.warmup_steps >= 0, at("warmup_steps"), f"must be >= 0, got {self.warmup_steps}")
+        require(self.precision in TRAIN_PRECISIONS, at("precision"),
+                f"must be one of {list(TRAIN_PRECISIONS)}, got {self.precision!r}")
+
+
+@dataclass
 class SamplerConfig:
     """:class:`rlinf_wm.models.samplers.FlowSampler` arguments (the env's defaults, written to world_model.json)."""
 
@@ -202,6 +237,7 @@ class TrainSection:
     tokenizer: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
     reward: RewardTrainConfig = field(default_factory=RewardTrainConfig)
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
+    distill: DistillConfig = field(default_factory=DistillConfig)
     # probability that a reward-model training frame is replaced by its tokenizer reconstruction (the blur of
     # generated frames); 0 trains on real frames only
     reward_reconstruction_prob: float = 0.5
@@ -283,7 +319,7 @@ class WorldModelConfig:
     train: TrainSection = field(default_factory=TrainSection)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    stage: Literal["tokenizer", "encode", "dit", "generate", "reward", "all"] = "all"
+    stage: Literal["tokenizer", "encode", "dit", "distill", "generate", "reward", "all"] = "all"
     force: bool = False  # re-run stages whose outputs exist
     seed: int = 0
     holdout_fraction: float = 0.1  # episodes held out from DiT training and scored by the evaluation

@@ -60,6 +60,14 @@ class Layout:
         return self.dit_run / "model"
 
     @property
+    def distilled_dit_run(self) -> Path:
+        return self.root / "dit_distilled"
+
+    @property
+    def distilled_dit_model(self) -> Path:
+        return self.distilled_dit_run / "model"
+
+    @property
     def generated_episodes(self) -> Path:
         return self.root / GENERATED_EPISODES_FILE
 
@@ -101,6 +109,9 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
     compression = cfg.tokenizer.temporal_compression
     latent_size = cfg.tokenizer.image_size // cfg.tokenizer.spatial_compression
     reward_config = layout.reward_model / "config.json"
+    # the few-step student of the DiT (stage distill), which the env uses with distilled: true
+    distilled = layout.distilled_dit_run / "metrics.json"
+    has_student = distilled.is_file()
     return {
         "format_version": WORLD_MODEL_FORMAT_VERSION,
         "task": cfg.task,
@@ -111,6 +122,7 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
             "dataset_statistics": STATISTICS_FILE,
             "initial_states": INITIAL_STATES_FILE,
             "latents": LATENTS_FILE,
+            **({"distilled_dit": str(layout.distilled_dit_model.relative_to(layout.root))} if has_student else {}),
         },
         "image_size": cfg.tokenizer.image_size,
         "latent_shape": [cfg.tokenizer.latent_channels, latent_size, latent_size],
@@ -125,6 +137,7 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
         "action_scaler": train.action_scaler,
         "action_integral_scale": train.action_integral_scale,
         "sampler": dataclasses.asdict(cfg.sampler),
+        **({"distilled_sampler": read_json(distilled)["student_sampler"]} if has_student else {}),
         # the trained model's own (calibrate_threshold may have moved it), informational: the env reads the model
         "reward_threshold": float(read_json(reward_config).get("threshold", cfg.reward_model.threshold))
         if reward_config.is_file() else cfg.reward_model.threshold,

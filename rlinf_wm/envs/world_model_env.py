@@ -64,6 +64,8 @@ class WorldModelEnv(ChunkEnv):
         action_scaler: normalised actions (q01..q99 -> [-1, 1]) are multiplied by this before the DiT.
         sampler: ``FlowSampler`` settings (solver, num_steps, guidance, guidance_interval, sigma_min, sigma_max,
             rho); a missing or ``None`` key takes the trained default.
+        distilled: run the world model's few-step student DiT (``stage=distill``; guidance baked in, one branch)
+            with its own sampler defaults; ``dit_path`` and ``sampler`` keys still override.
         batch_size: most envs per sampler run (CFG doubles each DiT call's batch internally).
         reward_type: ``success_once`` or ``relative`` (module docstring).
         reward_frames: ``last`` scores the last frame of each chunk; ``all`` every generated frame.
@@ -100,6 +102,7 @@ class WorldModelEnv(ChunkEnv):
         max_episode_steps: int = 150,
         action_scaler: float | None = None,
         sampler: dict[str, Any] | None = None,
+        distilled: bool = False,
         batch_size: int = 64,
         reward_type: Literal["success_once", "relative"] = "success_once",
         reward_frames: Literal["last", "all"] = "last",
@@ -123,7 +126,7 @@ class WorldModelEnv(ChunkEnv):
         compiled = resolve_compile(compile, device)
         parts = load_world_model_parts(
             world_model_dir, task, tokenizer_path, dit_path, reward_model_path, stats_path, initial_states_path,
-            chunk_size, num_cond_latent_frames, action_scaler, sampler,
+            chunk_size, num_cond_latent_frames, action_scaler, sampler, distilled,
         )
         self.world_model_dir, self.task = parts.world_model_dir, parts.task
         self.chunk_size, self.num_cond_latent_frames = parts.chunk_size, parts.num_cond_latent_frames

@@ -82,8 +82,12 @@ def load_world_model_parts(
     num_cond_latent_frames: int | None = None,
     action_scaler: float | None = None,
     sampler: dict[str, Any] | None = None,
+    distilled: bool = False,
 ) -> WorldModelParts:
-    """Load every part (``None`` = as trained, from ``world_model.json``) and check that they fit together."""
+    """Load every part (``None`` = as trained, from ``world_model.json``) and check that they fit together.
+
+    ``distilled``: the DiT is the few-step student (``stage=distill``) and the sampler defaults are its own.
+    """
     world_model_dir = Path(world_model_dir)
     if not world_model_dir.is_dir():
         raise FileNotFoundError(f"world_model_dir {world_model_dir} does not exist; train the world model first")
@@ -112,6 +116,11 @@ def load_world_model_parts(
     if unknown:
         raise ValueError(f"unknown sampler keys {unknown}; valid: {list(SAMPLER_KEYS)}")
     trained_sampler = trained.get("sampler", {})
+    if distilled:
+        if "distilled_sampler" not in trained or "distilled_dit" not in trained.get("paths", {}):
+            raise ValueError(f"distilled=true but {settings_file} has no distilled DiT: train one with "
+                             "train_world_model.py stage=distill train.distill.steps=N")
+        trained_sampler = trained["distilled_sampler"]
     flow = FlowSampler(**{
         key: sampler[key] if sampler.get(key) is not None else trained_sampler[key]
         for key in SAMPLER_KEYS if sampler.get(key) is not None or key in trained_sampler
@@ -133,7 +142,7 @@ def load_world_model_parts(
         sampler=flow,
         stats=ActionStatistics.load(part(stats_path, "dataset_statistics")),
         tokenizer=load_model(VideoTokenizer, resolve_model_dir(part(tokenizer_path, "tokenizer"))).eval(),
-        dit=load_model(ActionDiT, resolve_model_dir(part(dit_path, "dit"))).eval(),
+        dit=load_model(ActionDiT, resolve_model_dir(part(dit_path, "distilled_dit" if distilled else "dit"))).eval(),
         reward_model=load_model(RewardModel, resolve_model_dir(part(reward_model_path, "reward_model"))).eval(),
         initial_states=InitialStates.load(part(initial_states_path, "initial_states")),
     )

@@ -5,14 +5,15 @@
     initial_states.hdf5     reset states for the world-model env (InitialStates: first frame repeated, instruction)
     dataset_statistics.json copied from the data directory (the action normalisation of policy, DiT and env)
     dit/                    train_dit's run: model/, checkpoints/, tensorboard/, metrics.json
+    dit_distilled/          distill_dit's run (optional): model/ (the few-step student), tensorboard/, metrics.json
     generated_episodes.hdf5 world-model replays of recorded episodes, for the reward model (optional)
     reward_model/           train_reward_model's run: model/, checkpoints/, tensorboard/, metrics.json
     world_model.json        what the env needs: component paths, window sizes, action_scaler, sampler defaults
     timings.json            wall and CPU time of the last run of every stage
     training_data.json      the trajectory files, episodes and env steps the latents were encoded from
 
-Stages: ``tokenizer`` -> ``encode`` -> ``dit`` -> ``generate`` (only with ``train.reward_generated_episodes``)
-and ``reward`` (which needs the tokenizer when it trains on reconstructed frames, and the generated episodes).
+Stages: ``tokenizer`` -> ``encode`` -> ``dit`` -> ``distill`` (only with ``train.distill.steps``) -> ``generate``
+(only with ``train.reward_generated_episodes``) and ``reward`` (which needs the tokenizer when it trains on reconstructed frames, and the generated episodes).
 The paths and world_model.json are :mod:`rlinf_wm.data.world_model_layout`'s. A stage is skipped when its
 output exists and is newer than its inputs (like ``make``);
 ``force=True`` reruns it. A rerun starts the stage's directory afresh; an interrupted one (no metrics.json yet)
@@ -121,6 +122,25 @@ def _initial_state_frames(path: Path) -> int | None:
         return int(f["frames"].shape[1]) if "frames" in f else None
 
 
+def _latent_windows(cfg: WorldModelConfig, layout: Layout, trained: dict, statistics: ActionStatistics):
+    """(train, held-out) training windows of the encoded latents, as the trained DiT saw them (its window sizes,
+    action scaler and running sums from ``trained``, world_model.json's settings)."""
+    from rlinf_wm.data.action_inputs import DiTActionInputs
+    from rlinf_wm.data.latents import load_encoded_dataset
+    from rlinf_wm.runners.train_dit import LatentWindows
+
+    episodes, attrs = load_encoded_dataset(layout.latents)
+    train_idx, held_idx = heldout_indices(len(episodes), cfg.holdout_fraction, cfg.seed)
+    inputs = DiTActionInputs(statistics, trained["action_scaler"], trained["action_integral_scale"])
+
+    def windows(indices):
+        return LatentWindows([episodes[i] for i in indices], trained["num_cond_latent_frames"],
+                             trained["num_pred_latent_frames"], int(attrs["temporal_compression"]), inputs,
+                             cfg.train.dit.pad_start, cfg.train.dit.pad_end) if indices else None
+
+    return windows(train_idx), windows(held_idx)
+
+
 def _load_tokenizer(layout: Layout):
     from rlinf_wm.models.tokenizer import VideoTokenizer
     from rlinf_wm.utils.checkpoint import load_model
@@ -173,10 +193,14 @@ def run_stage(
     # New or changed trajectory files make the encoded latents (hence the DiT) and the reward model stale.
     data_files = [] if episodes is not None else training_data_files(cfg)
     use_generated = cfg.train.reward_generated_episodes > 0
+    use_student = cfg.train.distill.steps > 0
     if stage == "all":
-        selected = ("tokenizer", "encode", "dit", *(("generate",) if use_generated else ()), "reward")
+        selected = ("tokenizer", "encode", "dit", *(("distill",) if use_student else ()),
+                    *(("generate",) if use_generated else ()), "reward")
     elif stage == "generate" and not use_generated:
         raise ValueError("stage=generate needs train.reward_generated_episodes > 0")
+    elif stage == "distill" and not use_student:
+        raise ValueError("stage=distill needs train.distill.steps > 0")
     else:
         selected = (stage,)
     report: dict[str, dict] = {}
@@ -264,6 +288,20 @@ def run_stage(
         )
         return {"heldout_loss": metrics.get("heldout_loss"), "steps": metrics["steps"]}
 
+    def distill_stage():
+        from rlinf_wm.models.dit import ActionDiT
+        from rlinf_wm.models.samplers import FlowSampler
+        from rlinf_wm.runners.distill_dit import distill_dit
+        from rlinf_wm.utils.checkpoint import load_model
+
+        statistics = ActionStatistics.load(layout.statistics)
+        trained = world_model_settings(cfg, layout, statistics)
+        train_windows, held_windows = _latent_windows(cfg, layout, trained, statistics)
+        metrics = distill_dit(load_model(ActionDiT, layout.dit_model), FlowSampler(**trained["sampler"]),
+                              cfg.train.distill, train_windows, held_windows, layout.distilled_dit_run,
+                              progress=progress)
+        return {k: metrics.get(k) for k in ("heldout_student_teacher_mse", "heldout_teacher_at_student_cost_mse")}
+
     def generate_stage():
         from rlinf_wm.data.action_inputs import DiTActionInputs
         from rlinf_wm.data.trajectories import write_episodes
@@ -317,6 +355,9 @@ def run_stage(
             run(name, layout.initial_states, [tokenizer_weights, *data_files], None, encode_stage)
         elif name == "dit":
             run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage)
+        elif name == "distill":
+            run(name, layout.distilled_dit_run / "metrics.json", [layout.dit_model / "model.safetensors"],
+                layout.distilled_dit_run, distill_stage)
         elif name == "generate":
             run(name, layout.generated_episodes, [layout.dit_model / "model.safetensors", *data_files], None,
                 generate_stage)
