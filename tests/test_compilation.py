@@ -70,6 +70,23 @@ def test_the_compiled_decoder_decodes_as_the_eager_one():
     assert (compiled - eager).abs().max() <= 1  # rounding of fused kernels
 
 
+@needs_compiler
+def test_the_compiled_encoder_and_reward_model_compute_as_the_eager_ones():
+    from rlinf_wm.models.reward_model import RewardModel, compiled_logits
+    from rlinf_wm.models.tokenizer import compiled_encode
+
+    tokenizer = VideoTokenizer(image_size=16, latent_channels=4, block_out_channels=(8, 8), norm_num_groups=4).eval()
+    reward_model = RewardModel(image_size=16, hidden_sizes=(8, 16), depths=(1, 1), embedding_size=8).eval()
+    frames = torch.randint(0, 256, (3, 2, 16, 16, 3), dtype=torch.uint8)
+    with torch.no_grad():
+        encoded, eager_encoded = compiled_encode()(tokenizer, frames), tokenizer.encode(frames)
+        logits, eager_logits = compiled_logits()(reward_model, frames[:, 0]), reward_model(frames[:, 0])
+    assert encoded.shape == eager_encoded.shape == (3, 4, 2, 4, 4)
+    torch.testing.assert_close(encoded, eager_encoded, atol=1e-4, rtol=1e-4)
+    assert logits.shape == (3,)
+    torch.testing.assert_close(logits, eager_logits, atol=1e-4, rtol=1e-4)
+
+
 @pytest.mark.parametrize("schema, path", [("dit", "train.dit"), ("env", "env.train")])
 def test_configs_take_auto_or_a_bool_for_compile_and_name_the_key_otherwise(schema, path):
     from rlinf_wm.config.validate import ConfigError, validate

@@ -529,25 +529,31 @@ def test_schema_rejects_bad_values():
 @pytest.mark.skipif(not compiler_available("cpu"), reason="torch.compile on CPU needs a C++ compiler")
 def test_a_compiled_env_generates_the_eager_frames(wm_dir):
     compiled, eager = make(wm_dir, compile=True), make(wm_dir)
-    assert compiled.dit.compile_forward and compiled._frames.compiled_decoder
-    assert not eager.dit.compile_forward and not eager._frames.compiled_decoder
+    assert compiled.dit.compile_forward and compiled._frames.compiled_tokenizer
+    assert not eager.dit.compile_forward and not eager._frames.compiled_tokenizer
     a, b = rollout(compiled, [0, 1, 2, 0], seed=1), rollout(eager, [0, 1, 2, 0], seed=1)
     assert np.abs(a.astype(int) - b.astype(int)).max() <= 2  # fused kernels round differently
     with pytest.raises(ValueError, match="compile must be one of"):
         make(wm_dir, compile="on")
 
 
-def test_bfloat16_runs_the_dit_in_it_and_decodes_under_autocast_close_to_float32(wm_dir, monkeypatch):
+def test_bfloat16_runs_the_dit_in_it_and_the_other_models_under_autocast_close_to_float32(wm_dir, monkeypatch):
     half, full = make(wm_dir, dtype="bfloat16"), make(wm_dir)
     assert {p.dtype for p in half.dit.parameters()} == {torch.bfloat16}
     assert {p.dtype for m in (half.tokenizer, half.reward_model) for p in m.parameters()} == {torch.float32}
-    decoded_in = []
-    decode = half.tokenizer.decode_to_uint8
-    monkeypatch.setattr(half.tokenizer, "decode_to_uint8",
-                        lambda z: decoded_in.append(torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu")
-                                                    else None) or decode(z))
+    calls = {"decode_to_uint8": [], "encode": [], "forward": []}
+
+    def record(model, name):
+        original = getattr(model, name)
+        monkeypatch.setattr(model, name, lambda *args: calls[name].append(
+            torch.get_autocast_dtype("cpu") if torch.is_autocast_enabled("cpu") else None) or original(*args))
+
+    for model, name in ((half.tokenizer, "decode_to_uint8"), (half.tokenizer, "encode"), (half.reward_model, "forward")):
+        record(model, name)
     a, b = rollout(half, [0, 1, 2, 0], seed=1, chunks=1), rollout(full, [0, 1, 2, 0], seed=1, chunks=1)
-    assert decoded_in == [torch.bfloat16]
+    assert calls["decode_to_uint8"] == [torch.bfloat16]
+    assert calls["encode"] and set(calls["encode"]) == {torch.bfloat16}  # reset states and the re-encoded context
+    assert calls["forward"] and set(calls["forward"]) == {torch.bfloat16}  # reset frames and the chunk's last
     np.testing.assert_array_equal(a[0], b[0])  # the same reset frames
     # the same noise and actions: the generated frames differ by bfloat16 rounding only
     assert np.abs(a[1].astype(int) - b[1].astype(int)).mean() < 2.0

@@ -72,7 +72,7 @@ class WorldModelEnvConfig:
     reencode_context: bool | None = None  # None: on for per-frame tokenizers (WorldModelEnv)
     device: str = "cpu"
     dtype: str = "auto"  # auto: bfloat16 where the hardware computes it natively (rlinf_wm.utils.precision)
-    compile: bool | Literal["auto"] = False  # torch.compile the DiT and decoder; auto: where a compiler is installed
+    compile: bool | Literal["auto"] = False  # torch.compile DiT, tokenizer, reward model; auto: where installed
     seed: int = 0
 
     def check(self, path: str) -> None:

@@ -77,11 +77,11 @@ class WorldModelEnv(ChunkEnv):
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
             (frames dissolve and the reward model fires on them); re-encoding keeps 30+ chunks on it.
-        device, dtype: where the models run. The DiT runs in ``dtype``; the tokenizer decodes under autocast in
-            it (bfloat16 decodes agree with float32 to ~53 dB); encoding and the reward model stay float32.
+        device, dtype: where the models run. The DiT runs in ``dtype``; the tokenizer and the reward model run
+            under autocast in it (in bfloat16 decodes agree with float32 to ~53 dB, re-encoded latents to 49 dB).
             ``auto``: bfloat16 on hardware that computes it natively (CUDA, CPUs with AMX / AVX512-BF16), else
             float32 (:mod:`rlinf_wm.utils.precision`).
-        compile: ``torch.compile`` the DiT and the per-frame tokenizer's decoder (``auto``: where a compiler is
+        compile: ``torch.compile`` the DiT, the reward model and the per-frame tokenizer (``auto``: where a compiler is
             installed; :mod:`rlinf_wm.utils.compilation`). The first chunk of a process then compiles (~50 s on
             this CPU with inductor's cache cold), which ten GRPO iterations repaid here; short runs stay eager.
         seed: seeds the noise streams and the initial-state draws of ``reset(ids=None)``.

@@ -13,6 +13,7 @@ is the one after action ``t``) is a success frame when success was reached at or
 
 from __future__ import annotations
 
+import functools
 from typing import Sequence
 
 import numpy as np
@@ -29,6 +30,13 @@ def stack_frame_history(frames: np.ndarray, num_frames: int) -> np.ndarray:
         return frames[:, None]
     index = np.arange(len(frames))[:, None] + np.arange(-num_frames + 1, 1)[None, :]
     return frames[np.clip(index, 0, None)]
+
+
+@functools.cache
+def compiled_logits():
+    """``RewardModel.forward`` (success logits) through ``torch.compile``, built once per process (a function of the
+    model, like :func:`rlinf_wm.models.dit.compiled_per_frame_forward`): the world-model env scores every chunk."""
+    return torch.compile(RewardModel.forward)
 
 
 class RewardModel(nn.Module, PyTorchModelHubMixin):
