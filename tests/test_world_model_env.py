@@ -483,7 +483,7 @@ def test_env_yaml_derives_every_path_from_world_model_dir_and_builds(wm_dir):
         assert resolved["compile"] == "auto"
         for key in ("tokenizer_path", "reward_model_path", "stats_path", "initial_states_path"):
             assert resolved[key].startswith("outputs/x/world_model/"), key
-        assert resolved["dit_path"] is None and resolved["distilled"] is False  # world_model.json's teacher
+        assert resolved["dit_path"] is None and resolved["distilled"] == "auto"  # world_model.json's DiT
     # command-line style overrides of the sampler and window keys
     overrides = OmegaConf.from_dotlist([
         f"env.train.world_model_dir={wm_dir}", "env.train.sampler.num_steps=1", "env.train.sampler.guidance=1.5",

@@ -673,6 +673,7 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
 
     from safetensors.torch import load_file
 
+    from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig
     from rlinf_wm.envs.world_model_env import WorldModelEnv
     from rlinf_wm.models.dit import ActionDiT
     from rlinf_wm.runners.world_model_pipeline import run_stage
@@ -691,6 +692,10 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
     save_model_atomic(teacher, wm / "dit" / "model")
     with pytest.raises(ValueError, match=r"distilled=true .*stage=distill"):
         WorldModelEnv(str(wm), num_envs=2, distilled=True)
+    assert WorldModelEnv(str(wm), num_envs=2, distilled="auto").sampler.solver == "2ab"  # no student: the teacher
+    with pytest.raises(ConfigError, match=r"env.train.distilled"):
+        validate({"env_type": "world_model", "world_model_dir": str(wm), "distilled": "sometimes"},
+                 WorldModelEnvConfig, "env.train")
     with pytest.raises(ValueError, match=r"train.distill.steps"):
         run_stage(compose_config(tiny_overrides(root)), "distill")
     cfg = compose_config(tiny_overrides(root) + [
@@ -712,6 +717,7 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
     assert settings["distilled_sampler"]["guidance"] == 0.0 and settings["sampler"]["guidance"] == 1.5
     env = WorldModelEnv(str(wm), num_envs=2, distilled=True, seed=0, dtype="float32")
     assert (env.sampler.solver, env.sampler.num_steps, env.sampler.guidance) == ("euler", 1, 0.0)
+    assert WorldModelEnv(str(wm), num_envs=2, distilled="auto").sampler.solver == "euler"
     student = load_file(wm / "dit_distilled" / "model" / "model.safetensors")
     for name, tensor in env.dit.state_dict().items():
         torch.testing.assert_close(tensor, student[name], msg=name)

@@ -63,7 +63,8 @@ class WorldModelEnvConfig:
     max_episode_steps: int = 150
     action_scaler: float | None = None
     sampler: WorldModelSamplerConfig = field(default_factory=WorldModelSamplerConfig)
-    distilled: bool = False  # the few-step student DiT and its sampler (world_model.json's distilled_*)
+    # the few-step student DiT and its sampler (world_model.json's distilled_*); auto: when the world model has one
+    distilled: bool | Literal["auto"] = False
     batch_size: int = 64
     reward_type: Literal["success_once", "relative"] = "success_once"
     reward_frames: Literal["last", "all"] = "last"

@@ -65,7 +65,8 @@ class WorldModelEnv(ChunkEnv):
         sampler: ``FlowSampler`` settings (solver, num_steps, guidance, guidance_interval, sigma_min, sigma_max,
             rho); a missing or ``None`` key takes the trained default.
         distilled: run the world model's few-step student DiT (``stage=distill``; guidance baked in, one branch)
-            with its own sampler defaults; ``dit_path`` and ``sampler`` keys still override.
+            with its own sampler defaults; ``dit_path`` and ``sampler`` keys still override. ``auto``: the
+            student when the world model has one, else the trained DiT.
         batch_size: most envs per sampler run (CFG doubles each DiT call's batch internally).
         reward_type: ``success_once`` or ``relative`` (module docstring).
         reward_frames: ``last`` scores the last frame of each chunk; ``all`` every generated frame.
@@ -102,7 +103,7 @@ class WorldModelEnv(ChunkEnv):
         max_episode_steps: int = 150,
         action_scaler: float | None = None,
         sampler: dict[str, Any] | None = None,
-        distilled: bool = False,
+        distilled: bool | str = False,
         batch_size: int = 64,
         reward_type: Literal["success_once", "relative"] = "success_once",
         reward_frames: Literal["last", "all"] = "last",

@@ -82,11 +82,12 @@ def load_world_model_parts(
     num_cond_latent_frames: int | None = None,
     action_scaler: float | None = None,
     sampler: dict[str, Any] | None = None,
-    distilled: bool = False,
+    distilled: bool | str = False,
 ) -> WorldModelParts:
     """Load every part (``None`` = as trained, from ``world_model.json``) and check that they fit together.
 
-    ``distilled``: the DiT is the few-step student (``stage=distill``) and the sampler defaults are its own.
+    ``distilled``: the DiT is the few-step student (``stage=distill``) and the sampler defaults are its own;
+    ``"auto"``: the student when the world model has one.
     """
     world_model_dir = Path(world_model_dir)
     if not world_model_dir.is_dir():
@@ -116,8 +117,15 @@ def load_world_model_parts(
     if unknown:
         raise ValueError(f"unknown sampler keys {unknown}; valid: {list(SAMPLER_KEYS)}")
     trained_sampler = trained.get("sampler", {})
+    has_student = "distilled_sampler" in trained and "distilled_dit" in trained.get("paths", {})
+    if distilled not in (True, False, "auto"):
+        raise ValueError(f"distilled must be true, false or 'auto', got {distilled!r}")
+    if distilled == "auto":
+        distilled = has_student
+        logger.info("world model %s: running its %s DiT (distilled: auto)", world_model_dir,
+                    "distilled one-step" if has_student else "trained")
     if distilled:
-        if "distilled_sampler" not in trained or "distilled_dit" not in trained.get("paths", {}):
+        if not has_student:
             raise ValueError(f"distilled=true but {settings_file} has no distilled DiT: train one with "
                              "train_world_model.py stage=distill train.distill.steps=N")
         trained_sampler = trained["distilled_sampler"]
