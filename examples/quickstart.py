@@ -120,7 +120,9 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
             out / "world_model.json",
             ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4",
              "++train.reward.batch_size=8", "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false",
-             "++train.dit.compile=false", *smoke_replays],  # compiling would take longer than the 4 steps
+             "++train.dit.compile=false", "++train.distill.steps=2", "++train.distill.num_pairs=4",
+             "++train.distill.pair_batch_size=4", "++train.distill.batch_size=4", "++train.distill.heldout_pairs=2",
+             "++train.distill.compile=false", *smoke_replays],  # compiling would take longer than the 4 steps
         )
 
     def grpo(name: str, out: Path, world_model_dir: Path, policy: list[str]) -> Stage:

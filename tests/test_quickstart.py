@@ -45,6 +45,10 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     assert policy_config["action_head"] == "gaussian"
     # The reward model also trained on world-model replays of the base policy's recorded episodes
     assert (artifacts / "world_model" / "generated_episodes.hdf5").is_file()
+    # The world model has a one-step student, which GRPO's env runs (distilled: auto)
+    settings = json.loads((artifacts / "world_model" / "world_model.json").read_text())
+    assert settings["paths"]["distilled_dit"] == "dit_distilled/model" and settings["distilled_sampler"]["num_steps"] == 1
+    assert OmegaConf.load(artifacts / "rl_grpo_wm" / "config.yaml").env.train.distilled == "auto"
     assert result["peak_memory_bytes"] > 0
     second = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke", "--rounds", "2"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)

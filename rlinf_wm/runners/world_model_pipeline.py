@@ -13,7 +13,8 @@
     training_data.json      the trajectory files, episodes and env steps the latents were encoded from
 
 Stages: ``tokenizer`` -> ``encode`` -> ``dit`` -> ``distill`` (only with ``train.distill.steps``) -> ``generate``
-(only with ``train.reward_generated_episodes``) and ``reward`` (which needs the tokenizer when it trains on reconstructed frames, and the generated episodes).
+(only with ``train.reward_generated_episodes``; it replays with the student when there is one, as the env's
+``distilled: auto`` will run) and ``reward`` (which needs the tokenizer when it trains on reconstructed frames, and the generated episodes).
 The paths and world_model.json are :mod:`rlinf_wm.data.world_model_layout`'s. A stage is skipped when its
 output exists and is newer than its inputs (like ``make``);
 ``force=True`` reruns it. A rerun starts the stage's directory afresh; an interrupted one (no metrics.json yet)
@@ -316,8 +317,14 @@ def run_stage(
                                  cfg.seed)
         statistics = ActionStatistics.load(layout.statistics)
         trained = world_model_settings(cfg, layout, statistics)  # the DiT's own windows and scaler, as the env's
+        # the DiT the env runs (distilled: auto): the student when there is one
+        if use_student and not (layout.distilled_dit_run / "metrics.json").is_file():
+            raise FileNotFoundError(f"no distilled DiT in {layout.distilled_dit_run} (train.distill.steps > 0): "
+                                    "run stage=distill first")
+        dit, sampler = ((layout.distilled_dit_model, trained["distilled_sampler"]) if use_student
+                        else (layout.dit_model, trained["sampler"]))
         generated = generate_episodes(
-            _load_tokenizer(layout), load_model(ActionDiT, layout.dit_model), FlowSampler(**trained["sampler"]),
+            _load_tokenizer(layout), load_model(ActionDiT, dit), FlowSampler(**sampler),
             DiTActionInputs(statistics, trained["action_scaler"], trained["action_integral_scale"]),
             trained["num_cond_latent_frames"], trained["num_pred_latent_frames"],
             [episodes_list[i] for i in sources], sources,
@@ -359,7 +366,8 @@ def run_stage(
             run(name, layout.distilled_dit_run / "metrics.json", [layout.dit_model / "model.safetensors"],
                 layout.distilled_dit_run, distill_stage)
         elif name == "generate":
-            run(name, layout.generated_episodes, [layout.dit_model / "model.safetensors", *data_files], None,
+            replayed_by = layout.distilled_dit_model if use_student else layout.dit_model
+            run(name, layout.generated_episodes, [replayed_by / "model.safetensors", *data_files], None,
                 generate_stage)
         elif name == "reward":
             inputs = ([tokenizer_weights] if cfg.train.reward_reconstruction_prob > 0 else []) + data_files
