@@ -675,6 +675,7 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
     from safetensors.torch import load_file
 
     from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig
+    from rlinf_wm.data.world_model_layout import Layout, world_model_settings
     from rlinf_wm.envs.world_model_env import WorldModelEnv
     from rlinf_wm.models.dit import ActionDiT
     from rlinf_wm.runners.world_model_pipeline import run_stage
@@ -729,3 +730,9 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
     teacher = WorldModelEnv(str(wm), num_envs=2, seed=0, dtype="float32")
     assert (teacher.sampler.solver, teacher.sampler.guidance) == ("2ab", 1.5)
     assert run_stage(cfg, "distill")["distill"]["status"] == "cached"
+    # a DiT retrained after the student makes it stale: world_model.json no longer offers it
+    earlier = (wm / "dit" / "model" / "model.safetensors").stat().st_mtime - 10
+    os.utime(wm / "dit_distilled" / "metrics.json", (earlier, earlier))
+    assert "distilled_sampler" not in world_model_settings(cfg, Layout(wm), None)
+    assert run_stage(cfg, "distill")["distill"]["status"] == "ran"
+    assert "distilled_sampler" in world_model_settings(cfg, Layout(wm), None)

@@ -109,9 +109,10 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
     compression = cfg.tokenizer.temporal_compression
     latent_size = cfg.tokenizer.image_size // cfg.tokenizer.spatial_compression
     reward_config = layout.reward_model / "config.json"
-    # the few-step student of the DiT (stage distill), which the env uses with distilled: true
-    distilled = layout.distilled_dit_run / "metrics.json"
-    has_student = distilled.is_file()
+    # the few-step student of the DiT (stage distill), which the env runs with distilled: true / auto; one older
+    # than the DiT's weights is a stale student of an earlier DiT and is not offered
+    distilled, teacher = layout.distilled_dit_run / "metrics.json", layout.dit_model / "model.safetensors"
+    has_student = distilled.is_file() and (not teacher.is_file() or distilled.stat().st_mtime >= teacher.stat().st_mtime)
     return {
         "format_version": WORLD_MODEL_FORMAT_VERSION,
         "task": cfg.task,

@@ -12,7 +12,7 @@ own Euler schedule only, on the straight line between ``x0_T`` and the noise end
 The student's first Euler step from ``z`` at ``s0`` is then exactly the line's endpoint if it learns the pairs;
 further steps land on the same line. Guidance is baked in (the pairs are guided samples), so the student runs
 one branch (``guidance = 0``) and actions are never dropped. Its sampler settings go with it into
-``world_model.json`` (``distilled_sampler``); the env uses them with ``distilled: true``.
+``world_model.json`` (``distilled_sampler``); the env uses them with ``distilled: true`` (or ``auto``).
 
 The pairs come from training windows (real conditioning latents); a few from held-out windows measure the
 student's distance to the teacher against the teacher's own one-step, unguided sample at the same cost.
@@ -156,8 +156,7 @@ def distill_dit(
     student.eval()
     student.compile_forward = False
     save_model_atomic(student, out_dir / "model")
-
-    student.to(dtype)
+    student.to(dtype)  # evaluated as the env runs it
 
     def compare(prefix: str, windows: LatentWindows, rows: np.ndarray, noise: torch.Tensor,
                 teacher_samples: torch.Tensor) -> dict:

@@ -14,7 +14,8 @@
 
 Stages: ``tokenizer`` -> ``encode`` -> ``dit`` -> ``distill`` (only with ``train.distill.steps``) -> ``generate``
 (only with ``train.reward_generated_episodes``; it replays with the student when there is one, as the env's
-``distilled: auto`` will run) and ``reward`` (which needs the tokenizer when it trains on reconstructed frames, and the generated episodes).
+``distilled: auto`` will run) and ``reward`` (which needs the tokenizer when it trains on reconstructed frames,
+and the generated episodes).
 The paths and world_model.json are :mod:`rlinf_wm.data.world_model_layout`'s. A stage is skipped when its
 output exists and is newer than its inputs (like ``make``);
 ``force=True`` reruns it. A rerun starts the stage's directory afresh; an interrupted one (no metrics.json yet)
