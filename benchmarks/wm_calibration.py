@@ -30,7 +30,6 @@ the policy's closed-loop reaction to imagined frames.
     .venv/bin/python benchmarks/wm_calibration.py [--world-model-dir outputs/drawer-open-v3/world_model]
         [--episodes 20] [--horizon 150] [--noise-std 1.0] [--num-steps N | --steps-sweep 1 2 4 10] [--threads T]
         [--distilled]
-        [--distilled]
 
 With --steps-sweep the imagined side runs once per solver step count, with the PSNR of imagined against real
 chunk-end frames: quality against steps, to choose the fewest steps at equal quality.
@@ -252,7 +251,8 @@ def main() -> None:
                "world_model_dir": str(args.world_model_dir) if trained else None,
                "episodes_per_policy": args.episodes, "horizon": args.horizon, "noise_std": args.noise_std,
                "steps_after_success": args.steps_after_success,
-               "distilled": args.distilled, "chunk_size": env.chunk_size, "solver": env.sampler.solver, "trained_num_steps": trained_steps,
+               "distilled": args.distilled, "chunk_size": env.chunk_size, "solver": env.sampler.solver,
+               "trained_num_steps": trained_steps,
                "guidance": env.sampler.guidance, "guidance_interval": list(env.sampler.guidance_interval),
                "reward_frames": args.reward_frames,
                "real": {p: {"success_rate": float(real[p]["success"].mean()), "replay_reproduces_recording":
