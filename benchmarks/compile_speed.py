@@ -2,7 +2,9 @@
 
 The DiT's training step (bfloat16 autocast where native, as ``train.dit.precision: auto``), the DiT's rollout
 forward at the env's batch (both CFG branches, weights in the env's dtype), and the per-frame tokenizer's decode
-of one frame per env, as ``WorldModelEnv(compile=True)`` runs them; and, to show why they stay eager, the
+of one frame per env, its encode of two frames per env and the reward model's scoring of one (each also in float32
+eager, the env's path before they ran in its dtype; with how far the outputs move), as
+``WorldModelEnv(compile=True)`` runs them; and, to show why they stay eager, the
 tokenizer's and the reward model's training steps with their whole module compiled. Models are the shipped default configs,
 randomly initialised (speed does not depend on the weights), at the drawer-open-v3 shapes. Each compiled variant's
 first call (the compile) is timed on its own; then eager and compiled are timed alternately, so load from other
@@ -10,6 +12,7 @@ processes hits both alike; medians. Inductor's on-disk cache makes compiles afte
 shorter: ``--cold`` points it at a fresh directory.
 
     .venv/bin/python benchmarks/compile_speed.py [--threads 2] [--repeats 7] [--env-batch 64] [--cold]
+        [--world-model-dir outputs/drawer-open-v3/world_model]
 
 Prints ``compiled_speedup`` (eager seconds / compiled seconds) and ``compile_seconds`` per measurement. Prints one
 JSON object as its last line.
@@ -20,6 +23,7 @@ from __future__ import annotations
 import argparse
 import copy
 import json
+import math
 import os
 import sys
 import tempfile
@@ -31,23 +35,44 @@ sys.path.insert(0, str(ROOT))
 sys.path.insert(0, str(ROOT / "benchmarks"))
 
 
+def env_models(world_model_dir: str | None, tokenizer):
+    """(tokenizer, reward model, uint8 reset frames [N, H, W, 3]) of a trained world model, or the default configs
+    randomly initialised with random frames (speed only)."""
+    import numpy as np
+
+    from precision_speed import model_config
+
+    from rlinf_wm.models.reward_model import RewardModel
+
+    if world_model_dir and (Path(world_model_dir) / "world_model.json").is_file():
+        from rlinf_wm.envs.world_model_parts import load_world_model_parts
+
+        parts = load_world_model_parts(world_model_dir)
+        return parts.tokenizer, parts.reward_model, parts.initial_states.frames[:, -1]
+    frames = np.random.default_rng(0).integers(0, 256, (8, 64, 64, 3), dtype=np.uint8)
+    return tokenizer, RewardModel(**model_config("wm_reward_resnet")).eval(), frames
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--repeats", type=int, default=7)
     parser.add_argument("--env-batch", type=int, default=64, help="envs per DiT call at rollout (x2 with CFG)")
     parser.add_argument("--cold", action="store_true", help="compile without inductor's on-disk cache")
+    parser.add_argument("--world-model-dir", default=None,
+                        help="a trained world model: its tokenizer, reward model and reset frames for the env rows")
     args = parser.parse_args()
     if args.cold:  # before torch is imported, so inductor reads it
         os.environ["TORCHINDUCTOR_CACHE_DIR"] = tempfile.mkdtemp(prefix="inductor_cold_")
 
+    import numpy as np
     import torch
     from precision_speed import interleaved, model_config, training_step
 
     from rlinf_wm.models.dit import ActionDiT
     from rlinf_wm.models.flow_matching import flow_matching_loss
-    from rlinf_wm.models.reward_model import RewardModel
-    from rlinf_wm.models.tokenizer import VideoTokenizer, compiled_decode_to_uint8
+    from rlinf_wm.models.reward_model import RewardModel, compiled_logits
+    from rlinf_wm.models.tokenizer import VideoTokenizer, compiled_decode_to_uint8, compiled_encode
     from rlinf_wm.utils.compilation import compiler_available
     from rlinf_wm.utils.precision import autocast, resolve_dtype
 
@@ -123,6 +148,41 @@ def main() -> None:
         return run
 
     compare(f"tokenizer_decode_x{args.env_batch}", decode(VideoTokenizer.decode_to_uint8), decode(compiled_decode_to_uint8()))
+
+    # The env's re-encoding (two frames per env) and scoring (one per env): float32 eager (the env before they ran
+    # in its dtype), in the env's dtype eager, and compiled as WorldModelEnv(compile=True) runs them; and how far
+    # the compiled low-precision outputs are from float32's (meaningful with --world-model-dir's trained models)
+    encoder, scorer, reset_frames = env_models(args.world_model_dir, tokenizer)
+    frames = torch.from_numpy(np.resize(reset_frames, (2 * args.env_batch, *reset_frames.shape[1:])))[:, None]
+    logits = compiled_logits()
+
+    def env_part(fn, low_precision: bool):
+        def run():
+            with torch.no_grad(), autocast("cpu", dtype if low_precision else torch.float32):
+                return fn()
+        return run
+
+    for name, eager, compiled in (
+        (f"env_encode_x{len(frames)}", lambda: encoder.encode(frames), lambda: compiled_encode()(encoder, frames)),
+        (f"env_reward_x{args.env_batch}", lambda: scorer(frames[: args.env_batch, 0]),
+         lambda: logits(scorer, frames[: args.env_batch, 0])),
+    ):
+        start = time.perf_counter()
+        low = env_part(compiled, True)()
+        compile_seconds = time.perf_counter() - start
+        full = env_part(eager, False)()
+        seconds = interleaved({"float32_eager": env_part(eager, False), "eager": env_part(eager, True),
+                               "compiled": env_part(compiled, True)}, args.repeats)
+        if "encode" in name:
+            error = float(((low.float() - full) ** 2).mean() / full.var())
+            agreement = {"relative_mse": error, "snr_db": -10 * math.log10(error)}
+        else:
+            agreement = {"max_probability_difference": float((torch.sigmoid(low.float()) - torch.sigmoid(full)).abs().max())}
+        results[name] = {**{f"{k}_seconds": v for k, v in seconds.items()}, "compile_seconds": compile_seconds,
+                         "compiled_over_float32_eager": seconds["float32_eager"] / seconds["compiled"], **agreement}
+        print(f"{name}: float32 eager {seconds['float32_eager'] * 1e3:.1f} ms, {results['dtype']} eager "
+              f"{seconds['eager'] * 1e3:.1f} ms, compiled {seconds['compiled'] * 1e3:.1f} ms "
+              f"({results[name]['compiled_over_float32_eager']:.2f}x); {agreement}", flush=True)
 
     # not compiled by the project: the tokenizer's training step (batch 16) and the reward model's (batch 64)
     frames = torch.rand(16, 3, 1, 64, 64) * 2 - 1

@@ -705,6 +705,11 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
         "train.distill.pair_batch_size=4", "train.distill.heldout_pairs=4", "train.distill.lr=3e-3",
         "train.distill.warmup_steps=0", "train.distill.log_every=10", "train.distill.compile=false",
     ])
+    from rlinf_wm.runners.eval_world_model import evaluate_world_model
+
+    student_eval = replace(cfg, eval=replace(cfg.eval, distilled=True))
+    with pytest.raises(ValueError, match=r"eval.distilled=true .*stage=distill"):
+        evaluate_world_model(student_eval, output_dir=tmp_path / "eval")
     report = run_stage(cfg, "all")
     assert [report[s]["status"] for s in ("tokenizer", "encode", "dit", "reward")] == ["cached"] * 4
     assert report["distill"]["status"] == "ran"
@@ -730,6 +735,9 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
     teacher = WorldModelEnv(str(wm), num_envs=2, seed=0, dtype="float32")
     assert (teacher.sampler.solver, teacher.sampler.guidance) == ("2ab", 1.5)
     assert run_stage(cfg, "distill")["distill"]["status"] == "cached"
+    summary = evaluate_world_model(student_eval, output_dir=tmp_path / "eval")
+    assert summary["sampler"]["solver"] == "euler" and summary["sampler"]["num_steps"] == 1
+    assert summary["sampler"]["guidance"] == 0.0 and 0 < summary["metrics"]["model"]["6"]["psnr"] <= 60
     # a DiT retrained after the student makes it stale: world_model.json no longer offers it
     earlier = (wm / "dit" / "model" / "model.safetensors").stat().st_mtime - 10
     os.utime(wm / "dit_distilled" / "metrics.json", (earlier, earlier))

@@ -281,7 +281,9 @@ class EvalConfig:
     video_fps: int = 8
     seed: int = 0
     num_threads: int = 0
-    # sampler overrides for the evaluation (null: the sampler section's values)
+    # the one-step student (stage distill) with its own sampler instead of the DiT with the sampler section's
+    distilled: bool = False
+    # sampler overrides for the evaluation (null: the sampler section's values, or the student's)
     num_steps: int | None = None
     guidance: float | None = None
     # decode + re-encode each chunk's newest conditioning frames, as the world-model env does (null: on for

@@ -202,13 +202,15 @@ def evaluate_world_model(
     layout = Layout(Path(cfg.world_model_dir))
     settings = load_world_model_settings(layout.root)
     tokenizer = load_model(VideoTokenizer, layout.tokenizer_model).eval()
-    model = load_model(ActionDiT, layout.dit_model).eval()
+    if ecfg.distilled and "distilled_sampler" not in settings:
+        raise ValueError(f"eval.distilled=true but {layout.world_model_json} has no distilled DiT: run stage=distill")
+    model = load_model(ActionDiT, layout.distilled_dit_model if ecfg.distilled else layout.dit_model).eval()
     # the frame metrics do not need the reward model: without one (not trained yet) its section is skipped
     reward_model = load_model(RewardModel, layout.reward_model).eval() if layout.reward_model.is_dir() else None
     if reward_model is None:
         logger.warning("no reward model at %s: reward metrics skipped", layout.reward_model)
     statistics = ActionStatistics.load(layout.statistics)
-    sampler_kwargs = dataclasses.asdict(cfg.sampler)
+    sampler_kwargs = dict(settings["distilled_sampler"]) if ecfg.distilled else dataclasses.asdict(cfg.sampler)
     sampler_kwargs.update({k: v for k, v in (("num_steps", ecfg.num_steps), ("guidance", ecfg.guidance)) if v is not None})
     sampler = FlowSampler(**sampler_kwargs)
 
