@@ -79,7 +79,7 @@ class WorldModelEnv(ChunkEnv):
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
             (frames dissolve and the reward model fires on them); re-encoding keeps 30+ chunks on it.
         device, dtype: where the models run. The DiT runs in ``dtype``; the tokenizer and the reward model run
-            under autocast in it (in bfloat16 decodes agree with float32 to ~53 dB, re-encoded latents to 49 dB).
+            under autocast in it (in bfloat16 decodes agree with float32 to ~53 dB, re-encoded latents to 50 dB).
             ``auto``: bfloat16 on hardware that computes it natively (CUDA, CPUs with AMX / AVX512-BF16), else
             float32 (:mod:`rlinf_wm.utils.precision`).
         compile: ``torch.compile`` the DiT, the reward model and the per-frame tokenizer (``auto``: where a compiler is

@@ -21,8 +21,8 @@ from rlinf_wm.utils.precision import autocast
 
 class WorldModelFrames:
     """Encoding, decoding and scoring for the world-model env (its models run on ``device`` under autocast in
-    ``dtype``; latents in ``dtype``). In bfloat16 re-encoded latents agree with float32 ones to 49 dB (relative
-    MSE 1e-5) and success probabilities to 3e-6 here (docs/results.md, 2026-12-05 fifth entry)."""
+    ``dtype``; latents in ``dtype``). In bfloat16 re-encoded latents agree with float32 ones to 50 dB (relative
+    MSE 1e-5) and success probabilities to 8e-6 here (docs/results.md, 2026-12-05 fifth entry)."""
 
     def __init__(
         self, tokenizer: VideoTokenizer, reward_model: RewardModel, initial_states: InitialStates,
