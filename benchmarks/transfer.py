@@ -42,10 +42,23 @@ os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
-TASK_SLUG = {"drawer-open-v3": "drawer_open"}
+CONFIGS = ROOT / "examples" / "embodiment" / "config"
 RL_RUNS = ("grpo_world_model", "grpo_real_updates", "grpo_real_steps")
 # Targets of issue 7, in percentage points.
 TARGETS = {"gain_over_base_pp": 20.0, "fraction_of_real_gain": 0.6, "abs_imagined_minus_real_pp": 5.0}
+
+
+def task_configs(task: str) -> tuple[str, list[str]]:
+    """The config slug of a Meta-World task (``metaworld_<slug>_grpo_tinyvla``, ``eval_metaworld_<slug>``) and the
+    env overrides that retarget it: a task without configs of its own runs drawer-open's, pointed at the task."""
+    slug = task.removesuffix("-v3").replace("-", "_")
+    if (CONFIGS / f"metaworld_{slug}_grpo_tinyvla.yaml").is_file():
+        return slug, []
+    from rlinf_wm.envs.metaworld_env import available_tasks
+
+    if task not in available_tasks():
+        raise SystemExit(f"[transfer] {task!r} is not a Meta-World task: {', '.join(available_tasks())}")
+    return "drawer_open", [f"env.train.task={task}", f"env.eval.task={task}"]
 
 
 def run_logged(command: list[str], log_path: Path, env: dict | None = None) -> float:
@@ -65,7 +78,8 @@ def real_eval(policy_dir: Path, out_dir: Path, args, seed: int) -> dict:
     summary_path = out_dir / "summary.json"
     if not summary_path.is_file():
         run_logged([sys.executable, "examples/embodiment/eval_embodied_agent.py", "--config-name",
-                    f"eval_metaworld_{TASK_SLUG[args.task]}", f"task={args.task}", f"artifacts_dir={args.artifacts}",
+                    f"eval_metaworld_{args.slug}", f"task={args.task}", f"artifacts_dir={args.artifacts}",
+                    *[o for o in args.retarget if o.startswith("env.eval.")],
                     f"policy_path={policy_dir}", f"eval.output_dir={out_dir}", f"eval.num_episodes={args.eval_episodes}",
                     f"eval.seed={seed}", "eval.deterministic=false", f"eval.temperature={args.temperature}",
                     "eval.num_videos=2"],
@@ -77,12 +91,11 @@ def real_eval(policy_dir: Path, out_dir: Path, args, seed: int) -> dict:
 
 def rl_run(name: str, args, seed: int, run_dir: Path, extra: list[str]) -> dict:
     """One GRPO run through run_embodiment.sh (cached: skipped when its final policy exists)."""
-    slug = TASK_SLUG[args.task]
-    config = f"metaworld_{slug}_grpo_tinyvla" if name == "grpo_world_model" else f"metaworld_{slug}_grpo_tinyvla_realsim"
+    config = f"metaworld_{args.slug}_grpo_tinyvla" + ("" if name == "grpo_world_model" else "_realsim")
     final = run_dir / "final" / "model"
     wall = None
     if not (final / "model.safetensors").is_file():
-        overrides = [f"task={args.task}", f"artifacts_dir={args.artifacts}", f"runner.seed={seed}",
+        overrides = [f"task={args.task}", f"artifacts_dir={args.artifacts}", *args.retarget, f"runner.seed={seed}",
                      "runner.eval_interval=0", "runner.save_interval=0", "runner.progress_bar=false", *extra]
         wall = run_logged(["bash", "examples/embodiment/run_embodiment.sh", config, *overrides, *args.overrides],
                           run_dir.parent / f"{run_dir.name}.log", env={"LOG_DIR": str(run_dir), "PYTHON": sys.executable})
@@ -184,7 +197,7 @@ def mean_over_seeds(results: list[dict]) -> dict:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="drawer-open-v3", choices=sorted(TASK_SLUG))
+    parser.add_argument("--task", default="drawer-open-v3", help="a Meta-World task (the quickstart's --task)")
     parser.add_argument("--seeds", type=int, nargs="+", default=[0])
     parser.add_argument("--iterations", type=int, default=None,
                         help="RL iterations of the world-model run and of grpo_real_updates (default: the config's)")
@@ -194,6 +207,7 @@ def main() -> None:
     parser.add_argument("--skip", nargs="*", default=[], choices=RL_RUNS)
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every RL run")
     args = parser.parse_args()
+    args.slug, args.retarget = task_configs(args.task)
     args.artifacts = (args.artifacts or ROOT / "outputs" / args.task).resolve()
     args.out = (args.out or args.artifacts / "transfer").resolve()
     if args.eval_episodes < 1:
@@ -205,7 +219,7 @@ def main() -> None:
             raise SystemExit(f"[transfer] missing {needed}: run `bash scripts/quickstart.sh` first")
     import yaml
 
-    config = yaml.safe_load((ROOT / "examples/embodiment/config" / f"metaworld_{TASK_SLUG[args.task]}_grpo_tinyvla.yaml").read_text())
+    config = yaml.safe_load((CONFIGS / f"metaworld_{args.slug}_grpo_tinyvla.yaml").read_text())
     if args.iterations is None:
         args.iterations = config["runner"]["max_iterations"]
     # the rollout temperature, as the RL runs get it (an override wins over the config)

@@ -23,7 +23,7 @@ import subprocess
 import sys
 import threading
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -52,6 +52,8 @@ class TaskConfigs:
     # episodes of the mean-action evaluations: the GRPO config's runner.eval_episodes, whose end-of-run evaluation
     # (mean actions from initial states 0..n-1) the base's is compared with
     deterministic_episodes: int = 50
+    # the configs are another task's: every stage's env gets this task (env.task, env.train.task, env.eval.task)
+    retarget_env: bool = False
 
 
 TASKS = {
@@ -75,9 +77,15 @@ class Stage:
 
 
 def task_configs(task: str) -> TaskConfigs:
-    if task not in TASKS:
-        raise SystemExit(f"quickstart: no configs for task {task!r}; known: {sorted(TASKS)}")
-    return TASKS[task]
+    """A task's configs; any other Meta-World task runs the drawer-open configs retargeted to it."""
+    if task in TASKS:
+        return TASKS[task]
+    from rlinf_wm.envs.metaworld_env import available_tasks
+
+    if task in available_tasks():
+        return replace(TASKS["drawer-open-v3"], retarget_env=True)
+    raise SystemExit(f"quickstart: no configs for task {task!r}; known: {sorted(TASKS)} and every Meta-World task "
+                     f"({', '.join(available_tasks())})")
 
 
 def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
@@ -93,6 +101,10 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
                   f"env.eval.num_envs={configs.smoke_eval_envs}"]
     python = sys.executable
     common = [f"task={task}", f"artifacts_dir={artifacts}"]
+    # the env keys of each kind of stage that name the task (the configs' env YAMLs are another task's)
+    retarget = {kind: [f"{key}={task}" for key in keys] if configs.retarget_env else []
+                for kind, keys in {"collect": ["env.task"], "eval": ["env.eval.task"],
+                                   "grpo": ["env.train.task", "env.eval.task"]}.items()}
     replays, smoke_replays = [], []
     if configs.reward_replays:
         replays = [f"train.reward_generated_episodes={configs.reward_replays}", "train.reward_generated_kinds=[policy]"]
@@ -105,7 +117,7 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
         return Stage(
             name,
             [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
-             f"policy_path={policy}", f"eval.output_dir={out}", *recording, *settings],
+             *retarget["eval"], f"policy_path={policy}", f"eval.output_dir={out}", *recording, *settings],
             out / "summary.json",
             smoke_eval,
             also_needs=out / "episodes" / "shard_00000.hdf5" if record else None,  # evaluate.EPISODES_FILE
@@ -129,7 +141,8 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
         return Stage(
             name,
             ["bash", "examples/embodiment/run_embodiment.sh", f"{prefix}_grpo_tinyvla", *common,
-             f"policy.temperature={configs.temperature}", f"env.train.world_model_dir={world_model_dir}", *policy],
+             *retarget["grpo"], f"policy.temperature={configs.temperature}",
+             f"env.train.world_model_dir={world_model_dir}", *policy],
             out / "final" / "model" / "model.safetensors",
             ["runner.max_iterations=1", "runner.eval_interval=0", "env.train.num_envs=4", "algorithm.group_size=2",
              "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false",
@@ -140,7 +153,7 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
     stages = [
         Stage(
             "collect",
-            [python, "examples/collect/collect_data.py", "--config-name", f"collect_{prefix}", *common],
+            [python, "examples/collect/collect_data.py", "--config-name", f"collect_{prefix}", *common, *retarget["collect"]],
             artifacts / "data" / "dataset_statistics.json",
             ["num_episodes=5", "episodes_per_shard=5", "env.max_episode_steps=110", "progress_bar=false"],
         ),
@@ -247,7 +260,8 @@ def format_rate(summary: dict) -> str:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--task", default="drawer-open-v3", choices=sorted(TASKS))
+    parser.add_argument("--task", default="drawer-open-v3",
+                        help=f"{' | '.join(sorted(TASKS))} | any other Meta-World task (with drawer-open's configs)")
     parser.add_argument("--smoke", action="store_true", help="tiny settings for CI (seconds per stage)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="RL rounds; each after the first refines the world model on the last policy's real rollouts")
@@ -256,12 +270,12 @@ def main() -> None:
                         help="a Hydra override for one stage, e.g. world_model:train.dit.steps=1500")
     args = parser.parse_args()
 
+    configs = task_configs(args.task)  # before anything is written for a misspelt task
     artifacts = ROOT / ("outputs-smoke" if args.smoke else "outputs") / args.task
     log_dir = artifacts / "quickstart_logs"
     log_dir.mkdir(parents=True, exist_ok=True)
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable}
-    configs = task_configs(args.task)
     stages = build_stages(args.task, artifacts, args.rounds)
     by_name = {s.name: s for s in stages}
     unknown = set(args.force) - set(by_name)

@@ -81,6 +81,37 @@ def test_quickstart_smoke_on_libero_runs_the_same_stages(tmp_path):
     assert len(recorded[0].frames) == recorded[0].length + 1
 
 
+@pytest.mark.slow
+def test_quickstart_smoke_on_another_metaworld_task():
+    """Nothing depends on the default task: a Meta-World task without configs of its own runs every stage with the
+    drawer-open configs retargeted to it, and every stage's data and env are of that task."""
+    task = "button-press-topdown-v3"
+    artifacts = ROOT / "outputs-smoke" / task
+    env = {**os.environ, "MUJOCO_GL": "egl", "RAY_AUTH_MODE": "disabled"}
+    run = subprocess.run([sys.executable, "examples/quickstart.py", "--task", task, "--smoke", "--force", "collect",
+                          "sft", "eval_base", "eval_base_deterministic", "world_model", "grpo_world_model", "eval_rl"],
+                         cwd=ROOT, env=env, capture_output=True, text=True, timeout=1500)
+    assert run.returncode == 0, run.stdout[-3000:] + run.stderr[-3000:]
+    result = json.loads((artifacts / "quickstart.json").read_text())
+    assert result["task"] == task and all(seconds is not None for seconds in result["wall_time_s"].values())
+    collection = json.loads((artifacts / "data" / "collection_summary.json").read_text())
+    assert collection["task"] == task and collection["by_kind"]["expert"]["success_rate"] > 0  # its scripted expert
+    from omegaconf import OmegaConf
+
+    from rlinf_wm.data.trajectories import load_episodes
+
+    assert load_episodes(artifacts / "eval_base" / "episodes")[0].instruction == "press the button from the top"
+    rl_config = OmegaConf.load(artifacts / "rl_grpo_wm" / "config.yaml")
+    assert rl_config.env.train.task == rl_config.env.eval.task == task
+
+
+def test_quickstart_rejects_an_unknown_task():
+    run = subprocess.run([sys.executable, "examples/quickstart.py", "--task", "drawer-opne-v3"], cwd=ROOT,
+                         capture_output=True, text=True, timeout=120)
+    assert run.returncode != 0 and "'drawer-opne-v3'" in run.stderr and "drawer-close-v3" in run.stderr
+    assert not (ROOT / "outputs" / "drawer-opne-v3").exists()
+
+
 def test_quickstart_rejects_a_bad_override():
     run = subprocess.run([sys.executable, "examples/quickstart.py", "--override", "nonsense:x=1"], cwd=ROOT,
                          capture_output=True, text=True, timeout=120)

@@ -3,6 +3,8 @@
 import importlib.util
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("transfer", ROOT / "benchmarks" / "transfer.py")
 transfer = importlib.util.module_from_spec(spec)
@@ -34,3 +36,11 @@ def test_a_real_gain_within_noise_meets_no_fraction_target():
                                   "imagined_close_to_real": False}
     no_gain = dict(result, grpo_real_updates=run(0.40))
     assert transfer.compare(no_gain)["fraction_of_grpo_real_updates_gain"] is None
+
+
+def test_a_task_without_configs_of_its_own_runs_drawer_opens_retargeted():
+    assert transfer.task_configs("drawer-open-v3") == ("drawer_open", [])
+    slug, overrides = transfer.task_configs("door-open-v3")
+    assert slug == "drawer_open" and overrides == ["env.train.task=door-open-v3", "env.eval.task=door-open-v3"]
+    with pytest.raises(SystemExit, match="'door-opne-v3' is not a Meta-World task"):
+        transfer.task_configs("door-opne-v3")
