@@ -27,7 +27,7 @@ Protocol (the world model sees no state vector, so the scripted expert cannot ru
 Same initial states and same actions on both sides, so the gap measures the world model (DiT + reward model), not
 the policy's closed-loop reaction to imagined frames.
 
-    .venv/bin/python benchmarks/wm_calibration.py [--world-model-dir outputs/drawer-open-v3/world_model]
+    .venv/bin/python benchmarks/wm_calibration.py [--task drawer-open-v3] [--world-model-dir outputs/<task>/world_model]
         [--episodes 20] [--horizon 150] [--noise-std 1.0] [--num-steps N | --steps-sweep 1 2 4 10] [--threads T]
         [--distilled]
 
@@ -64,22 +64,22 @@ from rlinf_wm.envs.metaworld_env import MetaWorldEnv, _benchmark  # noqa: E402
 from rlinf_wm.envs.world_model_env import WorldModelEnv  # noqa: E402
 from rlinf_wm.models.samplers import FlowSampler  # noqa: E402
 
-TASK = "drawer-open-v3"
+TASK = "drawer-open-v3"  # the default; --task picks another Meta-World task
 POLICIES = ("expert", "noisy_expert", "random")
 NEVER = 2.0  # a success threshold no probability reaches
 
 
 def record_actions(policy: str, reset_id: int, horizon: int, noise_std: float, seed: int,
-                   steps_after_success: int = 0) -> tuple[np.ndarray, bool]:
+                   steps_after_success: int = 0, task: str = TASK) -> tuple[np.ndarray, bool]:
     """Closed-loop episode in a render-free Meta-World env: (actions [T, 4], success). The policy goes on acting
     ``steps_after_success`` steps past success (within the horizon), as it would in an imagined episode that has
     not yet been judged a success."""
-    benchmark = _benchmark(TASK)
-    env = benchmark.train_classes[TASK]()
+    benchmark = _benchmark(task)
+    env = benchmark.train_classes[task]()
     env.max_path_length = horizon + 1
     env.set_task(benchmark.train_tasks[reset_id % len(benchmark.train_tasks)])
     rng = np.random.default_rng(seed)
-    expert = ExpertPolicy(TASK, noise_std if policy == "noisy_expert" else 0.0, rng)
+    expert = ExpertPolicy(task, noise_std if policy == "noisy_expert" else 0.0, rng)
     random_actions = RandomActions(rng)
     state, _ = env.reset()
     actions, success, stop = [], False, horizon
@@ -108,10 +108,10 @@ def padded_chunks(sequences: list[np.ndarray], horizon: int, chunk: int) -> np.n
     return out.reshape(len(sequences), num_chunks, chunk, 4)
 
 
-def run_real(reset_ids: np.ndarray, chunks: np.ndarray, horizon: int) -> tuple[np.ndarray, np.ndarray, list]:
+def run_real(reset_ids: np.ndarray, chunks: np.ndarray, horizon: int, task: str = TASK) -> tuple[np.ndarray, np.ndarray, list]:
     """Open-loop replay in MetaWorldEnv: (success [N], success step [N] or -1, chunk-end frames per episode)."""
     success, steps, frames = [], [], []
-    with MetaWorldEnv(TASK, num_envs=1, max_episode_steps=horizon) as env:
+    with MetaWorldEnv(task, num_envs=1, max_episode_steps=horizon) as env:
         for reset_id, episode in zip(reset_ids.tolist(), chunks):
             obs = env.reset(ids=[reset_id])
             seen = [obs.images[0]]
@@ -175,7 +175,8 @@ def psnr(a: np.ndarray, b: np.ndarray) -> float:
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
-    parser.add_argument("--world-model-dir", default=f"outputs/{TASK}/world_model")
+    parser.add_argument("--task", default=TASK, help="a Meta-World task")
+    parser.add_argument("--world-model-dir", default=None, help="default: outputs/<task>/world_model")
     parser.add_argument("--episodes", type=int, default=20, help="reset ids 0..N-1, each run by every policy")
     parser.add_argument("--horizon", type=int, default=150)
     parser.add_argument("--noise-std", type=float, default=1.0, help="the noisy expert's Gaussian action noise")
@@ -202,13 +203,13 @@ def main() -> None:
 
     reset_ids = np.arange(args.episodes)
     recorded = {p: [record_actions(p, int(i), args.horizon, args.noise_std, args.seed * 1000 + int(i),
-                                   args.steps_after_success) for i in reset_ids]
+                                   args.steps_after_success, args.task) for i in reset_ids]
                 for p in POLICIES}
     print(f"recorded {len(POLICIES)} x {args.episodes} episodes in {time.perf_counter() - started:.0f} s", flush=True)
 
-    wm_dir = Path(args.world_model_dir)
+    wm_dir = Path(args.world_model_dir or f"outputs/{args.task}/world_model")
     trained = (wm_dir / "world_model.json").is_file()
-    with MetaWorldEnv(TASK, num_envs=1) as real:
+    with MetaWorldEnv(args.task, num_envs=1) as real:
         reset_frames = np.stack([real.reset(ids=[int(i)]).images[0] for i in reset_ids])
         instruction = real.instruction
     tmp = tempfile.TemporaryDirectory()
@@ -229,7 +230,7 @@ def main() -> None:
     for policy in POLICIES:
         chunks = padded_chunks([actions for actions, _ in recorded[policy]], args.horizon, env.chunk_size)
         t0 = time.perf_counter()
-        success, steps, frames = run_real(reset_ids, chunks, args.horizon)
+        success, steps, frames = run_real(reset_ids, chunks, args.horizon, args.task)
         real[policy] = {"chunks": chunks, "success": success, "steps": steps, "frames": frames,
                         "seconds": time.perf_counter() - t0,
                         "reproduced": float((success == np.array([s for _, s in recorded[policy]])).mean())}
