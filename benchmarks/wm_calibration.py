@@ -248,8 +248,8 @@ def main() -> None:
                               >= env.reward_threshold).any()) for i in episodes]))
         reward_only[policy], reward_detects[policy] = flagged.get(False), flagged.get(True)
 
-    results = {"world_model": "trained" if trained else "random default config (numbers meaningless)",
-               "world_model_dir": str(args.world_model_dir) if trained else None,
+    results = {"task": args.task, "world_model": "trained" if trained else "random default config (numbers meaningless)",
+               "world_model_dir": str(wm_dir) if trained else None,
                "episodes_per_policy": args.episodes, "horizon": args.horizon, "noise_std": args.noise_std,
                "steps_after_success": args.steps_after_success,
                "distilled": args.distilled, "chunk_size": env.chunk_size, "solver": env.sampler.solver,
