@@ -17,12 +17,15 @@ fails is attributed to the reward model when its success rule (threshold, chunk-
 on the *real* replay frames, and to the DiT otherwise (it generated a success the actions do not cause). Frame
 PSNR of imagined against replayed chunk-end frames, per chunk index, shows where the two part. With ``--resample N``
 every imagined episode's actions run open loop in the world model N more times with other sampler noise: is a false
-success the DiT's belief about those actions, or a noise draw that a rule over several draws would filter?
+success the DiT's belief about those actions, or a noise draw that a rule over several draws would filter? With
+``--real-through-tokenizer`` the policy's real closed loop sees every frame through the world model's tokenizer
+(encode, decode), as reconstructed frames look: does ``replayed - real`` come from reconstruction or from what the
+DiT generates?
 
     .venv/bin/python benchmarks/wm_imagined_replay.py --run-dir outputs/drawer-open-v3/rl_grpo_wm \
         --policy outputs/drawer-open-v3/sft/model outputs/drawer-open-v3/rl_grpo_wm/final/model \
         [--states 50] [--episodes-per-state 1] [--temperature 4.0] [--resample N] [--save-frames DIR] [--threads 2]
-        [--dtype auto|float32|bfloat16]
+        [--dtype auto|float32|bfloat16] [--real-through-tokenizer]
 
 The world-model env is the RL run's ``env.train`` (its ``config.yaml``), the real env its ``env.eval``. Prints one
 JSON object as its last line.
@@ -48,6 +51,34 @@ import numpy as np  # noqa: E402
 
 from wm_calibration import imagined_outcome, padded_chunks, psnr, run_imagined, side_by_side  # noqa: E402
 from wm_policy_calibration import run_config  # noqa: E402
+
+
+class ThroughTokenizer:
+    """A chunk env whose observed frames are the tokenizer's reconstructions of the real ones."""
+
+    def __init__(self, env, tokenizer) -> None:
+        self.env, self.tokenizer = env, tokenizer
+
+    def __getattr__(self, name):
+        return getattr(self.env, name)
+
+    def _reconstruct(self, obs):
+        import dataclasses
+
+        import torch
+
+        with torch.no_grad():
+            frames = self.tokenizer.decode_to_uint8(self.tokenizer.encode(torch.from_numpy(obs.images)[:, None]))
+        return dataclasses.replace(obs, images=np.ascontiguousarray(frames[:, 0].numpy()))
+
+    def reset(self, *args, **kwargs):
+        return self._reconstruct(self.env.reset(*args, **kwargs))
+
+    def chunk_step(self, actions):
+        import dataclasses
+
+        step = self.env.chunk_step(actions)
+        return dataclasses.replace(step, obs=self._reconstruct(step.obs))
 
 
 def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: float) -> list[dict]:
@@ -172,7 +203,8 @@ def evaluate_policy(policy_dir: Path, wm_env, real_env, reset_ids: list[int], ar
     t1 = time.perf_counter()
     replayed = replay(real_env, reset_ids, imagined)
     t2 = time.perf_counter()
-    real = run_episodes(real_env, policy, reset_ids, seed=args.seed, deterministic=False, temperature=args.temperature)
+    closed_loop_env = ThroughTokenizer(real_env, wm_env.tokenizer) if args.real_through_tokenizer else real_env
+    real = run_episodes(closed_loop_env, policy, reset_ids, seed=args.seed, deterministic=False, temperature=args.temperature)
     t3 = time.perf_counter()
 
     # The env's own success rule, applied by its reward model to the real replay's chunk-end frames.
@@ -224,6 +256,8 @@ def main() -> None:
                         help="replay each imagined episode's actions in the world model N more times with other noise")
     parser.add_argument("--save-frames", type=Path, default=None, metavar="DIR",
                         help="write <policy n>_false_successes.png: replayed over imagined frames of up to 4 of them")
+    parser.add_argument("--real-through-tokenizer", action="store_true",
+                        help="the real closed loop observes the world model tokenizer's reconstructions of its frames")
     args = parser.parse_args()
     for name in ("states", "episodes_per_state", "num_envs", "real_envs"):
         if getattr(args, name) < 1:
@@ -275,7 +309,7 @@ def main() -> None:
     real_env.close()
     print(json.dumps({"run_dir": str(args.run_dir), "temperature": args.temperature, "states": args.states,
                       "dtype": str(wm_env.dtype).removeprefix("torch."),
-                      "episodes_per_state": args.episodes_per_state,
+                      "episodes_per_state": args.episodes_per_state, "real_through_tokenizer": args.real_through_tokenizer,
                       "success_rule": {"threshold": wm_env.reward_threshold, "consecutive": wm_env.success_consecutive},
                       "policies": reports}))
 

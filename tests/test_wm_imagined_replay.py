@@ -109,3 +109,26 @@ def test_resampling_with_the_rollouts_own_noise_reproduces_its_successes(tmp_pat
     # other noise, other rollouts: the same actions do not always end the same way
     other = replay_benchmark.resampled_successes(env, [0, 1], episodes, seeds=[5, 6, 7])
     assert (other != np.array(original)[:, None]).any()
+
+
+class InvertingTokenizer:
+    """A tokenizer stand-in whose reconstruction is the negative image (uint8 [B, 1, H, W, 3] in and out)."""
+
+    def encode(self, frames):
+        assert frames.ndim == 5 and frames.shape[1] == 1
+        return frames
+
+    def decode_to_uint8(self, latents):
+        return 255 - latents
+
+
+def test_the_real_closed_loop_can_observe_through_the_tokenizer():
+    env = replay_benchmark.ThroughTokenizer(PushEnv(num_envs=2), InvertingTokenizer())
+    assert env.num_envs == 2  # everything but the frames is the real env's
+    obs = env.reset(ids=[0, 1])
+    assert (obs.images == 255).all() and obs.instructions == ["push", "push"]
+    actions = np.zeros((2, 2, 4), np.float32)
+    actions[0, :, 0] = 0.6
+    step = env.chunk_step(actions)
+    assert step.info["success"].tolist() == [True, False]
+    assert step.obs.images[0, 0, 0, 0] == 255 - 120 and step.obs.images[1, 0, 0, 0] == 255
