@@ -34,6 +34,7 @@ JSON object as its last line.
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import math
 import os
@@ -63,20 +64,16 @@ class ThroughTokenizer:
         return getattr(self.env, name)
 
     def _reconstruct(self, obs):
-        import dataclasses
-
         import torch
 
         with torch.no_grad():
             frames = self.tokenizer.decode_to_uint8(self.tokenizer.encode(torch.from_numpy(obs.images)[:, None]))
-        return dataclasses.replace(obs, images=np.ascontiguousarray(frames[:, 0].numpy()))
+        return dataclasses.replace(obs, images=np.ascontiguousarray(frames[:, 0].cpu().numpy()))
 
     def reset(self, *args, **kwargs):
         return self._reconstruct(self.env.reset(*args, **kwargs))
 
     def chunk_step(self, actions):
-        import dataclasses
-
         step = self.env.chunk_step(actions)
         return dataclasses.replace(step, obs=self._reconstruct(step.obs))
 
