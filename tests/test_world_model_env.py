@@ -560,3 +560,17 @@ def test_bfloat16_runs_the_dit_in_it_and_the_other_models_under_autocast_close_t
     assert not np.array_equal(a[1], b[1])
     with pytest.raises(ValueError, match="dtype must be one of"):
         make(wm_dir, dtype="half")
+
+
+def test_steps_to_decode_cover_the_scored_frames_their_history_and_the_new_context():
+    from types import SimpleNamespace
+
+    from rlinf_wm.envs.world_model_frames import WorldModelFrames
+
+    frames = SimpleNamespace(reward_model=SimpleNamespace(num_frames=2), chunk_size=4, num_cond_latent_frames=2)
+    ends = np.array([4, 2])  # the second env's episode ends after 2 of the chunk's 4 steps
+    scored, wanted = WorldModelFrames.steps_to_decode(frames, ends, score_every_step=False, reencode_context=False)
+    assert scored == [[3], [1]] and wanted == [[2, 3], [0, 1]]
+    scored, wanted = WorldModelFrames.steps_to_decode(frames, ends, score_every_step=True, reencode_context=True)
+    assert scored == [[0, 1, 2, 3], [0, 1]]
+    assert wanted == [[0, 1, 2, 3], [0, 1, 2, 3]]  # re-encoding needs the chunk's last 2 frames for every env

@@ -338,14 +338,7 @@ class WorldModelEnv(ChunkEnv):
 
         # Steps of this chunk each env executes (fewer only when max_episode_steps ends it early).
         ends = np.minimum(k, self.max_episode_steps - self._steps[rows])
-        if self.reward_frames == "all":
-            scored = [list(range(int(e))) for e in ends]
-        else:
-            scored = [[int(e) - 1] for e in ends]
-        # A multi-frame reward model also needs the nf - 1 frames before each scored one.
-        wanted = [sorted({i for j in js for i in range(max(0, j - nf + 1), j + 1)}) for js in scored]
-        if self.reencode_context:
-            wanted = [sorted(set(ws) | set(range(max(0, k - tc), k))) for ws in wanted]
+        scored, wanted = self._frames.steps_to_decode(ends, self.reward_frames == "all", self.reencode_context)
         decoded = self._frames.decode(context, new, wanted)
 
         windows, owners = [], []

@@ -80,6 +80,18 @@ class WorldModelFrames:
         self.timings.scored_frames += len(windows)
         return probs
 
+    def steps_to_decode(self, ends: np.ndarray, score_every_step: bool,
+                        reencode_context: bool) -> tuple[list[list[int]], list[list[int]]]:
+        """Per env of a chunk that executes ``ends[i]`` steps: the steps the reward model scores (each executed step,
+        or the last) and the steps to decode for them. A multi-frame reward model also needs the ``num_frames - 1``
+        frames before each scored one, and re-encoding the context needs the chunk's last conditioning frames."""
+        nf, k, tc = self.reward_model.num_frames, self.chunk_size, self.num_cond_latent_frames
+        scored = [list(range(int(e))) if score_every_step else [int(e) - 1] for e in ends]
+        wanted = [sorted({i for j in js for i in range(max(0, j - nf + 1), j + 1)}) for js in scored]
+        if reencode_context:
+            wanted = [sorted(set(ws) | set(range(max(0, k - tc), k))) for ws in wanted]
+        return scored, wanted
+
     def decode(self, context: torch.Tensor, new: torch.Tensor, wanted: list[list[int]]) -> list[dict[int, np.ndarray]]:
         """Decode chunk frames ``wanted[i]`` (indices 0..K-1, frame j = after action j) of each row ``i``.
 
