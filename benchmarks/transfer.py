@@ -68,7 +68,7 @@ def run_logged(command: list[str], log_path: Path, env: dict | None = None) -> f
     with open(log_path, "w") as log:
         result = subprocess.run(command, cwd=ROOT, stdout=log, stderr=subprocess.STDOUT, env={**os.environ, **(env or {})})
     if result.returncode != 0:
-        raise SystemExit(f"[transfer] failed (exit {result.returncode}): {' '.join(command)}\n"
+        raise SystemExit(f"command failed (exit {result.returncode}): {' '.join(command)}\n"
                          f"last lines of {log_path}:\n{log_path.read_text()[-3000:]}")
     return time.perf_counter() - start
 

@@ -130,9 +130,11 @@ def test_skipped_cross_attention_equals_zero_text_context():
         assert torch.allclose(model(x, s, actions, mask), reference(x, s, actions, mask), atol=1e-5)
 
 
-@pytest.mark.parametrize("extra_pos_embed_type", [None, "learnable"])
-def test_per_frame_forward_equals_diffusers_forward(extra_pos_embed_type):
-    model = randomised(ActionDiT(**SMALL, extra_pos_embed_type=extra_pos_embed_type))
+@pytest.mark.parametrize("extra_pos_embed_type, patch_size", [(None, (1, 2, 2)), ("learnable", (1, 2, 2)),
+                                                               (None, (1, 1, 1))])
+def test_per_frame_forward_equals_diffusers_forward(extra_pos_embed_type, patch_size):
+    # (1, 1, 1): one token per latent pixel, 4x the tokens of the default (docs/results.md, 2026-12-05 eighth entry)
+    model = randomised(ActionDiT(**SMALL, extra_pos_embed_type=extra_pos_embed_type, patch_size=patch_size))
     x, s, actions, mask = inputs(batch=3, frames=5, cond_frames=2)
     drop = torch.tensor([False, True, False])
     with torch.no_grad():
