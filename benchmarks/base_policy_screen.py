@@ -22,15 +22,14 @@ then one JSON object as its last line.
 from __future__ import annotations
 
 import argparse
-import importlib.util
 import json
 import sys
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
-_spec = importlib.util.spec_from_file_location("transfer", ROOT / "benchmarks" / "transfer.py")
-transfer = importlib.util.module_from_spec(_spec)
-_spec.loader.exec_module(transfer)  # sets the env (MUJOCO_GL, Ray) for the subprocesses; task_configs, run_logged
+sys.path.insert(0, str(ROOT / "benchmarks"))
+
+import transfer  # noqa: E402  (sets the env (MUJOCO_GL, Ray) for the subprocesses; task_configs, run_logged)
 
 NUM_INITIAL_STATES = 50  # Meta-World's fixed evaluation states; evaluation episodes cycle through them
 
