@@ -69,9 +69,12 @@ def screen_base(args, demos: int, steps: int) -> list[dict]:
     rows = []
     for temperature in args.temperatures:
         eval_dir = args.out / f"eval_d{demos}_s{steps}_t{temperature:g}"
-        if not (eval_dir / "summary.json").is_file():
+        summary_path = eval_dir / "summary.json"
+        if not summary_path.is_file():
             transfer.run_logged(eval_command(args, sft_dir / "model", temperature, eval_dir), args.out / f"{eval_dir.name}.log")
-        rows.append(screen_row(json.loads((eval_dir / "summary.json").read_text()), demos, steps, temperature))
+        summary = json.loads(summary_path.read_text())
+        transfer.require_same_settings(summary_path, summary, {"num_episodes": args.episodes, "temperature": temperature})
+        rows.append(screen_row(summary, demos, steps, temperature))
         print(format_row(rows[-1]), flush=True)
     return rows
 

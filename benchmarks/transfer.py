@@ -16,7 +16,8 @@ Every real evaluation runs ``--eval-episodes`` episodes (>= 100) with actions sa
 rollout temperature (``policy.temperature``: the RL policy is a stochastic policy; sampling also makes the episodes
 independent, whereas greedy actions repeat on Meta-World's 50 initial states) and reports a 95 % Wilson interval.
 Each RL run goes through ``run_embodiment.sh``, exactly as a user launches it; every finished piece is cached under
-``--out`` so an interrupted benchmark resumes.
+``--out`` so an interrupted benchmark resumes, and a cached piece made with other settings (seed, iterations, step
+budget, episodes, temperature, overrides, base policy, world model) is refused with the setting that differs.
 
     .venv/bin/python benchmarks/transfer.py [--seeds 0 1 2] [--iterations 20] [--eval-episodes 100]
         [--artifacts outputs/drawer-open-v3] [--out outputs/drawer-open-v3/transfer] [--skip grpo_real_steps]
@@ -41,6 +42,8 @@ os.environ.setdefault("MUJOCO_GL", "egl")
 os.environ.setdefault("RAY_AUTH_MODE", "disabled")
 os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
+
+from rlinf_wm.utils.io import write_json_atomic  # noqa: E402
 
 CONFIGS = ROOT / "examples" / "embodiment" / "config"
 RL_RUNS = ("grpo_world_model", "grpo_real_updates", "grpo_real_steps")
@@ -73,10 +76,47 @@ def run_logged(command: list[str], log_path: Path, env: dict | None = None) -> f
     return time.perf_counter() - start
 
 
+def setting_mismatches(cached: dict, expected: dict) -> list[str]:
+    """The settings of a cached result that differ from this run's (dotted keys into ``cached``; paths compare
+    by where they resolve to, so a run reached through a symlinked artifacts directory still matches)."""
+    mismatches = []
+    for key, want in expected.items():
+        got = cached
+        for part in key.split("."):
+            got = got.get(part) if isinstance(got, dict) else None
+        if isinstance(got, dict) and isinstance(want, str):
+            continue  # a config-group choice (``algorithm=ppo``): the saved config holds the group's contents
+        same = (got is not None and Path(got).resolve() == Path(want).resolve()) if isinstance(want, Path) else got == want
+        if not same:
+            mismatches.append(f"{key}={got!r} (this run: {str(want) if isinstance(want, Path) else repr(want)})")
+    return mismatches
+
+
+def require_same_settings(cached_file: Path, cached: dict, expected: dict) -> None:
+    """A cached result answers the question it was run for: refuse one made with other settings."""
+    mismatches = setting_mismatches(cached, expected)
+    if mismatches:
+        raise SystemExit(f"[transfer] {cached_file} was made with other settings: {'; '.join(mismatches)}. "
+                         f"Delete {cached_file.parent} or pass another --out.")
+
+
+def override_settings(overrides: list[str]) -> dict:
+    """Hydra ``key=value`` overrides as the values the saved config holds, parsed by Hydra itself (``+``/``~``
+    ones add or delete keys and are not checked)."""
+    from hydra.core.override_parser.overrides_parser import OverridesParser
+
+    parsed = OverridesParser.create().parse_overrides(overrides)
+    return {o.key_or_group: o.value() for o in parsed if not (o.is_add() or o.is_delete() or o.is_force_add())}
+
+
 def real_eval(policy_dir: Path, out_dir: Path, args, seed: int) -> dict:
     """Real-simulator success of a policy (cached in ``out_dir/summary.json``)."""
     summary_path = out_dir / "summary.json"
-    if not summary_path.is_file():
+    if summary_path.is_file():
+        require_same_settings(summary_path, json.loads(summary_path.read_text()),
+                              {"policy_path": policy_dir, "num_episodes": args.eval_episodes, "seed": seed,
+                               "deterministic": False, "temperature": args.temperature})
+    else:
         run_logged([sys.executable, "examples/embodiment/eval_embodied_agent.py", "--config-name",
                     f"eval_metaworld_{args.slug}", f"task={args.task}", f"artifacts_dir={args.artifacts}",
                     *[o for o in args.retarget if o.startswith("env.eval.")],
@@ -94,7 +134,15 @@ def rl_run(name: str, args, seed: int, run_dir: Path, extra: list[str]) -> dict:
     config = f"metaworld_{args.slug}_grpo_tinyvla" + ("" if name == "grpo_world_model" else "_realsim")
     final = run_dir / "final" / "model"
     wall = None
-    if not (final / "model.safetensors").is_file():
+    if (final / "model.safetensors").is_file():
+        import yaml
+
+        expected = {**override_settings([*args.retarget, f"runner.seed={seed}", *extra, *args.overrides]),
+                    "policy.path": args.artifacts / "sft"}
+        if name == "grpo_world_model":
+            expected["env.train.world_model_dir"] = args.artifacts / "world_model"
+        require_same_settings(run_dir / "config.yaml", yaml.safe_load((run_dir / "config.yaml").read_text()), expected)
+    else:
         overrides = [f"task={args.task}", f"artifacts_dir={args.artifacts}", *args.retarget, f"runner.seed={seed}",
                      "runner.eval_interval=0", "runner.save_interval=0", "runner.progress_bar=false", *extra]
         wall = run_logged(["bash", "examples/embodiment/run_embodiment.sh", config, *overrides, *args.overrides],
@@ -138,6 +186,7 @@ def imagined_eval(run_dir: Path, out_path: Path, args, seed: int) -> dict:
 
     data = json.loads(out_path.read_text())
     k, n = sum(data["successes"]), len(data["successes"])
+    require_same_settings(out_path, {"num_episodes": n}, {"num_episodes": args.eval_episodes})
     return {"success_rate": k / n, "ci95": list(wilson_interval(k, n)), "num_episodes": n}
 
 
@@ -236,7 +285,7 @@ def main() -> None:
               "eval_episodes": args.eval_episodes, "eval_actions": f"sampled (temperature {args.temperature:g})",
               "world_model_data_env_steps": data_steps, "overrides": args.overrides, "targets": TARGETS,
               "per_seed": results, "mean": {**mean, "comparison": compare(mean) if "imagined" in mean else {}}}
-    (args.out / "transfer.json").write_text(json.dumps(report, indent=2))
+    write_json_atomic(args.out / "transfer.json", report)
     print(json.dumps(report))
 
 

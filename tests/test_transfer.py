@@ -1,9 +1,12 @@
 """benchmarks/transfer.py's comparison: gains in points and the issue's targets, computed from run summaries."""
 
 import importlib.util
+import json
 from pathlib import Path
+from types import SimpleNamespace
 
 import pytest
+import yaml
 
 ROOT = Path(__file__).resolve().parents[1]
 spec = importlib.util.spec_from_file_location("transfer", ROOT / "benchmarks" / "transfer.py")
@@ -44,3 +47,40 @@ def test_a_task_without_configs_of_its_own_runs_drawer_opens_retargeted():
     assert slug == "drawer_open" and overrides == ["env.train.task=door-open-v3", "env.eval.task=door-open-v3"]
     with pytest.raises(SystemExit, match="'door-opne-v3' is not a Meta-World task"):
         transfer.task_configs("door-opne-v3")
+
+
+def test_a_cached_result_matches_through_symlinks_and_names_each_setting_that_differs(tmp_path):
+    (tmp_path / "real" / "sft").mkdir(parents=True)
+    (tmp_path / "linked").symlink_to(tmp_path / "real")
+    cached = {"runner": {"seed": 0, "max_iterations": 20}, "policy": {"path": str(tmp_path / "real" / "sft")}}
+    same = {"runner.seed": 0, "runner.max_iterations": 20, "policy.path": tmp_path / "linked" / "sft"}
+    assert transfer.setting_mismatches(cached, same) == []
+    other = {**same, "runner.max_iterations": 10, "policy.path": tmp_path / "elsewhere", "algorithm.kl_coef": 1.0}
+    assert [m.split("=")[0] for m in transfer.setting_mismatches(cached, other)] == [
+        "runner.max_iterations", "policy.path", "algorithm.kl_coef"]
+    assert transfer.override_settings(["dit.patch_size=[1,1,1]", "actor.lr=1e-4", "+extra=1", "~gone"]) == {
+        "dit.patch_size": [1, 1, 1], "actor.lr": 1e-4}  # as Hydra reads them, not yaml ("1e-4" is a str there)
+    assert transfer.setting_mismatches({"algorithm": {"kl_coef": 0.0}}, {"algorithm": "ppo"}) == []  # a group
+
+
+def test_cached_runs_and_evaluations_made_with_other_settings_are_refused(tmp_path):
+    args = SimpleNamespace(task="drawer-open-v3", slug="drawer_open", artifacts=tmp_path, retarget=[], overrides=[],
+                           eval_episodes=100, temperature=4.0)
+    run_dir = tmp_path / "seed_0" / "grpo_real_updates"
+    (run_dir / "final" / "model").mkdir(parents=True)
+    (run_dir / "final" / "model" / "model.safetensors").write_bytes(b"")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"runner": {"seed": 0, "max_iterations": 10}, "policy": {"path": str(tmp_path / "sft")}}))
+    with pytest.raises(SystemExit, match=r"config.yaml was made with other settings: runner.max_iterations=10 "
+                                         r"\(this run: 20\)"):
+        transfer.rl_run("grpo_real_updates", args, 0, run_dir, ["runner.max_iterations=20"])
+
+    eval_dir = tmp_path / "seed_0" / "eval_base"
+    eval_dir.mkdir()
+    (eval_dir / "summary.json").write_text(json.dumps({
+        "policy_path": str(tmp_path / "sft" / "model"), "num_episodes": 50, "seed": 0, "deterministic": False,
+        "temperature": 4.0, "success_rate": 0.5, "success_rate_ci95": [0.36, 0.64], "mean_episode_length": 120.0}))
+    with pytest.raises(SystemExit, match=r"num_episodes=50 \(this run: 100\)"):
+        transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0)
+    args.eval_episodes = 50
+    assert transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0)["success_rate"] == 0.5
