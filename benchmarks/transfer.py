@@ -96,7 +96,7 @@ def require_same_settings(cached_file: Path, cached: dict, expected: dict) -> No
     """A cached result answers the question it was run for: refuse one made with other settings."""
     mismatches = setting_mismatches(cached, expected)
     if mismatches:
-        raise SystemExit(f"[transfer] {cached_file} was made with other settings: {'; '.join(mismatches)}. "
+        raise SystemExit(f"{cached_file} was made with other settings: {'; '.join(mismatches)}. "
                          f"Delete {cached_file.parent} or pass another --out.")
 
 
@@ -137,10 +137,10 @@ def rl_run(name: str, args, seed: int, run_dir: Path, extra: list[str]) -> dict:
     if (final / "model.safetensors").is_file():
         import yaml
 
-        expected = {**override_settings([*args.retarget, f"runner.seed={seed}", *extra, *args.overrides]),
-                    "policy.path": args.artifacts / "sft"}
+        defaults = {"policy.path": args.artifacts / "sft"}  # what the configs point at unless overridden
         if name == "grpo_world_model":
-            expected["env.train.world_model_dir"] = args.artifacts / "world_model"
+            defaults["env.train.world_model_dir"] = args.artifacts / "world_model"
+        expected = {**defaults, **override_settings([*args.retarget, f"runner.seed={seed}", *extra, *args.overrides])}
         require_same_settings(run_dir / "config.yaml", yaml.safe_load((run_dir / "config.yaml").read_text()), expected)
     else:
         overrides = [f"task={args.task}", f"artifacts_dir={args.artifacts}", *args.retarget, f"runner.seed={seed}",

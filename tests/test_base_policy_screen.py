@@ -1,6 +1,7 @@
 """benchmarks/base_policy_screen.py: the per-base row, the commands it runs, and its input checks."""
 
 import importlib.util
+import json
 import sys
 from pathlib import Path
 from types import SimpleNamespace
@@ -43,3 +44,13 @@ def test_too_few_episodes_and_missing_data_fail_before_anything_is_written(tmp_p
     with pytest.raises(SystemExit, match="no collected data"):
         screen.main()
     assert not out.exists()
+
+
+def test_a_cached_evaluation_with_another_episode_count_is_refused(tmp_path):
+    args = SimpleNamespace(out=tmp_path, episodes=200, temperatures=[4.0])
+    (tmp_path / "sft_d2_s320" / "model").mkdir(parents=True)
+    (tmp_path / "sft_d2_s320" / "model" / "model.safetensors").write_bytes(b"")  # a cached SFT run: not retrained
+    (tmp_path / "eval_d2_s320_t4").mkdir()
+    (tmp_path / "eval_d2_s320_t4" / "summary.json").write_text(json.dumps({"num_episodes": 100, "temperature": 4.0}))
+    with pytest.raises(SystemExit, match=r"num_episodes=100 \(this run: 200\)"):
+        screen.screen_base(args, demos=2, steps=320)
