@@ -79,11 +79,13 @@ def run_logged(command: list[str], log_path: Path, env: dict | None = None) -> f
 def setting_mismatches(cached: dict, expected: dict) -> list[str]:
     """The settings of a cached result that differ from this run's (dotted keys into ``cached``; paths compare
     by where they resolve to, so a run reached through a symlinked artifacts directory still matches)."""
+    from omegaconf import OmegaConf
+
+    config = OmegaConf.create(cached)
     mismatches = []
     for key, want in expected.items():
-        got = cached
-        for part in key.split("."):
-            got = got.get(part) if isinstance(got, dict) else None
+        got = OmegaConf.select(config, key)
+        got = OmegaConf.to_container(got) if OmegaConf.is_config(got) else got
         if isinstance(got, dict) and isinstance(want, str):
             continue  # a config-group choice (``algorithm=ppo``): the saved config holds the group's contents
         same = (got is not None and Path(got).resolve() == Path(want).resolve()) if isinstance(want, Path) else got == want
