@@ -118,7 +118,7 @@ class DiTTrainConfig:
     # > 0: the DiT also gets this x the running sum of the raw actions since the reset, the arm's absolute target
     # for delta-action robots (rlinf_wm.data.action_inputs); 0: the chunk's actions only
     action_integral_scale: float = 0.5
-    steps: int = 1500
+    steps: int = 6000
     batch_size: int = 32
     lr: float = 5e-4
     min_lr: float = 1e-5
