@@ -105,6 +105,21 @@ def test_an_aim_offset_moves_where_the_expert_goes():
         ExpertPolicy("drawer-open-v3", aim_offset=[0.1, 0.2])
 
 
+def test_near_miss_offsets_come_from_every_box_and_one_box_draws_as_before():
+    from rlinf_wm.envs.experts import draw_aim_offset
+
+    right, left = [[0.09, 0.0, 0.0], [0.15, 0.0, 0.06]], [[-0.15, 0.0, 0.0], [-0.09, 0.0, 0.06]]
+    offsets = np.array([draw_aim_offset(np.random.default_rng(seed), [right, left]) for seed in range(40)])
+    on_right, on_left = offsets[:, 0] >= 0.09, offsets[:, 0] <= -0.09
+    assert (on_right | on_left).all() and 10 <= on_right.sum() <= 30  # both sides, never the centre
+    assert ((offsets[:, 2] >= 0) & (offsets[:, 2] <= 0.06)).all() and (offsets[:, 1] == 0).all()
+    # a single box (two corners) draws exactly what a uniform draw between them does: old collections resume
+    np.testing.assert_array_equal(draw_aim_offset(np.random.default_rng(3), right),
+                                  np.random.default_rng(3).uniform(*right))
+    with pytest.raises(ValueError, match="near_miss_offset"):
+        draw_aim_offset(np.random.default_rng(0), [right, [[0.1, 0.0], [0.2, 0.0]]])
+
+
 def test_a_near_miss_episode_misses_beside_the_handle(tmp_path):
     from rlinf_wm.envs.experts import record_episode
     from rlinf_wm.envs.metaworld_env import MetaWorldEnv
@@ -208,12 +223,16 @@ def test_collect_config_composes_and_validates():
         cfg = validate(raw, CollectConfig)
         assert cfg.output_dir == "outputs/drawer-open-v3/data" and cfg.env.camera == "corner3"
         assert cfg.num_episodes == 12 and cfg.env.task == cfg.task
+        both_sides = validate(compose("collect_metaworld_drawer_open", overrides=[
+            "near_miss_offset=[[[0.09,0,0],[0.15,0,0.06]],[[-0.15,0,0],[-0.09,0,0.06]]]"]), CollectConfig)
+        assert both_sides.near_miss_offset[1] == [[-0.15, 0, 0], [-0.09, 0, 0.06]]
         bad = [("env.task=door-open-v3", "env.task"), ("random_fraction=0.9", "random_fraction"),
                ("env.num_envs=4", "env.num_envs"), ("+extra=1", "extra"), ("steps_after_success=-1", "steps_after_success"),
                ("noisy_fraction=0.8", "noisy_fraction"), ("noisy_expert_std=-1", "noisy_expert_std"),
                ("near_miss_fraction=0.9", "near_miss_fraction"),
                ("near_miss_offset=[[0.1,0,0],[0.0,0,0]]", "near_miss_offset"),
-               ("near_miss_offset=[[0,0],[1,1]]", "near_miss_offset")]
+               ("near_miss_offset=[[0,0],[1,1]]", "near_miss_offset"),
+               ("near_miss_offset=[[[0.1,0,0],[0.2,0,0]],[[0.1,0,0],[0.0,0,0]]]", "near_miss_offset")]
         for override, key in bad:
             with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
                 validate(compose("collect_metaworld_drawer_open", overrides=[override]), CollectConfig)

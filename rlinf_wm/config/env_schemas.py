@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rlinf_wm.config.libero_schema import LiberoEnvConfig
-from rlinf_wm.config.validate import dispatch_field, require
+from rlinf_wm.config.validate import ConfigError, dispatch_field, require
 from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig
 
 # Named cameras of Meta-World's sawyer scenes (metaworld/assets/objects/assets/xyz_base.xml).
@@ -59,6 +59,23 @@ COLLECT_ENV_SCHEMAS: dict[str, type] = {"metaworld": MetaWorldEnvConfig, "libero
 NEAR_MISS_OFFSET = ((-0.09, 0.0, 0.0), (0.09, 0.0, 0.08))
 
 
+def _is_box(value) -> bool:
+    return (isinstance(value, (list, tuple)) and len(value) == 2
+            and all(isinstance(corner, (list, tuple)) and len(corner) == 3 for corner in value))
+
+
+def near_miss_boxes(offset) -> list[tuple[list[float], list[float]]]:
+    """The boxes of a near-miss offset: one box ``[low, high]`` (two [x, y, z] corners) or a list of such boxes, of
+    which each episode draws one (misses on both sides of an object exclude the centre: two boxes)."""
+    boxes = [offset] if _is_box(offset) else list(offset) if isinstance(offset, (list, tuple)) else []
+    if not boxes or not all(_is_box(box) for box in boxes):
+        raise ValueError(f"must be two corners [[x, y, z], [x, y, z]] or a list of such boxes, got {offset}")
+    for low, high in boxes:
+        if any(lo > hi for lo, hi in zip(low, high)):
+            raise ValueError(f"each box needs low <= high per axis, got {[list(low), list(high)]}")
+    return [(list(map(float, low)), list(map(float, high))) for low, high in boxes]
+
+
 @dataclass
 class CollectConfig:
     """Top-level config of ``examples/collect/collect_data.py`` (scripted-expert data collection)."""
@@ -77,9 +94,11 @@ class CollectConfig:
     noisy_fraction: float = 0.0  # episodes of the expert with noisy_expert_std action noise: near-misses at contact
     noisy_expert_std: float = 1.0
     # episodes of the expert aiming at the object + an offset drawn per episode between these corners (metres,
-    # x / y / z; Meta-World): misses beside the object with a success's motions, the world model's counterexamples
+    # x / y / z; Meta-World), or in one of a list of such boxes: misses beside the object with a success's motions,
+    # the world model's counterexamples
     near_miss_fraction: float = 0.0
-    near_miss_offset: list[list[float]] = field(default_factory=lambda: [list(c) for c in NEAR_MISS_OFFSET])
+    near_miss_offset: list[list[float]] | list[list[list[float]]] = field(
+        default_factory=lambda: [list(c) for c in NEAR_MISS_OFFSET])
     steps_after_success: int = 0  # keep recording this many steps past success (Meta-World): frames of success
     seed: int = 0
     progress_bar: bool = True
@@ -109,7 +128,7 @@ class CollectConfig:
             require(total <= 1.0, at(name), f"{' + '.join(fractions)} must be <= 1, got {total} by {name}")
         require(self.near_miss_fraction == 0 or self.env.env_type == "metaworld", at("near_miss_fraction"),
                 f"near-miss episodes aim Meta-World's scripted experts, env.env_type is {self.env.env_type!r}")
-        corners = self.near_miss_offset
-        require(len(corners) == 2 and all(len(c) == 3 for c in corners)
-                and all(lo <= hi for lo, hi in zip(*corners)), at("near_miss_offset"),
-                f"must be two corners [[x, y, z], [x, y, z]] with low <= high per axis, got {corners}")
+        try:
+            near_miss_boxes(self.near_miss_offset)
+        except ValueError as error:
+            raise ConfigError(f"{at('near_miss_offset')}: {error}") from None

@@ -14,7 +14,7 @@ import warnings
 
 import numpy as np
 
-from rlinf_wm.config.env_schemas import NEAR_MISS_OFFSET
+from rlinf_wm.config.env_schemas import NEAR_MISS_OFFSET, near_miss_boxes
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.envs.metaworld_env import MetaWorldEnv
 
@@ -87,6 +87,17 @@ class RandomActions:
         return self._action.copy()
 
 
+def draw_aim_offset(rng: np.random.Generator, near_miss_offset) -> np.ndarray:
+    """A near-miss episode's aim offset: uniform in ``near_miss_offset``'s box, or in one of its boxes drawn first."""
+    try:
+        boxes = near_miss_boxes(near_miss_offset)
+    except ValueError as error:
+        raise ValueError(f"near_miss_offset {error}") from None
+    # one box draws nothing for its choice, so single-box collections keep their episodes
+    low, high = boxes[int(rng.integers(len(boxes)))] if len(boxes) > 1 else boxes[0]
+    return rng.uniform(low, high)
+
+
 def record_episode(
     env: MetaWorldEnv,
     kind: str,
@@ -104,7 +115,8 @@ def record_episode(
     ones for ``perturb_steps`` (range) steps starting in the first 40% of the horizon (the expert
     needs ~60% of a 150-step horizon on drawer-open, so the perturbation lands before it is done).
     Near-miss episodes aim the expert at the object plus an offset drawn uniformly per axis between
-    ``near_miss_offset``'s two corners (recorded in the episode's ``aim_offset`` attribute).
+    ``near_miss_offset``'s two corners, or in a box drawn from a list of such (recorded in the episode's
+    ``aim_offset`` attribute).
 
     ``steps_after_success`` > 0 keeps recording that many steps past success (within ``max_episode_steps``; the
     env must be built with ``terminate_on_success=False``), so the data shows success itself and not only the
@@ -123,10 +135,7 @@ def record_episode(
     attrs = {"kind": kind}
     aim_offset = None
     if kind == "near_miss":
-        low, high = (np.asarray(corner, np.float64) for corner in near_miss_offset)
-        if low.shape != (3,) or high.shape != (3,) or (low > high).any():
-            raise ValueError(f"near_miss_offset must be two corners [x, y, z] with low <= high, got {near_miss_offset}")
-        aim_offset = rng.uniform(low, high)
+        aim_offset = draw_aim_offset(rng, near_miss_offset)
         attrs["aim_offset"] = aim_offset.tolist()
     expert = ExpertPolicy(env.task, expert_noise_std, rng, aim_offset=aim_offset)
     random_actions = RandomActions(rng)
