@@ -4,7 +4,8 @@ Runs every missing stage (each is cached: a stage whose output exists is skipped
 collect (scripted experts) -> SFT base policy -> evaluate base in the real simulator (its episodes are
 recorded) -> train the world model on both -> GRPO in the world model -> evaluate after RL in the real
 simulator, then prints a table. The world model trains on the base policy's real rollouts too: from scripted
-data alone it judged nearly every policy episode a success (it had never seen the policy's failures).
+data alone it judged nearly every policy episode a success (it had never seen the policy's failures). On
+Meta-World it also trains on near misses that fail (collect_near_misses: the expert aiming beside the object).
 
     python examples/quickstart.py [--task drawer-open-v3|libero_spatial] [--smoke] [--force STAGE ...]
                                   [--override STAGE:KEY=VALUE ...]
@@ -54,11 +55,15 @@ class TaskConfigs:
     deterministic_episodes: int = 50
     # the configs are another task's: every stage's env gets this task (env.task, env.train.task, env.eval.task)
     retarget_env: bool = False
+    # a collection of near misses that fail (collect_<prefix>_near_misses) joins the world model's data: the
+    # counterexamples to the false successes GRPO exploits (Meta-World's scripted experts aim them)
+    near_misses: bool = False
 
 
 TASKS = {
     # The Gaussian-head base is nearly deterministic at 1 (docs/results.md, 2026-12-02)
-    "drawer-open-v3": TaskConfigs("metaworld_drawer_open", smoke_eval_envs=4, temperature=4.0, reward_replays=100),
+    "drawer-open-v3": TaskConfigs("metaworld_drawer_open", smoke_eval_envs=4, temperature=4.0, reward_replays=100,
+                                  near_misses=True),
     "libero_spatial": TaskConfigs("libero_spatial", smoke_eval_envs=1, deterministic_episodes=10),  # needs the libero extra
 }
 
@@ -150,13 +155,18 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
             env={"LOG_DIR": str(out)},
         )
 
-    stages = [
-        Stage(
-            "collect",
-            [python, "examples/collect/collect_data.py", "--config-name", f"collect_{prefix}", *common, *retarget["collect"]],
-            artifacts / "data" / "dataset_statistics.json",
-            ["num_episodes=5", "episodes_per_shard=5", "env.max_episode_steps=110", "progress_bar=false"],
-        ),
+    def collection(name: str, config: str, out: Path, smoke: list[str]) -> Stage:
+        return Stage(name, [python, "examples/collect/collect_data.py", "--config-name", config, *common,
+                            *retarget["collect"]], out / "dataset_statistics.json", [*smoke, "progress_bar=false"])
+
+    stages = [collection("collect", f"collect_{prefix}", artifacts / "data",
+                         ["num_episodes=5", "episodes_per_shard=5", "env.max_episode_steps=110"])]
+    rollouts = [artifacts / "eval_base" / "episodes"]
+    if configs.near_misses:
+        stages.append(collection("collect_near_misses", f"collect_{prefix}_near_misses", artifacts / "near_misses",
+                                 ["num_episodes=2", "episodes_per_shard=2", "env.max_episode_steps=16"]))
+        rollouts.append(artifacts / "near_misses")
+    stages += [
         Stage(
             "sft",
             [python, "examples/sft/train_sft.py", "--config-name", f"sft_{prefix}", *common],
@@ -169,7 +179,6 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
                    record=False, settings=("eval.deterministic=true", f"eval.num_episodes={configs.deterministic_episodes}",
                                            "eval.num_videos=0")),
     ]
-    rollouts = [artifacts / "eval_base" / "episodes"]
     world_model_dir, rl_dir, eval_dir = artifacts / "world_model", artifacts / "rl_grpo_wm", artifacts / "eval_rl"
     stages += [
         world_model("world_model", world_model_dir, rollouts, []),

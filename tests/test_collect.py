@@ -226,6 +226,11 @@ def test_collect_config_composes_and_validates():
         both_sides = validate(compose("collect_metaworld_drawer_open", overrides=[
             "near_miss_offset=[[[0.09,0,0],[0.15,0,0.06]],[[-0.15,0,0],[-0.09,0,0.06]]]"]), CollectConfig)
         assert both_sides.near_miss_offset[1] == [[-0.15, 0, 0], [-0.09, 0, 0.06]]
+        # the quickstart's near-miss collection: only near misses, on both sides, seeded apart from the main one
+        near = validate(compose("collect_metaworld_drawer_open_near_misses"), CollectConfig)
+        assert {p.kind for shard in plan_episodes(near) for p in shard} == {"near_miss"}
+        assert len(near.near_miss_offset) == 2 and near.seed != cfg.seed
+        assert near.output_dir == "outputs/drawer-open-v3/near_misses" and near.env == cfg.env
         bad = [("env.task=door-open-v3", "env.task"), ("random_fraction=0.9", "random_fraction"),
                ("env.num_envs=4", "env.num_envs"), ("+extra=1", "extra"), ("steps_after_success=-1", "steps_after_success"),
                ("noisy_fraction=0.8", "noisy_fraction"), ("noisy_expert_std=-1", "noisy_expert_std"),

@@ -43,6 +43,8 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     assert result["base"]["temperature"] == result["after_rl"]["temperature"] == 4.0
     policy_config = json.loads((artifacts / "sft" / "model" / "config.json").read_text())
     assert policy_config["action_head"] == "gaussian"
+    # Near misses that fail are in the world model's data beside the scripted and the base policy's episodes
+    assert set(first_round["episodes_by_kind"]) >= {"expert", "policy", "near_miss"}
     # The reward model also trained on world-model replays of the base policy's recorded episodes
     assert (artifacts / "world_model" / "generated_episodes.hdf5").is_file()
     # The world model has a one-step student, which GRPO's env runs (distilled: auto)
@@ -53,7 +55,7 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     second = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke", "--rounds", "2"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
-    stages = ["collect", "world_model", "sft", "eval_base", "eval_base_deterministic", "grpo_world_model", "eval_rl",
+    stages = ["collect", "collect_near_misses", "world_model", "sft", "eval_base", "eval_base_deterministic", "grpo_world_model", "eval_rl",
               "world_model_r2", "grpo_world_model_r2", "eval_rl_r2"]
     assert all(f"[quickstart] {name}: cached" in second.stdout for name in stages), second.stdout
 
@@ -126,6 +128,18 @@ def load_quickstart():
     sys.modules["quickstart"] = module  # its dataclasses look their module up
     spec.loader.exec_module(module)
     return module
+
+
+def test_meta_world_world_models_train_on_near_misses_and_libero_ones_do_not(tmp_path):
+    quickstart = load_quickstart()
+    for task, expected in (("drawer-open-v3", True), ("button-press-topdown-v3", True), ("libero_spatial", False)):
+        stages = {s.name: s for s in quickstart.build_stages(task, tmp_path / task, rounds=2)}
+        assert ("collect_near_misses" in stages) == expected
+        for name in ("world_model", "world_model_r2"):
+            data_dirs = next(a for a in stages[name].command if a.startswith("extra_data_dirs="))
+            assert (str(tmp_path / task / "near_misses") in data_dirs) == expected
+    retargeted = {s.name: s for s in quickstart.build_stages("button-press-topdown-v3", tmp_path)}
+    assert "env.task=button-press-topdown-v3" in retargeted["collect_near_misses"].command
 
 
 @pytest.mark.parametrize("rounds", [1, 2])
