@@ -1,6 +1,7 @@
 #!/usr/bin/env bash
 # Set up (idempotent), then run the whole loop with caching:
-# collect -> SFT -> real-sim eval (recorded) -> world model -> GRPO in the world model -> real-sim eval.
+# collect (+ near misses on Meta-World) -> SFT -> real-sim eval (recorded) -> world model -> GRPO in the world
+# model -> real-sim eval.
 # Arguments go to examples/quickstart.py (e.g. --smoke for a seconds-per-stage run, --force sft).
 set -euo pipefail
 ROOT="$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)"
