@@ -55,8 +55,8 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     second = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke", "--rounds", "2"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
-    stages = ["collect", "collect_near_misses", "world_model", "sft", "eval_base", "eval_base_deterministic", "grpo_world_model", "eval_rl",
-              "world_model_r2", "grpo_world_model_r2", "eval_rl_r2"]
+    stages = ["collect", "collect_near_misses", "world_model", "sft", "eval_base", "eval_base_deterministic",
+              "grpo_world_model", "eval_rl", "world_model_r2", "grpo_world_model_r2", "eval_rl_r2"]
     assert all(f"[quickstart] {name}: cached" in second.stdout for name in stages), second.stdout
 
 
