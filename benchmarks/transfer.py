@@ -242,8 +242,20 @@ def compare(result: dict) -> dict:
 
 
 def mean_over_seeds(results: list[dict]) -> dict:
+    """Each measure's success rate averaged over the seeds, with the Wilson interval of the seeds' episodes pooled:
+    the seed mean's real-simulator gain is then tested as one seed's is. (The pooled interval is of the episodes;
+    it does not widen for RL runs that differ by seed.)"""
+    from rlinf_wm.utils.stats import wilson_interval
+
     keys = [k for k in ("base", *RL_RUNS, "imagined") if all(k in r for r in results)]
-    return {k: {"success_rate": sum(r[k]["success_rate"] for r in results) / len(results)} for k in keys}
+    mean = {}
+    for key in keys:
+        runs = [r[key] for r in results]
+        episodes = sum(run["num_episodes"] for run in runs)
+        successes = sum(round(run["success_rate"] * run["num_episodes"]) for run in runs)
+        mean[key] = {"success_rate": sum(run["success_rate"] for run in runs) / len(runs), "num_episodes": episodes,
+                     "ci95": list(wilson_interval(successes, episodes))}
+    return mean
 
 
 def main() -> None:

@@ -41,6 +41,25 @@ def test_a_real_gain_within_noise_meets_no_fraction_target():
     assert transfer.compare(no_gain)["fraction_of_grpo_real_updates_gain"] is None
 
 
+def test_the_seed_mean_pools_episodes_so_its_real_gain_can_be_significant():
+    def seed(base, wm, real, imagined):
+        return {name: {"success_rate": k / 100, "num_episodes": 100} for name, k in
+                (("base", base), ("grpo_world_model", wm), ("grpo_real_updates", real), ("imagined", imagined))}
+
+    # a seed's real gain of +8 of 100 is within its interval; three seeds' +40 of 300 (pooled) are not
+    one = transfer.mean_over_seeds([seed(60, 69, 68, 79)])
+    assert not transfer.compare(one)["real_gain_at_equal_updates_significant"]
+    mean = transfer.mean_over_seeds([seed(59, 72, 89, 89), seed(60, 74, 63, 91), seed(60, 60, 67, 76)])
+    assert mean["grpo_real_updates"]["num_episodes"] == 300
+    assert mean["grpo_real_updates"]["success_rate"] == pytest.approx(0.73)
+    low, high = mean["grpo_real_updates"]["ci95"]
+    assert 0.67 < low < 0.68 and 0.77 < high < 0.78  # Wilson interval of 219 / 300
+    out = transfer.compare(mean)
+    assert out["gain_world_model_pp"] == 9.0 and out["fraction_of_grpo_real_updates_gain"] == 0.675
+    assert out["targets_met"] == {"gain_over_base": False, "fraction_of_real_gain_at_equal_updates": True,
+                                  "imagined_close_to_real": False}
+
+
 def test_a_task_without_configs_of_its_own_runs_drawer_opens_retargeted():
     assert transfer.task_configs("drawer-open-v3") == ("drawer_open", [])
     slug, overrides = transfer.task_configs("door-open-v3")
