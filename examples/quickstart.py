@@ -1,6 +1,6 @@
 """One command from a fresh clone to "RL in the world model improved real-simulator success".
 
-Runs every missing stage (each is cached: a stage whose output exists is skipped):
+Runs every stage whose output is missing or stale (made with other settings, or from a rebuilt input):
 collect (scripted experts) -> SFT base policy -> evaluate base in the real simulator (its episodes are
 recorded) -> train the world model on both -> GRPO in the world model -> evaluate after RL in the real
 simulator, then prints a table. The world model trains on the base policy's real rollouts too: from scripted
@@ -20,14 +20,17 @@ import argparse
 import json
 import os
 import shlex
+import shutil
 import subprocess
 import sys
 import threading
 import time
+import uuid
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 
 ROOT = Path(__file__).resolve().parents[1]
+CONFIG_DIR = ROOT / "examples" / "embodiment" / "config"  # every stage's Hydra configs
 
 
 @dataclass(frozen=True)
@@ -71,11 +74,19 @@ TASKS = {
 @dataclass
 class Stage:
     name: str
-    command: list[str]
+    launcher: list[str]  # the command up to the Hydra config name
+    config: str          # its config under examples/embodiment/config
+    overrides: list[str]
+    output_dir: Path   # everything it writes: emptied before a finished stage is rebuilt
     done_marker: Path  # written last by the stage: its output is complete
     smoke_overrides: list[str] = field(default_factory=list)
     env: dict[str, str] = field(default_factory=dict)
     also_needs: Path | None = None  # an output that only some settings write (a cached stage without it reruns)
+    needs: tuple[str, ...] = ()  # the stages whose outputs it reads: a rebuilt one makes it stale
+
+    @property
+    def command(self) -> list[str]:
+        return [*self.launcher, self.config, *self.overrides]
 
     def done(self) -> bool:
         return self.done_marker.exists() and (self.also_needs is None or self.also_needs.exists())
@@ -115,88 +126,92 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
         replays = [f"train.reward_generated_episodes={configs.reward_replays}", "train.reward_generated_kinds=[policy]"]
         smoke_replays = ["train.reward_generated_episodes=2"]
 
+    def python_script(script: str) -> list[str]:
+        return [python, script, "--config-name"]
+
     # a sampled evaluation records its episodes when a world model trains on them (the base's, and every round's
     # but the last): rendering every step costs it 2.6x the time
-    def evaluation(name: str, policy: Path, out: Path, record: bool = True, settings=(temperature,)) -> Stage:
+    def evaluation(name: str, policy: Path, out: Path, policy_stage: str, record: bool = True,
+                   settings=(temperature,)) -> Stage:
         recording = ["eval.save_episodes=true"] if record else []
         return Stage(
-            name,
-            [python, "examples/embodiment/eval_embodied_agent.py", "--config-name", f"eval_{prefix}", *common,
-             *retarget["eval"], f"policy_path={policy}", f"eval.output_dir={out}", *recording, *settings],
-            out / "summary.json",
+            name, python_script("examples/embodiment/eval_embodied_agent.py"), f"eval_{prefix}",
+            [*common, *retarget["eval"], f"policy_path={policy}", f"eval.output_dir={out}", *recording, *settings],
+            out, out / "summary.json",
             smoke_eval,
             also_needs=out / "episodes" / "shard_00000.hdf5" if record else None,  # evaluate.EPISODES_FILE
+            needs=(policy_stage,),
         )
 
-    def world_model(name: str, out: Path, rollouts: list[Path], refine: list[str]) -> Stage:
+    def world_model(name: str, out: Path, rollouts: dict[str, Path], refine: list[str], needs: tuple[str, ...]) -> Stage:
         return Stage(
-            name,
-            [python, "examples/world_model/train_world_model.py", "--config-name", f"world_model_{prefix}",
-             "stage=all", *common, f"world_model_dir={out}", f"extra_data_dirs=[{','.join(map(str, rollouts))}]",
+            name, python_script("examples/world_model/train_world_model.py"), f"world_model_{prefix}",
+            ["stage=all", *common, f"world_model_dir={out}", f"extra_data_dirs=[{','.join(map(str, rollouts.values()))}]",
              *replays, *refine],
-            out / "world_model.json",
+            out, out / "world_model.json",
             ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4",
              "++train.reward.batch_size=8", "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false",
              "++train.dit.compile=false", "++train.distill.steps=2", "++train.distill.num_pairs=4",
              "++train.distill.pair_batch_size=4", "++train.distill.batch_size=4", "++train.distill.heldout_pairs=2",
              "++train.distill.compile=false", *smoke_replays],  # compiling would take longer than the 4 steps
+            needs=("collect", *rollouts, *needs),
         )
 
-    def grpo(name: str, out: Path, world_model_dir: Path, policy: list[str]) -> Stage:
+    def grpo(name: str, out: Path, world_model_dir: Path, policy: list[str], needs: tuple[str, str]) -> Stage:
         return Stage(
-            name,
-            ["bash", "examples/embodiment/run_embodiment.sh", f"{prefix}_grpo_tinyvla", *common,
-             *retarget["grpo"], f"policy.temperature={configs.temperature}",
+            name, ["bash", "examples/embodiment/run_embodiment.sh"], f"{prefix}_grpo_tinyvla",
+            [*common, *retarget["grpo"], f"policy.temperature={configs.temperature}",
              f"env.train.world_model_dir={world_model_dir}", *policy],
-            out / "final" / "model" / "model.safetensors",
+            out, out / "final" / "model" / "model.safetensors",
             ["runner.max_iterations=1", "runner.eval_interval=0", "env.train.num_envs=4", "algorithm.group_size=2",
              "env.train.max_episode_steps=8", "env.train.sampler.num_steps=2", "runner.progress_bar=false",
              "env.train.compile=false"],
             env={"LOG_DIR": str(out)},
+            needs=needs,
         )
 
     def collection(name: str, config: str, out: Path, smoke: list[str]) -> Stage:
-        return Stage(name, [python, "examples/collect/collect_data.py", "--config-name", config, *common,
-                            *retarget["collect"]], out / "dataset_statistics.json", [*smoke, "progress_bar=false"])
+        return Stage(name, python_script("examples/collect/collect_data.py"), config, [*common, *retarget["collect"]],
+                     out, out / "dataset_statistics.json", [*smoke, "progress_bar=false"])
 
     stages = [collection("collect", f"collect_{prefix}", artifacts / "data",
                          ["num_episodes=5", "episodes_per_shard=5", "env.max_episode_steps=110"])]
-    rollouts = [artifacts / "eval_base" / "episodes"]
+    rollouts = {"eval_base": artifacts / "eval_base" / "episodes"}  # the recorded real rollouts, by the stage writing them
     if configs.near_misses:
         stages.append(collection("collect_near_misses", f"collect_{prefix}_near_misses", artifacts / "near_misses",
                                  ["num_episodes=2", "episodes_per_shard=2", "env.max_episode_steps=16"]))
-        rollouts.append(artifacts / "near_misses")
+        rollouts["collect_near_misses"] = artifacts / "near_misses"
+    sft = artifacts / "sft" / "model"
     stages += [
-        Stage(
-            "sft",
-            [python, "examples/sft/train_sft.py", "--config-name", f"sft_{prefix}", *common],
-            artifacts / "sft" / "model" / "model.safetensors",
-            ["sft.max_steps=5", "sft.num_demos=-1"],
-        ),
-        evaluation("eval_base", artifacts / "sft" / "model", artifacts / "eval_base"),
+        Stage("sft", python_script("examples/sft/train_sft.py"), f"sft_{prefix}", list(common), sft.parent,
+              sft / "model.safetensors", ["sft.max_steps=5", "sft.num_demos=-1"], needs=("collect",)),
+        evaluation("eval_base", sft, artifacts / "eval_base", "sft"),
         # mean actions from initial states 0..n-1 once each: the protocol of GRPO's own end-of-run evaluation
-        evaluation("eval_base_deterministic", artifacts / "sft" / "model", artifacts / "eval_base_deterministic",
+        evaluation("eval_base_deterministic", sft, artifacts / "eval_base_deterministic", "sft",
                    record=False, settings=("eval.deterministic=true", f"eval.num_episodes={configs.deterministic_episodes}",
                                            "eval.num_videos=0")),
     ]
     world_model_dir, rl_dir, eval_dir = artifacts / "world_model", artifacts / "rl_grpo_wm", artifacts / "eval_rl"
     stages += [
-        world_model("world_model", world_model_dir, rollouts, []),
-        grpo("grpo_world_model", rl_dir, world_model_dir, []),
-        evaluation("eval_rl", rl_dir / "final" / "model", eval_dir, record=rounds > 1),
+        world_model("world_model", world_model_dir, rollouts, [], ()),
+        grpo("grpo_world_model", rl_dir, world_model_dir, [], ("world_model", "sft")),
+        evaluation("eval_rl", rl_dir / "final" / "model", eval_dir, "grpo_world_model", record=rounds > 1),
     ]
+    previous = ""  # the previous round's stage-name suffix
     for r in range(2, rounds + 1):
-        rollouts = [*rollouts, eval_dir / "episodes"]
+        rollouts = {**rollouts, f"eval_rl{previous}": eval_dir / "episodes"}
         refined = artifacts / f"world_model_r{r}"
         next_rl, eval_dir = artifacts / f"rl_grpo_wm_r{r}", artifacts / f"eval_rl_r{r}"
         stages += [
             world_model(f"world_model_r{r}", refined, rollouts,
-                        [f"refine_from={world_model_dir}", f"train.dit.steps={configs.refine_dit_steps}"]),
+                        [f"refine_from={world_model_dir}", f"train.dit.steps={configs.refine_dit_steps}"],
+                        (f"world_model{previous}",)),
             grpo(f"grpo_world_model_r{r}", next_rl, refined,
-                 [f"policy.path={rl_dir / 'final'}", f"algorithm.kl_coef={configs.refine_kl_coef}"]),
-            evaluation(f"eval_rl_r{r}", next_rl / "final" / "model", eval_dir, record=r < rounds),
+                 [f"policy.path={rl_dir / 'final'}", f"algorithm.kl_coef={configs.refine_kl_coef}"],
+                 (f"world_model_r{r}", f"grpo_world_model{previous}")),
+            evaluation(f"eval_rl_r{r}", next_rl / "final" / "model", eval_dir, f"grpo_world_model_r{r}", record=r < rounds),
         ]
-        world_model_dir, rl_dir = refined, next_rl
+        world_model_dir, rl_dir, previous = refined, next_rl, f"_r{r}"
     return stages
 
 
@@ -254,6 +269,91 @@ def run_stage(stage: Stage, smoke: bool, log_dir: Path, env: dict) -> float:
     return elapsed
 
 
+def stage_settings(stage: Stage, smoke: bool) -> dict:
+    """The stage's composed Hydra config, interpolations unresolved and the repository's path as <root>: what its
+    output was made with."""
+    from hydra import compose, initialize_config_dir
+    from omegaconf import OmegaConf
+
+    overrides = stage.overrides + (stage.smoke_overrides if smoke else [])
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        config = compose(stage.config, overrides=overrides)
+    settings = OmegaConf.to_container(config, resolve=False)
+    for section in (settings, settings.get("runner", {})):  # progress bars change no output
+        for key in ("progress", "progress_bar"):
+            section.pop(key, None)
+    return json.loads(json.dumps(settings, sort_keys=True).replace(str(ROOT), "<root>"))
+
+
+def flatten(tree: dict, prefix: str = "") -> dict:
+    flat = {}
+    for key, value in tree.items():
+        if isinstance(value, dict):
+            flat.update(flatten(value, f"{prefix}{key}."))
+        else:
+            flat[f"{prefix}{key}"] = value
+    return flat
+
+
+def changed_settings(old: dict, new: dict, limit: int = 4) -> str:
+    old, new = flatten(old), flatten(new)
+    changes = [f"{key}: {old.get(key, '<unset>')!r} -> {new.get(key, '<unset>')!r}"
+               for key in sorted(set(old) | set(new)) if old.get(key, "<unset>") != new.get(key, "<unset>")]
+    return ", ".join(changes[:limit]) + (f" and {len(changes) - limit} more" if len(changes) > limit else "")
+
+
+def stale_reason(stage: Stage, record: dict | None, current: dict, rebuilt: set[str], forced: bool) -> str | None:
+    """Why the stage has to run (None: its output is current). ``record`` is what its output was made with."""
+    if not stage.done():
+        return "no complete output yet"
+    if forced:
+        return "forced"
+    if record is None:  # made before the quickstart recorded settings: only a rebuilt input is known to matter
+        changed = rebuilt.intersection(stage.needs)
+        return f"rebuilt input(s): {', '.join(sorted(changed))}" if changed else None
+    if not record.get("complete"):
+        return "its last run did not finish"
+    if record["config"] != current["config"]:
+        return f"settings changed ({changed_settings(record['config'], current['config'])})"
+    changed = [name for name in stage.needs if record["inputs"].get(name) != current["inputs"].get(name)]
+    return f"rebuilt input(s): {', '.join(changed)}" if changed else None
+
+
+def run_stages(stages: list[Stage], force: set[str], smoke: bool, log_dir: Path, env: dict) -> dict[str, float | None]:
+    """Run every stage whose output is missing, forced or stale (made with other settings, or from an input
+    rebuilt since), in order; returns each stage's wall time (None: cached). Each stage's settings and the runs of
+    its inputs are recorded in ``<log_dir>/<stage>.settings.json``."""
+    from rlinf_wm.utils.io import read_json, write_json_atomic
+
+    def record_path(stage: Stage) -> Path:
+        return log_dir / f"{stage.name}.settings.json"
+
+    records = {s.name: read_json(record_path(s)) if record_path(s).is_file() else None for s in stages}
+    rebuilt: set[str] = set()
+    wall_times: dict[str, float | None] = {}
+    for stage in stages:
+        current = {"config": stage_settings(stage, smoke),
+                   "inputs": {name: (records.get(name) or {}).get("run") for name in stage.needs}}
+        record = records[stage.name]
+        reason = stale_reason(stage, record, current, rebuilt, stage.name in force)
+        if reason is None:
+            unknown = "; its settings were not recorded, --force it after a config change" if record is None else ""
+            print(f"[quickstart] {stage.name}: cached ({stage.done_marker}{unknown})", flush=True)
+            wall_times[stage.name] = None
+            continue
+        print(f"[quickstart] {stage.name}: runs: {reason}", flush=True)
+        settings_changed = record is not None and record["config"] != current["config"]
+        if stage.done() or settings_changed:  # a rebuild starts afresh; an interrupted run with its settings resumes
+            shutil.rmtree(stage.output_dir, ignore_errors=True)
+        write_json_atomic(record_path(stage), {**current, "complete": False})
+        wall_times[stage.name] = run_stage(stage, smoke, log_dir, env)
+        records[stage.name] = {**current, "complete": True, "run": uuid.uuid4().hex,  # later stages record it as their input
+                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json_atomic(record_path(stage), records[stage.name])
+        rebuilt.add(stage.name)
+    return wall_times
+
+
 def read_summary(path: Path) -> dict:
     return json.loads(path.read_text()) if path.is_file() else {}
 
@@ -294,18 +394,12 @@ def main() -> None:
         name, _, override = item.partition(":")
         if name not in by_name or "=" not in override:
             raise SystemExit(f"quickstart: --override {item!r} is not STAGE:KEY=VALUE with a stage of {list(by_name)}")
-        by_name[name].command.append(override)
+        by_name[name].overrides.append(override)
 
     sampler = MemorySampler()
     sampler.start()
-    wall_times: dict[str, float | None] = {}
     total_start = time.perf_counter()
-    for stage in stages:
-        if stage.done() and stage.name not in args.force:
-            print(f"[quickstart] {stage.name}: cached ({stage.done_marker})", flush=True)
-            wall_times[stage.name] = None
-            continue
-        wall_times[stage.name] = run_stage(stage, args.smoke, log_dir, env)
+    wall_times = run_stages(stages, set(args.force), args.smoke, log_dir, env)
     sampler.stop()
     sampler.join()
     total = time.perf_counter() - total_start

@@ -157,3 +157,54 @@ def test_only_evaluations_a_world_model_trains_on_record_their_episodes(tmp_path
     evaluation.also_needs.parent.mkdir()
     evaluation.also_needs.write_bytes(b"")
     assert evaluation.done()
+
+
+def fake_stage(quickstart, tmp_path, name, overrides, needs=()):
+    """A stage that writes its done marker and logs its run; its settings are a real config's."""
+    out = tmp_path / name
+    marker = out / "done.json"
+    script = ("import pathlib, sys; marker = pathlib.Path(sys.argv[1]); marker.parent.mkdir(parents=True, exist_ok=True);"
+              f" marker.write_text('{{}}'); open({str(tmp_path / 'runs.log')!r}, 'a').write({name!r} + chr(10))")
+    return quickstart.Stage(name, [sys.executable, "-c", script, str(marker)], "sft_metaworld_drawer_open",
+                            list(overrides), out, marker, needs=tuple(needs))
+
+
+def test_quickstart_reruns_a_stage_made_with_other_settings_and_every_stage_after_it(tmp_path, capsys):
+    quickstart = load_quickstart()
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    runs = tmp_path / "runs.log"
+
+    def run(stages, force=()):
+        runs.write_text("")
+        quickstart.run_stages(stages, set(force), False, log_dir, dict(os.environ))
+        return runs.read_text().split(), capsys.readouterr().out
+
+    def stages(collect_steps=5, sft_steps=5):
+        return [fake_stage(quickstart, tmp_path, "collect", [f"sft.max_steps={collect_steps}"]),
+                fake_stage(quickstart, tmp_path, "sft", [f"sft.max_steps={sft_steps}"], needs=["collect"])]
+
+    assert run(stages())[0] == ["collect", "sft"]
+    assert run(stages())[0] == []  # both cached
+    ran, out = run(stages(sft_steps=7))
+    assert ran == ["sft"] and "sft.max_steps: 5 -> 7" in out
+    (tmp_path / "collect" / "stray.txt").write_text("from the old run")
+    ran, out = run(stages(collect_steps=6, sft_steps=7))
+    assert ran == ["collect", "sft"] and "rebuilt input(s): collect" in out
+    assert not (tmp_path / "collect" / "stray.txt").exists()  # a rebuild starts from an empty output directory
+    assert run(stages(6, 7), force=["collect"])[0] == ["collect", "sft"]
+    assert run(stages(6, 7), force=["sft"])[0] == ["sft"]
+    # outputs made before settings were recorded stay cached, unless an input is rebuilt
+    for name in ("collect", "sft"):
+        (log_dir / f"{name}.settings.json").unlink()
+    ran, out = run(stages(6, 7))
+    assert ran == [] and "not recorded" in out
+    assert run(stages(6, 7), force=["collect"])[0] == ["collect", "sft"]
+    # a stage that failed after writing its done marker reruns
+    failing = stages(6, 8)
+    python, flag, script, marker = failing[1].launcher
+    failing[1].launcher = [python, flag, script + "; raise SystemExit(3)", marker]
+    with pytest.raises(SystemExit, match="stage sft failed"):
+        run(failing)
+    ran, out = run(stages(6, 8))
+    assert ran == ["sft"] and "did not finish" in out
