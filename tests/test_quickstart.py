@@ -208,3 +208,19 @@ def test_quickstart_reruns_a_stage_made_with_other_settings_and_every_stage_afte
         run(failing)
     ran, out = run(stages(6, 8))
     assert ran == ["sft"] and "did not finish" in out
+
+
+def test_quickstart_stages_read_only_earlier_stages_and_the_world_model_every_data_source(tmp_path):
+    quickstart = load_quickstart()
+    for task in ("drawer-open-v3", "libero_spatial"):
+        stages = quickstart.build_stages(task, tmp_path, rounds=3)
+        for index, stage in enumerate(stages):
+            assert set(stage.needs) <= {s.name for s in stages[:index]}, stage.name
+            assert stage.output_dir.parent == tmp_path and stage.done_marker.is_relative_to(stage.output_dir)
+        by_output = {s.output_dir: s.name for s in stages}
+        for stage in stages:
+            if stage.name.startswith("world_model"):
+                data_dirs = next(a for a in stage.command if a.startswith("extra_data_dirs="))
+                sources = {by_output[Path(d).parent if Path(d).name == "episodes" else Path(d)]
+                           for d in data_dirs.split("=", 1)[1].strip("[]").split(",")}
+                assert sources | {"collect"} <= set(stage.needs), stage.name
