@@ -251,8 +251,8 @@ class MemorySampler(threading.Thread):
         self._halt.set()
 
 
-def run_stage(stage: Stage, smoke: bool, log_dir: Path, env: dict) -> float:
-    command = stage.command + (stage.smoke_overrides if smoke else [])
+def run_stage(stage: Stage, log_dir: Path, env: dict) -> float:
+    command = stage.command
     env = {**env, **stage.env}
     log_path = log_dir / f"{stage.name}.log"
     print(f"[quickstart] {stage.name}: {shlex.join(command)}  (log: {log_path})", flush=True)
@@ -269,15 +269,14 @@ def run_stage(stage: Stage, smoke: bool, log_dir: Path, env: dict) -> float:
     return elapsed
 
 
-def stage_settings(stage: Stage, smoke: bool) -> dict:
+def stage_settings(stage: Stage) -> dict:
     """The stage's composed Hydra config, interpolations unresolved and the repository's path as <root>: what its
     output was made with."""
     from hydra import compose, initialize_config_dir
     from omegaconf import OmegaConf
 
-    overrides = stage.overrides + (stage.smoke_overrides if smoke else [])
     with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
-        config = compose(stage.config, overrides=overrides)
+        config = compose(stage.config, overrides=stage.overrides)
     settings = OmegaConf.to_container(config, resolve=False)
     for section in (settings, settings.get("runner", {})):  # progress bars change no output
         for key in ("progress", "progress_bar"):
@@ -319,7 +318,7 @@ def stale_reason(stage: Stage, record: dict | None, current: dict, rebuilt: set[
     return f"rebuilt input(s): {', '.join(changed)}" if changed else None
 
 
-def run_stages(stages: list[Stage], force: set[str], smoke: bool, log_dir: Path, env: dict) -> dict[str, float | None]:
+def run_stages(stages: list[Stage], force: set[str], log_dir: Path, env: dict) -> dict[str, float | None]:
     """Run every stage whose output is missing, forced or stale (made with other settings, or from an input
     rebuilt since), in order; returns each stage's wall time (None: cached). Each stage's settings and the runs of
     its inputs are recorded in ``<log_dir>/<stage>.settings.json``."""
@@ -332,7 +331,7 @@ def run_stages(stages: list[Stage], force: set[str], smoke: bool, log_dir: Path,
     rebuilt: set[str] = set()
     wall_times: dict[str, float | None] = {}
     for stage in stages:
-        current = {"config": stage_settings(stage, smoke),
+        current = {"config": stage_settings(stage),
                    "inputs": {name: (records.get(name) or {}).get("run") for name in stage.needs}}
         record = records[stage.name]
         reason = stale_reason(stage, record, current, rebuilt, stage.name in force)
@@ -346,7 +345,7 @@ def run_stages(stages: list[Stage], force: set[str], smoke: bool, log_dir: Path,
         if stage.done() or settings_changed:  # a rebuild starts afresh; an interrupted run with its settings resumes
             shutil.rmtree(stage.output_dir, ignore_errors=True)
         write_json_atomic(record_path(stage), {**current, "complete": False})
-        wall_times[stage.name] = run_stage(stage, smoke, log_dir, env)
+        wall_times[stage.name] = run_stage(stage, log_dir, env)
         records[stage.name] = {**current, "complete": True, "run": uuid.uuid4().hex,  # later stages record it as their input
                               "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(record_path(stage), records[stage.name])
@@ -386,6 +385,9 @@ def main() -> None:
     env = {**os.environ, "MUJOCO_GL": os.environ.get("MUJOCO_GL", "egl"), "RAY_AUTH_MODE": "disabled",
            "RAY_USAGE_STATS_ENABLED": "0", "HF_HUB_OFFLINE": "1", "PYTHON": sys.executable}
     stages = build_stages(args.task, artifacts, args.rounds)
+    if args.smoke:  # before the --override ones, which win
+        for stage in stages:
+            stage.overrides += stage.smoke_overrides
     by_name = {s.name: s for s in stages}
     unknown = set(args.force) - set(by_name)
     if unknown:
@@ -399,7 +401,7 @@ def main() -> None:
     sampler = MemorySampler()
     sampler.start()
     total_start = time.perf_counter()
-    wall_times = run_stages(stages, set(args.force), args.smoke, log_dir, env)
+    wall_times = run_stages(stages, set(args.force), log_dir, env)
     sampler.stop()
     sampler.join()
     total = time.perf_counter() - total_start

@@ -177,7 +177,7 @@ def test_quickstart_reruns_a_stage_made_with_other_settings_and_every_stage_afte
 
     def run(stages, force=()):
         runs.write_text("")
-        quickstart.run_stages(stages, set(force), False, log_dir, dict(os.environ))
+        quickstart.run_stages(stages, set(force), log_dir, dict(os.environ))
         return runs.read_text().split(), capsys.readouterr().out
 
     def stages(collect_steps=5, sft_steps=5):
