@@ -303,8 +303,10 @@ def changed_settings(old: dict, new: dict, limit: int = 4) -> str:
 
 def stale_reason(stage: Stage, record: dict | None, current: dict, rebuilt: set[str], forced: bool) -> str | None:
     """Why the stage has to run (None: its output is current). ``record`` is what its output was made with."""
-    if not stage.done():
+    if not stage.done_marker.exists():
         return "no complete output yet"
+    if not stage.done():
+        return f"its output lacks {stage.also_needs}, which these settings need"
     if forced:
         return "forced"
     if record is None:  # made before the quickstart recorded settings: only a rebuilt input is known to matter
