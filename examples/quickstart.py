@@ -375,7 +375,7 @@ def main() -> None:
     parser.add_argument("--smoke", action="store_true", help="tiny settings for CI (seconds per stage)")
     parser.add_argument("--rounds", type=int, default=1,
                         help="RL rounds; each after the first refines the world model on the last policy's real rollouts")
-    parser.add_argument("--force", nargs="*", default=[], help="stages to rerun even when cached")
+    parser.add_argument("--force", nargs="*", default=[], help="stages to rebuild even when current (the stages reading them follow)")
     parser.add_argument("--override", nargs="*", default=[], metavar="STAGE:KEY=VALUE",
                         help="a Hydra override for one stage, e.g. world_model:train.dit.steps=1500")
     args = parser.parse_args()
