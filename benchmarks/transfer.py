@@ -44,6 +44,7 @@ os.environ.setdefault("RAY_USAGE_STATS_ENABLED", "0")
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
 
 from rlinf_wm.utils.io import write_json_atomic  # noqa: E402
+from rlinf_wm.utils.machine import describe_machine  # noqa: E402
 
 CONFIGS = ROOT / "examples" / "embodiment" / "config"
 RL_RUNS = ("grpo_world_model", "grpo_real_updates", "grpo_real_steps")
@@ -298,6 +299,7 @@ def main() -> None:
     report = {"task": args.task, "seeds": args.seeds, "iterations": args.iterations,
               "eval_episodes": args.eval_episodes, "eval_actions": f"sampled (temperature {args.temperature:g})",
               "world_model_data_env_steps": data_steps, "overrides": args.overrides, "targets": TARGETS,
+              "machine": describe_machine(),  # the same commit builds other models on other CPUs
               "per_seed": results, "mean": {**mean, "comparison": compare(mean) if "imagined" in mean else {}}}
     write_json_atomic(args.out / "transfer.json", report)
     print(json.dumps(report))

@@ -428,14 +428,21 @@ def main() -> None:
     table += [("imagined success, last RL iteration", "n/a" if imagined is None else f"{100 * imagined:5.1f} %")]
     table += [(f"wall time: {name}", "cached" if t is None else f"{t / 60:.1f} min") for name, t in wall_times.items()]
     table += [("wall time: total", f"{total / 60:.1f} min"), ("peak memory (process tree + Ray)", f"{sampler.peak_bytes / 2**30:.2f} GiB")]
+    # the same commit builds other models on other CPUs: a table names its machine (torch is imported only now, after
+    # the memory sampler stopped)
+    from rlinf_wm.utils.io import write_json_atomic
+    from rlinf_wm.utils.machine import describe_machine, machine_label
+
+    machine = describe_machine()
+    table += [("machine", machine_label(machine))]
     width = max(len(k) for k, _ in table)
     print("\n" + "\n".join(f"| {k:<{width}} | {v} |" for k, v in table))
     result = {"task": args.task, "smoke": args.smoke, "rounds": args.rounds, "base": base,
               "after_rl": after[-1], "after_rl_by_round": after,
               "base_deterministic": base_deterministic, "after_rl_deterministic_by_round": after_deterministic,
               "imagined_success": imagined,
-              "wall_time_s": wall_times, "total_s": total, "peak_memory_bytes": sampler.peak_bytes}
-    (artifacts / "quickstart.json").write_text(json.dumps(result, indent=2))
+              "wall_time_s": wall_times, "total_s": total, "peak_memory_bytes": sampler.peak_bytes, "machine": machine}
+    write_json_atomic(artifacts / "quickstart.json", result)
 
 
 if __name__ == "__main__":

@@ -52,6 +52,8 @@ def test_quickstart_smoke_runs_every_stage_then_caches(tmp_path):
     assert settings["paths"]["distilled_dit"] == "dit_distilled/model" and settings["distilled_sampler"]["num_steps"] == 1
     assert OmegaConf.load(artifacts / "rl_grpo_wm" / "config.yaml").env.train.distilled == "auto"
     assert result["peak_memory_bytes"] > 0
+    assert result["machine"]["cpu"] and result["machine"]["cpus"] >= 1  # results differ by machine: named
+    assert "| machine " in first.stdout
     second = subprocess.run([sys.executable, "examples/quickstart.py", "--smoke", "--rounds", "2"], cwd=ROOT, env=env,
                             capture_output=True, text=True, timeout=600)
     assert second.returncode == 0
