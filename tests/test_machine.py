@@ -1,5 +1,3 @@
-from pathlib import Path
-
 from rlinf_wm.utils.machine import cpu_model, describe_machine, machine_label
 from rlinf_wm.utils.precision import native_bfloat16
 
