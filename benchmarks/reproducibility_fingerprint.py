@@ -63,16 +63,17 @@ def dataset_fingerprint(shard: Path) -> str:
     """Every array of the shard with its name, in name order: the content, not the file's HDF5 layout."""
     digest = hashlib.sha256()
     with h5py.File(shard, "r") as f:
-        names: list[str] = []
-        f.visit(lambda name: names.append(name) if isinstance(f[name], h5py.Dataset) else None)
-        for name in sorted(names):
+        arrays: dict[str, h5py.Dataset] = {}
+        f.visititems(lambda name, item: arrays.update({name: item}) if isinstance(item, h5py.Dataset) else None)
+        for name in sorted(arrays):
             digest.update(name.encode())
-            digest.update(np.ascontiguousarray(f[name][()]).tobytes())
+            digest.update(np.ascontiguousarray(arrays[name][()]).tobytes())
     return digest.hexdigest()
 
 
 def file_fingerprint(path: Path) -> str:
-    return hashlib.sha256(path.read_bytes()).hexdigest()
+    with open(path, "rb") as f:
+        return hashlib.file_digest(f, "sha256").hexdigest()
 
 
 def main() -> None:
