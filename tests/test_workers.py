@@ -127,6 +127,24 @@ def test_ppo_uses_a_separate_value_learning_rate_and_trains_the_value_head(polic
     assert any(not torch.equal(before[k], v) for k, v in actor.policy.state_dict().items() if k.startswith("value_head."))
 
 
+def test_frozen_modules_keep_their_weights_while_the_rest_trains(policy_dir):
+    actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2, minibatch_size=4),
+                        ActorConfig(lr=1e-2, frozen_modules=["image_encoder", "queries"]), 0)
+    before = weights(actor)
+    actor.update(make_batch(policy_dir, [True, False, True, False]), iteration=0)
+    after = weights(actor)
+    frozen = [k for k in before if k.startswith("image_encoder.") or k == "queries"]
+    assert frozen and all(torch.equal(before[k], after[k]) for k in frozen)
+    assert any(not torch.equal(before[k], after[k]) for k in before if k.startswith("trunk."))
+    optimized = {id(p) for g in actor.optimizer.param_groups for p in g["params"]}
+    assert not any(id(p) in optimized for n, p in actor.policy.named_parameters() if n.startswith("image_encoder."))
+
+
+def test_frozen_modules_must_name_a_module_of_the_policy(policy_dir):
+    with pytest.raises(ValueError, match=r"actor.frozen_modules: 'image_encodr'.*image_encoder"):
+        ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2), ActorConfig(frozen_modules=["image_encodr"]), 0)
+
+
 def test_kl_penalty_holds_a_frozen_reference_policy(policy_dir):
     actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2, kl_coef=0.1), ActorConfig(lr=1e-2), 0)
     reference = {k: v.clone() for k, v in actor.reference.state_dict().items()}

@@ -68,9 +68,14 @@ class ActorConfig:
     # Move weights and optimizer state to CPU while rollouts run (frees the accelerator for the
     # world model and the rollout policy when colocated).
     offload: bool = False
+    # Policy modules RL leaves as they are, by parameter-name prefix (e.g. [image_encoder]): a vision encoder
+    # updated on generated frames alone can drift on real ones. Frozen parameters get no gradient.
+    frozen_modules: list[str] = field(default_factory=list)
 
     def check(self, path: str) -> None:
         require(self.lr > 0, f"{path}.lr", f"must be > 0, got {self.lr}")
+        require(all(isinstance(m, str) and m for m in self.frozen_modules), f"{path}.frozen_modules",
+                f"must be a list of module names (parameter-name prefixes), got {self.frozen_modules}")
         require(self.weight_decay >= 0, f"{path}.weight_decay", f"must be >= 0, got {self.weight_decay}")
         require(len(self.adam_betas) == 2 and all(0 <= b < 1 for b in self.adam_betas), f"{path}.adam_betas",
                 f"must be two numbers in [0, 1), got {self.adam_betas}")

@@ -66,8 +66,10 @@ class ActorWorker:
         if algorithm.uses_critic and getattr(self.policy, "value_head", None) is None:
             raise ValueError("algorithm.name=ppo needs a policy with a value head (policy.model.value_head=true)")
 
-        value_params = [p for n, p in self.policy.named_parameters() if n.startswith(VALUE_HEAD_PREFIX)]
-        policy_params = [p for n, p in self.policy.named_parameters() if not n.startswith(VALUE_HEAD_PREFIX)]
+        self._freeze(actor.frozen_modules)
+        trainable = [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]
+        value_params = [p for n, p in trainable if n.startswith(VALUE_HEAD_PREFIX)]
+        policy_params = [p for n, p in trainable if not n.startswith(VALUE_HEAD_PREFIX)]
         groups = [{"params": policy_params, "lr": actor.lr, "name": "policy"}]
         if value_params and algorithm.uses_critic:
             groups.append({"params": value_params, "lr": algorithm.value_lr, "name": "value"})
@@ -77,6 +79,17 @@ class ActorWorker:
         self.guard = NonFiniteGuard(algorithm.max_consecutive_nonfinite)
         self.num_updates = 0
         self.offloaded = False
+
+    def _freeze(self, modules: list[str]) -> None:
+        params = dict(self.policy.named_parameters())
+        for module in modules:
+            matched = [n for n in params if n == module or n.startswith(module + ".")]
+            if not matched:
+                top_level = sorted({n.split(".")[0] for n in params})
+                raise ValueError(f"actor.frozen_modules: {module!r} names no module of the policy "
+                                 f"(its top-level modules and parameters: {', '.join(top_level)})")
+            for name in matched:
+                params[name].requires_grad_(False)
 
     # --- weights ------------------------------------------------------------------------------
     def get_weights(self) -> dict[str, torch.Tensor]:
