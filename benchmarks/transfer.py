@@ -15,6 +15,9 @@ For one task and each RL seed, starting from the quickstart's SFT base policy an
 Every real evaluation runs ``--eval-episodes`` episodes (>= 100) with actions sampled at the world-model run's
 rollout temperature (``policy.temperature``: the RL policy is a stochastic policy; sampling also makes the episodes
 independent, whereas greedy actions repeat on Meta-World's 50 initial states) and reports a 95 % Wilson interval.
+Beside it each policy's mode (mean actions, once on each of the 50 initial states; ``--no-mean-actions`` skips it) is
+reported with its gain: GRPO can move the mode without moving the sampled policy that it trains and the targets
+measure.
 Each RL run goes through ``run_embodiment.sh``, exactly as a user launches it; every finished piece is cached under
 ``--out`` so an interrupted benchmark resumes, and a cached piece made with other settings (seed, iterations, step
 budget, episodes, temperature, overrides, base policy, world model) is refused with the setting that differs.
@@ -48,6 +51,8 @@ from rlinf_wm.utils.machine import describe_machine  # noqa: E402
 
 CONFIGS = ROOT / "examples" / "embodiment" / "config"
 RL_RUNS = ("grpo_world_model", "grpo_real_updates", "grpo_real_steps")
+# Mean actions are deterministic: one episode on each of Meta-World's 50 initial states says all there is.
+MEAN_ACTION_EPISODES = 50
 # Targets of issue 7, in percentage points.
 TARGETS = {"gain_over_base_pp": 20.0, "fraction_of_real_gain": 0.6, "abs_imagined_minus_real_pp": 5.0}
 
@@ -112,20 +117,22 @@ def override_settings(overrides: list[str]) -> dict:
     return {o.key_or_group: o.value() for o in parsed if not (o.is_add() or o.is_delete() or o.is_force_add())}
 
 
-def real_eval(policy_dir: Path, out_dir: Path, args, seed: int) -> dict:
-    """Real-simulator success of a policy (cached in ``out_dir/summary.json``)."""
+def real_eval(policy_dir: Path, out_dir: Path, args, seed: int, mean_actions: bool = False) -> dict:
+    """Real-simulator success of a policy (cached in ``out_dir/summary.json``): ``--eval-episodes`` episodes sampled at
+    the rollout temperature, or with ``mean_actions`` the policy's mode once on each initial state."""
     summary_path = out_dir / "summary.json"
+    episodes = MEAN_ACTION_EPISODES if mean_actions else args.eval_episodes
+    sampling = {"deterministic": True} if mean_actions else {"deterministic": False, "temperature": args.temperature}
     if summary_path.is_file():
         require_same_settings(summary_path, json.loads(summary_path.read_text()),
-                              {"policy_path": policy_dir, "num_episodes": args.eval_episodes, "seed": seed,
-                               "deterministic": False, "temperature": args.temperature})
+                              {"policy_path": policy_dir, "num_episodes": episodes, "seed": seed, **sampling})
     else:
         run_logged([sys.executable, "examples/embodiment/eval_embodied_agent.py", "--config-name",
                     f"eval_metaworld_{args.slug}", f"task={args.task}", f"artifacts_dir={args.artifacts}",
                     *[o for o in args.retarget if o.startswith("env.eval.")],
-                    f"policy_path={policy_dir}", f"eval.output_dir={out_dir}", f"eval.num_episodes={args.eval_episodes}",
-                    f"eval.seed={seed}", "eval.deterministic=false", f"eval.temperature={args.temperature}",
-                    "eval.num_videos=2"],
+                    f"policy_path={policy_dir}", f"eval.output_dir={out_dir}", f"eval.num_episodes={episodes}",
+                    f"eval.seed={seed}", *[f"eval.{k}={str(v).lower()}" for k, v in sampling.items()],
+                    f"eval.num_videos={0 if mean_actions else 2}"],
                    out_dir.parent / f"{out_dir.name}.log")
     summary = json.loads(summary_path.read_text())
     return {"success_rate": summary["success_rate"], "ci95": summary["success_rate_ci95"],
@@ -195,7 +202,10 @@ def imagined_eval(run_dir: Path, out_path: Path, args, seed: int) -> dict:
 
 def run_seed(seed: int, args, data_steps: int) -> dict:
     out = args.out / f"seed_{seed}"
-    result: dict = {"seed": seed, "base": real_eval(args.artifacts / "sft" / "model", out / "eval_base", args, seed)}
+    base_policy = args.artifacts / "sft" / "model"
+    result: dict = {"seed": seed, "base": real_eval(base_policy, out / "eval_base", args, seed)}
+    if args.mean_actions:  # the base's mode is the same for every RL seed: evaluated once
+        result["base"]["mean_actions"] = real_eval(base_policy, args.out / "eval_base_mean_actions", args, 0, True)
     extra = {"grpo_world_model": [f"runner.max_iterations={args.iterations}"],
              "grpo_real_updates": [f"runner.max_iterations={args.iterations}"],
              "grpo_real_steps": ["runner.max_iterations=100000", f"runner.max_env_steps={data_steps}"]}
@@ -205,6 +215,9 @@ def run_seed(seed: int, args, data_steps: int) -> dict:
         run_dir = out / name
         result[name] = {"train": rl_run(name, args, seed, run_dir, extra[name]),
                         **real_eval(run_dir / "final" / "model", out / f"eval_{name}", args, seed)}
+        if args.mean_actions:
+            result[name]["mean_actions"] = real_eval(run_dir / "final" / "model", out / f"eval_{name}_mean_actions",
+                                                     args, seed, True)
         print(f"[transfer] seed {seed} {name}: real success {result[name]['success_rate']:.2f}", flush=True)
     if "grpo_world_model" in result:
         result["imagined"] = imagined_eval(out / "grpo_world_model", out / "eval_imagined.json", args, seed)
@@ -233,6 +246,10 @@ def compare(result: dict) -> dict:
         real = result.get("grpo_real_updates")
         real_gain_significant = real is not None and "ci95" in real and real["ci95"][0] > base
         out["real_gain_at_equal_updates_significant"] = real_gain_significant
+        if all("mean_actions" in result[k] for k in ("base", "grpo_world_model")):
+            base_mode = result["base"]["mean_actions"]["success_rate"]
+            out["mean_actions"] = {f"gain_{name}_pp": pp(result[name]["mean_actions"]["success_rate"] - base_mode)
+                                   for name in RL_RUNS if "mean_actions" in result.get(name, {})}
         out["targets_met"] = {
             "gain_over_base": out["gain_world_model_pp"] >= TARGETS["gain_over_base_pp"],
             "fraction_of_real_gain_at_equal_updates": real_gain_significant
@@ -256,6 +273,9 @@ def mean_over_seeds(results: list[dict]) -> dict:
         successes = sum(round(run["success_rate"] * run["num_episodes"]) for run in runs)
         mean[key] = {"success_rate": sum(run["success_rate"] for run in runs) / len(runs), "num_episodes": episodes,
                      "ci95": list(wilson_interval(successes, episodes))}
+        if all("mean_actions" in run for run in runs):
+            # no pooled interval: every seed's mean-action episodes start from the same 50 states
+            mean[key]["mean_actions"] = {"success_rate": sum(r["mean_actions"]["success_rate"] for r in runs) / len(runs)}
     return mean
 
 
@@ -269,6 +289,9 @@ def main() -> None:
     parser.add_argument("--artifacts", type=Path, default=None, help="default: outputs/<task> (the quickstart's)")
     parser.add_argument("--out", type=Path, default=None, help="default: <artifacts>/transfer")
     parser.add_argument("--skip", nargs="*", default=[], choices=RL_RUNS)
+    parser.add_argument("--mean-actions", action=argparse.BooleanOptionalAction, default=True,
+                        help=f"also evaluate each policy's mean actions, once on each of {MEAN_ACTION_EPISODES} "
+                             "initial states (reported beside the sampled success, not in the targets)")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every RL run")
     args = parser.parse_args()
     args.slug, args.retarget = task_configs(args.task)
@@ -298,6 +321,7 @@ def main() -> None:
     mean = mean_over_seeds(results)
     report = {"task": args.task, "seeds": args.seeds, "iterations": args.iterations,
               "eval_episodes": args.eval_episodes, "eval_actions": f"sampled (temperature {args.temperature:g})",
+              "mean_action_episodes": MEAN_ACTION_EPISODES if args.mean_actions else 0,
               "world_model_data_env_steps": data_steps, "overrides": args.overrides, "targets": TARGETS,
               "machine": describe_machine(),  # the same commit builds other models on other CPUs
               "per_seed": results, "mean": {**mean, "comparison": compare(mean) if "imagined" in mean else {}}}

@@ -103,3 +103,32 @@ def test_cached_runs_and_evaluations_made_with_other_settings_are_refused(tmp_pa
         transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0)
     args.eval_episodes = 50
     assert transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0)["success_rate"] == 0.5
+
+
+def test_mean_action_gains_are_reported_beside_the_sampled_ones_and_averaged_without_pooling():
+    def seed(base_mode, wm_mode):
+        return {"base": {"success_rate": 0.6, "num_episodes": 100, "mean_actions": {"success_rate": base_mode}},
+                "grpo_world_model": {"success_rate": 0.7, "num_episodes": 100, "mean_actions": {"success_rate": wm_mode}},
+                "imagined": {"success_rate": 0.9, "num_episodes": 100}}
+
+    assert transfer.compare(seed(0.5, 0.84))["mean_actions"] == {"gain_grpo_world_model_pp": 34.0}
+    mean = transfer.mean_over_seeds([seed(0.5, 0.84), seed(0.5, 0.70)])
+    assert mean["grpo_world_model"]["mean_actions"] == {"success_rate": pytest.approx(0.77)}
+    assert "ci95" not in mean["base"]["mean_actions"]  # the same 50 states in every seed: nothing to pool
+    assert transfer.compare(mean)["mean_actions"]["gain_grpo_world_model_pp"] == 27.0
+    assert "mean_actions" not in transfer.compare({k: {kk: vv for kk, vv in v.items() if kk != "mean_actions"}
+                                                   for k, v in seed(0.5, 0.84).items()})
+
+
+def test_a_cached_mean_action_evaluation_is_not_taken_for_a_sampled_one(tmp_path):
+    args = SimpleNamespace(task="drawer-open-v3", slug="drawer_open", artifacts=tmp_path, retarget=[], overrides=[],
+                           eval_episodes=100, temperature=4.0)
+    eval_dir = tmp_path / "eval"
+    eval_dir.mkdir()
+    (eval_dir / "summary.json").write_text(json.dumps({
+        "policy_path": str(tmp_path / "sft" / "model"), "num_episodes": 50, "seed": 0, "deterministic": True,
+        "temperature": 1.0, "success_rate": 0.5, "success_rate_ci95": [0.36, 0.64], "mean_episode_length": 120.0}))
+    assert transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0, mean_actions=True)["success_rate"] == 0.5
+    args.eval_episodes = 50
+    with pytest.raises(SystemExit, match=r"deterministic=True \(this run: False\)"):
+        transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0)
