@@ -68,8 +68,8 @@ class ActorConfig:
     # Move weights and optimizer state to CPU while rollouts run (frees the accelerator for the
     # world model and the rollout policy when colocated).
     offload: bool = False
-    # Policy modules RL leaves as they are, by parameter-name prefix (e.g. [image_encoder]): a vision encoder
-    # updated on generated frames alone can drift on real ones. Frozen parameters get no gradient.
+    # Policy modules RL leaves as they are, by parameter-name prefix (e.g. [image_encoder], as for a large
+    # pretrained vision backbone). Frozen parameters get no gradient and no optimizer state.
     frozen_modules: list[str] = field(default_factory=list)
 
     def check(self, path: str) -> None:
