@@ -248,8 +248,12 @@ def compare(result: dict) -> dict:
         out["real_gain_at_equal_updates_significant"] = real_gain_significant
         if all("mean_actions" in result[k] for k in ("base", "grpo_world_model")):
             base_mode = result["base"]["mean_actions"]["success_rate"]
-            out["mean_actions"] = {f"gain_{name}_pp": pp(result[name]["mean_actions"]["success_rate"] - base_mode)
-                                   for name in RL_RUNS if "mean_actions" in result.get(name, {})}
+            gains = {name: result[name]["mean_actions"]["success_rate"] - base_mode
+                     for name in RL_RUNS if "mean_actions" in result.get(name, {})}
+            out["mean_actions"] = {f"gain_{name}_pp": pp(gain) for name, gain in gains.items()}
+            if gains.get("grpo_real_updates", 0) > 0:
+                out["mean_actions"]["fraction_of_grpo_real_updates_gain"] = round(
+                    gains["grpo_world_model"] / gains["grpo_real_updates"], 3)
         out["targets_met"] = {
             "gain_over_base": out["gain_world_model_pp"] >= TARGETS["gain_over_base_pp"],
             "fraction_of_real_gain_at_equal_updates": real_gain_significant

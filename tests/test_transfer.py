@@ -112,6 +112,11 @@ def test_mean_action_gains_are_reported_beside_the_sampled_ones_and_averaged_wit
                 "imagined": {"success_rate": 0.9, "num_episodes": 100}}
 
     assert transfer.compare(seed(0.5, 0.84))["mean_actions"] == {"gain_grpo_world_model_pp": 34.0}
+    with_real = dict(seed(0.5, 0.84), grpo_real_updates={"success_rate": 0.9, "ci95": [0.8, 0.95],
+                                                         "mean_actions": {"success_rate": 1.0}})
+    assert transfer.compare(with_real)["mean_actions"] == {"gain_grpo_world_model_pp": 34.0,
+                                                           "gain_grpo_real_updates_pp": 50.0,
+                                                           "fraction_of_grpo_real_updates_gain": 0.68}
     mean = transfer.mean_over_seeds([seed(0.5, 0.84), seed(0.5, 0.70)])
     assert mean["grpo_world_model"]["mean_actions"] == {"success_rate": pytest.approx(0.77)}
     assert "ci95" not in mean["base"]["mean_actions"]  # the same 50 states in every seed: nothing to pool
