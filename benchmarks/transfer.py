@@ -15,15 +15,17 @@ For one task and each RL seed, starting from the quickstart's SFT base policy an
 Every real evaluation runs ``--eval-episodes`` episodes (>= 100) with actions sampled at the world-model run's
 rollout temperature (``policy.temperature``: the RL policy is a stochastic policy; sampling also makes the episodes
 independent, whereas greedy actions repeat on Meta-World's 50 initial states) and reports a 95 % Wilson interval.
-Beside it each policy's mode (mean actions, once on each of the 50 initial states; ``--no-mean-actions`` skips it) is
-reported with its gain: GRPO can move the mode without moving the sampled policy that it trains and the targets
-measure.
+Beside this primary protocol, each policy (and the imagined success) is measured with its mode (mean actions, once on
+each of the 50 real initial states; ``--no-mean-actions`` skips it) and, with ``--eval-temperatures``, sampled at
+other temperatures (RLinf's configs evaluate at 0.6 times the rollout temperature). Each gets the same comparison
+under its name: GRPO can move the mode without moving the sampled policy that it trains and the targets measure.
 Each RL run goes through ``run_embodiment.sh``, exactly as a user launches it; every finished piece is cached under
 ``--out`` so an interrupted benchmark resumes, and a cached piece made with other settings (seed, iterations, step
 budget, episodes, temperature, overrides, base policy, world model) is refused with the setting that differs.
 
     .venv/bin/python benchmarks/transfer.py [--seeds 0 1 2] [--iterations 20] [--eval-episodes 100]
         [--artifacts outputs/drawer-open-v3] [--out outputs/drawer-open-v3/transfer] [--skip grpo_real_steps]
+        [--eval-temperatures 2.4]
         [key=value ...]          # Hydra overrides for every RL run (e.g. actor.lr=1e-4)
 
 Needs the quickstart's artifacts (``bash scripts/quickstart.sh``). Prints one JSON object as its last line.
@@ -117,12 +119,27 @@ def override_settings(overrides: list[str]) -> dict:
     return {o.key_or_group: o.value() for o in parsed if not (o.is_add() or o.is_delete() or o.is_force_add())}
 
 
-def real_eval(policy_dir: Path, out_dir: Path, args, seed: int, mean_actions: bool = False) -> dict:
-    """Real-simulator success of a policy (cached in ``out_dir/summary.json``): ``--eval-episodes`` episodes sampled at
-    the rollout temperature, or with ``mean_actions`` the policy's mode once on each initial state."""
+def protocol_settings(args, protocol: str | None) -> tuple[dict, int]:
+    """How a protocol acts and how many real episodes it runs. ``None`` is the primary protocol the targets are set on:
+    ``--eval-episodes`` sampled at the rollout temperature. ``mean_actions``: the mode, once on each initial state.
+    ``temperature_<T>``: ``--eval-episodes`` sampled at T."""
+    if protocol is None:
+        return {"deterministic": False, "temperature": args.temperature}, args.eval_episodes
+    if protocol == "mean_actions":
+        return {"deterministic": True}, MEAN_ACTION_EPISODES
+    return {"deterministic": False, "temperature": float(protocol.removeprefix("temperature_"))}, args.eval_episodes
+
+
+def extra_protocols(args) -> list[str]:
+    """The protocols reported beside the primary one."""
+    return (["mean_actions"] if args.mean_actions else []) + [f"temperature_{t:g}" for t in args.eval_temperatures]
+
+
+def real_eval(policy_dir: Path, out_dir: Path, args, seed: int, protocol: str | None = None) -> dict:
+    """Real-simulator success of a policy under a protocol (``protocol_settings``), cached in
+    ``out_dir/summary.json``."""
     summary_path = out_dir / "summary.json"
-    episodes = MEAN_ACTION_EPISODES if mean_actions else args.eval_episodes
-    sampling = {"deterministic": True} if mean_actions else {"deterministic": False, "temperature": args.temperature}
+    sampling, episodes = protocol_settings(args, protocol)
     if summary_path.is_file():
         require_same_settings(summary_path, json.loads(summary_path.read_text()),
                               {"policy_path": policy_dir, "num_episodes": episodes, "seed": seed, **sampling})
@@ -132,7 +149,7 @@ def real_eval(policy_dir: Path, out_dir: Path, args, seed: int, mean_actions: bo
                     *[o for o in args.retarget if o.startswith("env.eval.")],
                     f"policy_path={policy_dir}", f"eval.output_dir={out_dir}", f"eval.num_episodes={episodes}",
                     f"eval.seed={seed}", *[f"eval.{k}={str(v).lower()}" for k, v in sampling.items()],
-                    f"eval.num_videos={0 if mean_actions else 2}"],
+                    f"eval.num_videos={2 if protocol is None else 0}"],
                    out_dir.parent / f"{out_dir.name}.log")
     summary = json.loads(summary_path.read_text())
     return {"success_rate": summary["success_rate"], "ci95": summary["success_rate_ci95"],
@@ -170,8 +187,10 @@ def rl_run(name: str, args, seed: int, run_dir: Path, extra: list[str]) -> dict:
     }
 
 
-def imagined_eval(run_dir: Path, out_path: Path, args, seed: int) -> dict:
-    """The world-model-trained policy evaluated inside the world model it trained in (cached)."""
+def imagined_eval(run_dir: Path, out_path: Path, args, seed: int, protocol: str | None = None) -> dict:
+    """The world-model-trained policy evaluated inside the world model it trained in (cached): ``--eval-episodes``
+    episodes acting as the protocol does (the world model's sampler makes even mean-action episodes differ)."""
+    sampling, _ = protocol_settings(args, protocol)
     if not out_path.is_file():
         import numpy as np
         import torch
@@ -179,7 +198,6 @@ def imagined_eval(run_dir: Path, out_path: Path, args, seed: int) -> dict:
 
         from rlinf_wm.envs import make_env
         from rlinf_wm.models.policy import load_policy
-        from rlinf_wm.utils.io import write_json_atomic
         from rlinf_wm.workers.eval_worker import run_episodes
 
         torch.set_num_threads(2)
@@ -188,15 +206,14 @@ def imagined_eval(run_dir: Path, out_path: Path, args, seed: int) -> dict:
         env = make_env(env_cfg.pop("env_type"), **env_cfg)
         reset_ids = np.random.default_rng(seed).integers(0, env.num_initial_states, args.eval_episodes).tolist()
         started = time.perf_counter()
-        result = run_episodes(env, load_policy(run_dir / "final" / "model"), reset_ids, seed=seed, deterministic=False,
-                              temperature=args.temperature)
+        result = run_episodes(env, load_policy(run_dir / "final" / "model"), reset_ids, seed=seed, **sampling)
         successes = [bool(e["success"]) for e in result["episodes"]]
-        write_json_atomic(out_path, {"successes": successes, "wall_seconds": time.perf_counter() - started})
+        write_json_atomic(out_path, {**sampling, "successes": successes, "wall_seconds": time.perf_counter() - started})
     from rlinf_wm.utils.stats import wilson_interval
 
     data = json.loads(out_path.read_text())
     k, n = sum(data["successes"]), len(data["successes"])
-    require_same_settings(out_path, {"num_episodes": n}, {"num_episodes": args.eval_episodes})
+    require_same_settings(out_path, {**data, "num_episodes": n}, {**sampling, "num_episodes": args.eval_episodes})
     return {"success_rate": k / n, "ci95": list(wilson_interval(k, n)), "num_episodes": n}
 
 
@@ -204,8 +221,11 @@ def run_seed(seed: int, args, data_steps: int) -> dict:
     out = args.out / f"seed_{seed}"
     base_policy = args.artifacts / "sft" / "model"
     result: dict = {"seed": seed, "base": real_eval(base_policy, out / "eval_base", args, seed)}
-    if args.mean_actions:  # the base's mode is the same for every RL seed: evaluated once
-        result["base"]["mean_actions"] = real_eval(base_policy, args.out / "eval_base_mean_actions", args, 0, True)
+    for protocol in extra_protocols(args):
+        # the base's mode is the same in every RL seed: evaluated once
+        base_dir, base_seed = ((args.out / "eval_base_mean_actions", 0) if protocol == "mean_actions"
+                               else (out / f"eval_base_{protocol}", seed))
+        result["base"][protocol] = real_eval(base_policy, base_dir, args, base_seed, protocol)
     extra = {"grpo_world_model": [f"runner.max_iterations={args.iterations}"],
              "grpo_real_updates": [f"runner.max_iterations={args.iterations}"],
              "grpo_real_steps": ["runner.max_iterations=100000", f"runner.max_env_steps={data_steps}"]}
@@ -213,14 +233,17 @@ def run_seed(seed: int, args, data_steps: int) -> dict:
         if name in args.skip:
             continue
         run_dir = out / name
+        policy = run_dir / "final" / "model"
         result[name] = {"train": rl_run(name, args, seed, run_dir, extra[name]),
-                        **real_eval(run_dir / "final" / "model", out / f"eval_{name}", args, seed)}
-        if args.mean_actions:
-            result[name]["mean_actions"] = real_eval(run_dir / "final" / "model", out / f"eval_{name}_mean_actions",
-                                                     args, seed, True)
+                        **real_eval(policy, out / f"eval_{name}", args, seed)}
+        for protocol in extra_protocols(args):
+            result[name][protocol] = real_eval(policy, out / f"eval_{name}_{protocol}", args, seed, protocol)
         print(f"[transfer] seed {seed} {name}: real success {result[name]['success_rate']:.2f}", flush=True)
     if "grpo_world_model" in result:
         result["imagined"] = imagined_eval(out / "grpo_world_model", out / "eval_imagined.json", args, seed)
+        for protocol in extra_protocols(args):
+            result["imagined"][protocol] = imagined_eval(
+                out / "grpo_world_model", out / f"eval_imagined_{protocol}.json", args, seed, protocol)
     return result
 
 
@@ -228,14 +251,25 @@ def pp(x: float) -> float:
     return round(100.0 * x, 1)
 
 
+def is_protocol(key: str) -> bool:
+    return key == "mean_actions" or key.startswith("temperature_")
+
+
+def under_protocol(result: dict, protocol: str) -> dict:
+    """The measures of one protocol, laid out as the primary ones are."""
+    return {name: entry[protocol] for name, entry in result.items() if isinstance(entry, dict) and protocol in entry}
+
+
 def compare(result: dict) -> dict:
-    """Gains in percentage points and the issue's targets for one seed (or the seed mean)."""
+    """Gains in percentage points and the issue's targets for one seed (or the seed mean); each protocol beside the
+    primary one (``mean_actions``, ``temperature_<T>``) gets the same comparison under its name."""
     base = result["base"]["success_rate"]
     out = {}
     if "grpo_world_model" in result:
         wm = result["grpo_world_model"]["success_rate"]
         out["gain_world_model_pp"] = pp(wm - base)
-        out["imagined_minus_real_pp"] = pp(result["imagined"]["success_rate"] - wm)
+        if "imagined" in result:
+            out["imagined_minus_real_pp"] = pp(result["imagined"]["success_rate"] - wm)
         for name in ("grpo_real_updates", "grpo_real_steps"):
             if name in result:
                 real_gain = result[name]["success_rate"] - base
@@ -246,40 +280,45 @@ def compare(result: dict) -> dict:
         real = result.get("grpo_real_updates")
         real_gain_significant = real is not None and "ci95" in real and real["ci95"][0] > base
         out["real_gain_at_equal_updates_significant"] = real_gain_significant
-        if all("mean_actions" in result[k] for k in ("base", "grpo_world_model")):
-            base_mode = result["base"]["mean_actions"]["success_rate"]
-            gains = {name: result[name]["mean_actions"]["success_rate"] - base_mode
-                     for name in RL_RUNS if "mean_actions" in result.get(name, {})}
-            out["mean_actions"] = {f"gain_{name}_pp": pp(gain) for name, gain in gains.items()}
-            if gains.get("grpo_real_updates", 0) > 0:
-                out["mean_actions"]["fraction_of_grpo_real_updates_gain"] = round(
-                    gains["grpo_world_model"] / gains["grpo_real_updates"], 3)
         out["targets_met"] = {
             "gain_over_base": out["gain_world_model_pp"] >= TARGETS["gain_over_base_pp"],
             "fraction_of_real_gain_at_equal_updates": real_gain_significant
             and (out.get("fraction_of_grpo_real_updates_gain") or 0) >= TARGETS["fraction_of_real_gain"],
-            "imagined_close_to_real": abs(out["imagined_minus_real_pp"]) <= TARGETS["abs_imagined_minus_real_pp"],
+            "imagined_close_to_real": "imagined_minus_real_pp" in out
+            and abs(out["imagined_minus_real_pp"]) <= TARGETS["abs_imagined_minus_real_pp"],
         }
+        protocols = {key for entry in result.values() if isinstance(entry, dict) for key in entry if is_protocol(key)}
+        for protocol in sorted(protocols):
+            projected = under_protocol(result, protocol)
+            if "base" in projected and "grpo_world_model" in projected:
+                out[protocol] = compare(projected)
     return out
 
 
 def mean_over_seeds(results: list[dict]) -> dict:
     """Each measure's success rate averaged over the seeds, with the Wilson interval of the seeds' episodes pooled:
     the seed mean's real-simulator gain is then tested as one seed's is. (The pooled interval is of the episodes;
-    it does not widen for RL runs that differ by seed.)"""
+    it does not widen for RL runs that differ by seed.) The base's mean actions are one evaluation, shared by the
+    seeds: nothing to pool."""
     from rlinf_wm.utils.stats import wilson_interval
+
+    def average(runs: list[dict], pooled: bool) -> dict:
+        mean = {"success_rate": sum(run["success_rate"] for run in runs) / len(runs)}
+        if pooled:
+            episodes = sum(run["num_episodes"] for run in runs)
+            successes = sum(round(run["success_rate"] * run["num_episodes"]) for run in runs)
+            mean.update(num_episodes=episodes, ci95=list(wilson_interval(successes, episodes)))
+        return mean
 
     keys = [k for k in ("base", *RL_RUNS, "imagined") if all(k in r for r in results)]
     mean = {}
     for key in keys:
         runs = [r[key] for r in results]
-        episodes = sum(run["num_episodes"] for run in runs)
-        successes = sum(round(run["success_rate"] * run["num_episodes"]) for run in runs)
-        mean[key] = {"success_rate": sum(run["success_rate"] for run in runs) / len(runs), "num_episodes": episodes,
-                     "ci95": list(wilson_interval(successes, episodes))}
-        if all("mean_actions" in run for run in runs):
-            # no pooled interval: every seed's mean-action episodes start from the same 50 states
-            mean[key]["mean_actions"] = {"success_rate": sum(r["mean_actions"]["success_rate"] for r in runs) / len(runs)}
+        mean[key] = average(runs, pooled=True)
+        for protocol in runs[0]:
+            if is_protocol(protocol) and all(protocol in r for r in runs):
+                shared = protocol == "mean_actions" and key == "base"
+                mean[key][protocol] = average([r[protocol] for r in runs], pooled=not shared)
     return mean
 
 
@@ -296,6 +335,10 @@ def main() -> None:
     parser.add_argument("--mean-actions", action=argparse.BooleanOptionalAction, default=True,
                         help=f"also evaluate each policy's mean actions, once on each of {MEAN_ACTION_EPISODES} "
                              "initial states (reported beside the sampled success, not in the targets)")
+    parser.add_argument("--eval-temperatures", type=float, nargs="*", default=[], metavar="T",
+                        help="also evaluate every policy, in the real simulator and in the world model, with "
+                             "actions sampled at each T (RLinf evaluates at 0.6 times its rollout temperature); "
+                             "reported beside the primary protocol, not in its targets")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every RL run")
     args = parser.parse_args()
     args.slug, args.retarget = task_configs(args.task)
@@ -303,6 +346,8 @@ def main() -> None:
     args.out = (args.out or args.artifacts / "transfer").resolve()
     if args.eval_episodes < 1:
         parser.error("--eval-episodes must be >= 1")
+    if any(t <= 0 for t in args.eval_temperatures):
+        parser.error(f"--eval-temperatures must be > 0, got {args.eval_temperatures}")
     training_data = args.artifacts / "world_model" / "training_data.json"
     for needed in (args.artifacts / "sft" / "model" / "model.safetensors",
                    args.artifacts / "world_model" / "world_model.json", training_data):
@@ -326,6 +371,7 @@ def main() -> None:
     report = {"task": args.task, "seeds": args.seeds, "iterations": args.iterations,
               "eval_episodes": args.eval_episodes, "eval_actions": f"sampled (temperature {args.temperature:g})",
               "mean_action_episodes": MEAN_ACTION_EPISODES if args.mean_actions else 0,
+              "other_protocols": extra_protocols(args),
               "world_model_data_env_steps": data_steps, "overrides": args.overrides, "targets": TARGETS,
               "machine": describe_machine(),  # the same commit builds other models on other CPUs
               "per_seed": results, "mean": {**mean, "comparison": compare(mean) if "imagined" in mean else {}}}

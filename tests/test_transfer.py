@@ -105,24 +105,62 @@ def test_cached_runs_and_evaluations_made_with_other_settings_are_refused(tmp_pa
     assert transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0)["success_rate"] == 0.5
 
 
-def test_mean_action_gains_are_reported_beside_the_sampled_ones_and_averaged_without_pooling():
+def test_mean_action_gains_are_reported_beside_the_sampled_ones():
     def seed(base_mode, wm_mode):
-        return {"base": {"success_rate": 0.6, "num_episodes": 100, "mean_actions": {"success_rate": base_mode}},
-                "grpo_world_model": {"success_rate": 0.7, "num_episodes": 100, "mean_actions": {"success_rate": wm_mode}},
-                "imagined": {"success_rate": 0.9, "num_episodes": 100}}
+        return {"base": {"success_rate": 0.6, "num_episodes": 100,
+                         "mean_actions": {"success_rate": base_mode, "num_episodes": 50}},
+                "grpo_world_model": {"success_rate": 0.7, "num_episodes": 100,
+                                     "mean_actions": {"success_rate": wm_mode, "num_episodes": 50}},
+                "imagined": {"success_rate": 0.9, "num_episodes": 100,
+                             "mean_actions": {"success_rate": 0.88, "num_episodes": 100}}}
 
-    assert transfer.compare(seed(0.5, 0.84))["mean_actions"] == {"gain_grpo_world_model_pp": 34.0}
+    mode = transfer.compare(seed(0.5, 0.84))["mean_actions"]
+    assert mode["gain_world_model_pp"] == 34.0 and mode["imagined_minus_real_pp"] == 4.0
+    assert mode["targets_met"] == {"gain_over_base": True, "fraction_of_real_gain_at_equal_updates": False,
+                                   "imagined_close_to_real": True}
     with_real = dict(seed(0.5, 0.84), grpo_real_updates={"success_rate": 0.9, "ci95": [0.8, 0.95],
-                                                         "mean_actions": {"success_rate": 1.0}})
-    assert transfer.compare(with_real)["mean_actions"] == {"gain_grpo_world_model_pp": 34.0,
-                                                           "gain_grpo_real_updates_pp": 50.0,
-                                                           "fraction_of_grpo_real_updates_gain": 0.68}
+                                                         "mean_actions": {"success_rate": 1.0, "ci95": [0.93, 1.0]}})
+    mode = transfer.compare(with_real)["mean_actions"]
+    assert mode["gain_grpo_real_updates_pp"] == 50.0 and mode["fraction_of_grpo_real_updates_gain"] == 0.68
+    assert mode["targets_met"]["fraction_of_real_gain_at_equal_updates"]
+    assert transfer.compare(with_real)["targets_met"]["gain_over_base"] is False  # the primary protocol: +10
+
     mean = transfer.mean_over_seeds([seed(0.5, 0.84), seed(0.5, 0.70)])
-    assert mean["grpo_world_model"]["mean_actions"] == {"success_rate": pytest.approx(0.77)}
-    assert "ci95" not in mean["base"]["mean_actions"]  # the same 50 states in every seed: nothing to pool
-    assert transfer.compare(mean)["mean_actions"]["gain_grpo_world_model_pp"] == 27.0
+    assert mean["grpo_world_model"]["mean_actions"]["success_rate"] == pytest.approx(0.77)
+    assert mean["grpo_world_model"]["mean_actions"]["num_episodes"] == 100  # two policies' episodes, pooled
+    assert mean["base"]["mean_actions"] == {"success_rate": 0.5}  # one evaluation the seeds share: nothing to pool
+    assert transfer.compare(mean)["mean_actions"]["gain_world_model_pp"] == 27.0
     sampled_only = {k: {"success_rate": v["success_rate"]} for k, v in seed(0.5, 0.84).items()}
     assert "mean_actions" not in transfer.compare(sampled_only)
+
+
+def test_another_temperature_is_compared_as_the_primary_protocol_is():
+    def entry(rate, at_low_temperature, low=None):
+        at_low = {**run(at_low_temperature), "num_episodes": 100}
+        return {**run(rate, low), "num_episodes": 100, "temperature_2.4": at_low}
+
+    result = {"base": entry(0.60, 0.55), "grpo_world_model": entry(0.62, 0.80),
+              "grpo_real_updates": entry(0.80, 0.85, low=0.71), "imagined": entry(0.90, 0.83)}
+    result["grpo_real_updates"]["temperature_2.4"]["ci95"] = [0.77, 0.91]
+    out = transfer.compare(result)
+    assert out["gain_world_model_pp"] == 2.0 and not out["targets_met"]["gain_over_base"]
+    low_t = out["temperature_2.4"]
+    assert low_t["gain_world_model_pp"] == 25.0 and low_t["gain_grpo_real_updates_pp"] == 30.0
+    assert low_t["fraction_of_grpo_real_updates_gain"] == 0.833 and low_t["imagined_minus_real_pp"] == 3.0
+    assert low_t["targets_met"] == {"gain_over_base": True, "fraction_of_real_gain_at_equal_updates": True,
+                                    "imagined_close_to_real": True}
+    # every seed's episodes at 2.4 are independent draws: the seed mean pools them as it does the primary ones
+    mean = transfer.mean_over_seeds([result, result])
+    assert mean["base"]["temperature_2.4"]["num_episodes"] == 200
+    assert mean["grpo_real_updates"]["temperature_2.4"]["ci95"][0] > 0.55
+
+
+def test_protocols_act_and_count_episodes_as_named():
+    args = SimpleNamespace(temperature=4.0, eval_episodes=100, mean_actions=True, eval_temperatures=[2.4, 1.0])
+    assert transfer.extra_protocols(args) == ["mean_actions", "temperature_2.4", "temperature_1"]
+    assert transfer.protocol_settings(args, None) == ({"deterministic": False, "temperature": 4.0}, 100)
+    assert transfer.protocol_settings(args, "mean_actions") == ({"deterministic": True}, transfer.MEAN_ACTION_EPISODES)
+    assert transfer.protocol_settings(args, "temperature_2.4") == ({"deterministic": False, "temperature": 2.4}, 100)
 
 
 def test_a_cached_mean_action_evaluation_is_not_taken_for_a_sampled_one(tmp_path):
@@ -133,7 +171,8 @@ def test_a_cached_mean_action_evaluation_is_not_taken_for_a_sampled_one(tmp_path
     (eval_dir / "summary.json").write_text(json.dumps({
         "policy_path": str(tmp_path / "sft" / "model"), "num_episodes": 50, "seed": 0, "deterministic": True,
         "temperature": 1.0, "success_rate": 0.5, "success_rate_ci95": [0.36, 0.64], "mean_episode_length": 120.0}))
-    assert transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0, mean_actions=True)["success_rate"] == 0.5
+    mode = transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0, protocol="mean_actions")
+    assert mode["success_rate"] == 0.5
     args.eval_episodes = 50
     with pytest.raises(SystemExit, match=r"deterministic=True \(this run: False\)"):
         transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0)
