@@ -145,6 +145,25 @@ def test_frozen_modules_must_name_a_module_of_the_policy(policy_dir):
         ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2), ActorConfig(frozen_modules=["image_encodr"]), 0)
 
 
+def test_freezing_every_policy_module_is_refused(policy_dir):
+    actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2), ActorConfig(), 0)
+    modules = sorted({n.split(".")[0] for n, _ in actor.policy.named_parameters()} - {"value_head"})
+    with pytest.raises(ValueError, match="freezes every policy parameter"):
+        ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2), ActorConfig(frozen_modules=modules), 0)
+
+
+def test_resuming_with_other_frozen_modules_is_refused_by_name(policy_dir):
+    trained = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2, minibatch_size=4), ActorConfig(), 0)
+    trained.update(make_batch(policy_dir, [True, False, True, False]), iteration=0)
+    frozen = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2),
+                         ActorConfig(frozen_modules=["image_encoder"]), 0)
+    with pytest.raises(ValueError, match="resume with the actor.frozen_modules"):
+        frozen.load_state_dict(trained.state_dict())
+    same = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2), ActorConfig(), 0)
+    same.load_state_dict(trained.state_dict())
+    assert same.num_updates == trained.num_updates > 0
+
+
 def test_kl_penalty_holds_a_frozen_reference_policy(policy_dir):
     actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2, kl_coef=0.1), ActorConfig(lr=1e-2), 0)
     reference = {k: v.clone() for k, v in actor.reference.state_dict().items()}

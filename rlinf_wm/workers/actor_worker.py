@@ -70,6 +70,9 @@ class ActorWorker:
         trainable = [(n, p) for n, p in self.policy.named_parameters() if p.requires_grad]
         value_params = [p for n, p in trainable if n.startswith(VALUE_HEAD_PREFIX)]
         policy_params = [p for n, p in trainable if not n.startswith(VALUE_HEAD_PREFIX)]
+        if not policy_params:
+            raise ValueError(f"actor.frozen_modules={list(actor.frozen_modules)} freezes every policy parameter: "
+                             "RL would update nothing")
         groups = [{"params": policy_params, "lr": actor.lr, "name": "policy"}]
         if value_params and algorithm.uses_critic:
             groups.append({"params": value_params, "lr": algorithm.value_lr, "name": "value"})
@@ -111,6 +114,11 @@ class ActorWorker:
         }
 
     def load_state_dict(self, state: dict[str, Any]) -> None:
+        saved = [len(group["params"]) for group in state["optimizer"]["param_groups"]]
+        current = [len(group["params"]) for group in self.optimizer.param_groups]
+        if saved != current:
+            raise ValueError(f"the checkpoint's optimizer trains {saved} parameters per group, this actor {current}: "
+                             "resume with the actor.frozen_modules (and algorithm) the run was started with")
         self.optimizer.load_state_dict(state["optimizer"])
         self._move_optimizer_state(self.device)
         torch.set_rng_state(state["torch_rng"])
