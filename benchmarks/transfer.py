@@ -17,8 +17,8 @@ rollout temperature (``policy.temperature``: the RL policy is a stochastic polic
 independent, whereas greedy actions repeat on Meta-World's 50 initial states) and reports a 95 % Wilson interval.
 Beside this primary protocol, each policy (and the imagined success) is measured with its mode (mean actions, once on
 each of the 50 real initial states; ``--no-mean-actions`` skips it) and, with ``--eval-temperatures``, sampled at
-other temperatures (RLinf's configs evaluate at 0.6 times the rollout temperature). Each gets the same comparison
-under its name: GRPO can move the mode without moving the sampled policy that it trains and the targets measure.
+other temperatures (one of RLinf's config pairs samples at 1.0 in training, 0.6 in evaluation). Each gets the same
+comparison under its name: GRPO can move the mode without moving the sampled policy that it trains and the targets measure.
 Each RL run goes through ``run_embodiment.sh``, exactly as a user launches it; every finished piece is cached under
 ``--out`` so an interrupted benchmark resumes, and a cached piece made with other settings (seed, iterations, step
 budget, episodes, temperature, overrides, base policy, world model) is refused with the setting that differs.
@@ -337,7 +337,7 @@ def main() -> None:
                              "initial states (reported beside the sampled success, not in the targets)")
     parser.add_argument("--eval-temperatures", type=float, nargs="*", default=[], metavar="T",
                         help="also evaluate every policy, in the real simulator and in the world model, with "
-                             "actions sampled at each T (RLinf evaluates at 0.6 times its rollout temperature); "
+                             "actions sampled at each T (one RLinf config pair evaluates at 0.6 of its rollout temperature); "
                              "reported beside the primary protocol, not in its targets")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every RL run")
     args = parser.parse_args()
