@@ -337,8 +337,8 @@ def main() -> None:
                              "initial states (reported beside the sampled success, not in the targets)")
     parser.add_argument("--eval-temperatures", type=float, nargs="*", default=[], metavar="T",
                         help="also evaluate every policy, in the real simulator and in the world model, with "
-                             "actions sampled at each T (one RLinf config pair evaluates at 0.6 of its rollout temperature); "
-                             "reported beside the primary protocol, not in its targets")
+                             "actions sampled at each T (one RLinf config pair evaluates at 0.6 of its rollout "
+                             "temperature); reported beside the primary protocol, not in its targets")
     parser.add_argument("overrides", nargs="*", help="Hydra overrides applied to every RL run")
     args = parser.parse_args()
     args.slug, args.retarget = task_configs(args.task)
