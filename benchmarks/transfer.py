@@ -18,7 +18,8 @@ independent, whereas greedy actions repeat on Meta-World's 50 initial states) an
 Beside this primary protocol, each policy (and the imagined success) is measured with its mode (mean actions, once on
 each of the 50 real initial states; ``--no-mean-actions`` skips it) and, with ``--eval-temperatures``, sampled at
 other temperatures (one of RLinf's config pairs samples at 1.0 in training, 0.6 in evaluation). Each gets the same
-comparison under its name: GRPO can move the mode without moving the sampled policy that it trains and the targets measure.
+comparison under its name: GRPO can move the mode without moving the sampled policy that it trains and the targets
+measure.
 Each RL run goes through ``run_embodiment.sh``, exactly as a user launches it; every finished piece is cached under
 ``--out`` so an interrupted benchmark resumes, and a cached piece made with other settings (seed, iterations, step
 budget, episodes, temperature, overrides, base policy, world model) is refused with the setting that differs.
