@@ -277,16 +277,16 @@ def compare(result: dict) -> dict:
                 out[f"gain_{name}_pp"] = pp(real_gain)
                 out[f"fraction_of_{name}_gain"] = round((wm - base) / real_gain, 3) if real_gain > 0 else None
         # A fraction of a gain that is within noise means nothing: the real-sim run must beat the base's rate
-        # with its whole 95 % interval first.
+        # with its whole 95 % interval first. A target whose runs were skipped is None (not measured), not False.
         real = result.get("grpo_real_updates")
-        real_gain_significant = real is not None and "ci95" in real and real["ci95"][0] > base
+        real_gain_significant = None if real is None else "ci95" in real and real["ci95"][0] > base
         out["real_gain_at_equal_updates_significant"] = real_gain_significant
         out["targets_met"] = {
             "gain_over_base": out["gain_world_model_pp"] >= TARGETS["gain_over_base_pp"],
-            "fraction_of_real_gain_at_equal_updates": real_gain_significant
+            "fraction_of_real_gain_at_equal_updates": None if real is None else real_gain_significant
             and (out.get("fraction_of_grpo_real_updates_gain") or 0) >= TARGETS["fraction_of_real_gain"],
-            "imagined_close_to_real": "imagined_minus_real_pp" in out
-            and abs(out["imagined_minus_real_pp"]) <= TARGETS["abs_imagined_minus_real_pp"],
+            "imagined_close_to_real": None if "imagined_minus_real_pp" not in out
+            else abs(out["imagined_minus_real_pp"]) <= TARGETS["abs_imagined_minus_real_pp"],
         }
         protocols = {key for entry in result.values() if isinstance(entry, dict) for key in entry if is_protocol(key)}
         for protocol in sorted(protocols):
