@@ -52,6 +52,34 @@ def test_images_are_upright(env):
     assert red_rows(images[0]) < red_rows(images[1]) - 0.5
 
 
+def test_camera_pose_frames_the_point_it_looks_at_upright():
+    def first_frame(**kwargs):
+        with MetaWorldEnv("drawer-open-v3", **kwargs) as env:
+            return env.reset(ids=[3]).images[0].astype(int), env.raw_states()[0, 4:7]
+
+    def is_green(image):
+        center = image[28:36, 28:36].reshape(-1, 3).mean(0)
+        return center[1] > center[0] + 25 and center[1] > center[2] + 25
+
+    default, handle = first_frame()
+    assert not is_green(default)
+    # looking at the drawer's handle from in front of it: the drawer (green) fills the image's centre
+    pose = {"pos": [handle[0] + 0.3, handle[1] - 0.4, handle[2] + 0.3], "lookat": handle.tolist(), "fovy": 60.0}
+    aimed, _ = first_frame(camera_pose=pose)
+    assert is_green(aimed)
+    # any fixed world camera re-aimed gives the same view, upright (no 180-degree turn of corner cameras)
+    np.testing.assert_array_equal(first_frame(camera="corner4", camera_pose=pose)[0], aimed)
+    rows = {}
+    for direction in (1.0, -1.0):
+        with MetaWorldEnv("drawer-open-v3", camera_pose=pose) as env:
+            env.reset(ids=[3])
+            lift = np.tile([0.0, 0.0, direction, 0.0], (1, 10, 1)).astype(np.float32)
+            rows[direction] = red_rows(env.chunk_step(lift).obs.images[0])
+    assert rows[1.0] < rows[-1.0] - 0.5
+    with pytest.raises(ValueError, match="fixed camera on the world body; 'gripperPOV'"):
+        MetaWorldEnv("drawer-open-v3", camera="gripperPOV", camera_pose=pose)
+
+
 def test_expert_opens_the_drawer_with_success_once_reward():
     with MetaWorldEnv("drawer-open-v3", num_envs=1, max_episode_steps=150) as env:
         episode = record_episode(env, "expert", seed=0, task_id=7, expert_noise_std=0.0)
@@ -195,7 +223,11 @@ def test_env_yaml_builds_the_env_through_the_registry():
 @pytest.mark.parametrize(
     "override, key",
     [({"num_envs": 0}, "env.num_envs"), ({"image_size": [64, 0]}, "env.image_size"),
-     ({"camera": "front"}, "env.camera"), ({"task": "drawer-open"}, "env.task"), ({"fps": 3}, "env.fps")],
+     ({"camera": "front"}, "env.camera"), ({"task": "drawer-open"}, "env.task"), ({"fps": 3}, "env.fps"),
+     ({"camera_pose": {"pos": [0.5, 0.2], "lookat": [0, 0.7, 0.1], "fovy": 45}}, "env.camera_pose.pos"),
+     ({"camera_pose": {"pos": [0, 0.7, 0.6], "lookat": [0, 0.7, 0.1], "fovy": 45}}, "env.camera_pose.lookat"),
+     ({"camera_pose": {"pos": [0.5, 0.2, 0.6], "lookat": [0, 0.7, 0.1], "fovy": 0}}, "env.camera_pose.fovy"),
+     ({"camera_pose": {"pos": [0.5, 0.2, 0.6], "lookat": [0, 0.7, 0.1]}}, "env.camera_pose.fovy")],
 )
 def test_env_schema_rejects_bad_values(override, key):
     cfg = OmegaConf.merge(OmegaConf.load(ENV_YAML), override)

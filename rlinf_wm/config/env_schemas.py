@@ -18,6 +18,24 @@ METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behi
 
 
 @dataclass
+class CameraPose:
+    """Re-aims a named camera (world frame, metres): from ``pos`` towards ``lookat``, vertical field of view ``fovy``
+    degrees, upright (world z up)."""
+
+    pos: list[float]
+    lookat: list[float]
+    fovy: float
+
+    def check(self, path: str) -> None:
+        for key in ("pos", "lookat"):
+            require(len(getattr(self, key)) == 3, f"{path}.{key}", f"must be 3 floats [x, y, z], got {getattr(self, key)}")
+        horizontal = ((self.pos[0] - self.lookat[0]) ** 2 + (self.pos[1] - self.lookat[1]) ** 2) ** 0.5
+        # the image's up is world z, undefined when looking straight up or down
+        require(horizontal > 1e-6, f"{path}.lookat", f"must not be straight above or below pos, got {self.lookat}")
+        require(0 < self.fovy < 180, f"{path}.fovy", f"must be in (0, 180) degrees, got {self.fovy}")
+
+
+@dataclass
 class MetaWorldEnvConfig:
     """The real Meta-World v3 simulator (:class:`rlinf_wm.envs.metaworld_env.MetaWorldEnv`)."""
 
@@ -26,6 +44,7 @@ class MetaWorldEnvConfig:
     num_envs: int = 1
     image_size: list[int] = field(default_factory=lambda: [64, 64])  # [H, W]
     camera: str = "corner3"
+    camera_pose: CameraPose | None = None  # re-aim `camera` (null: as Meta-World places it)
     max_episode_steps: int = 150
     seed: int = 0
     include_states: bool = False  # also return the 39-d Meta-World state as Obs.states

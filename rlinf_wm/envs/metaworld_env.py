@@ -15,6 +15,7 @@ import functools
 import os
 import warnings
 import weakref
+from collections.abc import Mapping
 from typing import Any
 
 import numpy as np
@@ -26,6 +27,7 @@ from rlinf_wm.envs.registry import register_env
 os.environ.setdefault("MUJOCO_GL", "egl")
 
 import metaworld  # noqa: E402  (after MUJOCO_GL)
+import mujoco  # noqa: E402
 
 # ML1 generates its task list from a seed; a constant one makes reset ids mean the same scenes everywhere.
 TASK_SET_SEED = 0
@@ -99,6 +101,23 @@ def _close_open_envs() -> None:
         env.close()
 
 
+def _aim_camera(model: Any, camera: str, pos, lookat, fovy: float) -> None:
+    """Place fixed world-frame camera ``camera`` at ``pos`` looking at ``lookat``, upright (world z up)."""
+    cam = model.camera(camera)
+    if int(cam.bodyid[0]) != 0 or int(cam.mode[0]) != mujoco.mjtCamLight.mjCAMLIGHT_FIXED:
+        raise ValueError(f"camera_pose needs a fixed camera on the world body; {camera!r} is not one")
+    pos, lookat = np.asarray(pos, np.float64), np.asarray(lookat, np.float64)
+    # MuJoCo cameras look along their -z axis with +y up: z points from the target back to the camera
+    z = (pos - lookat) / np.linalg.norm(pos - lookat)
+    x = np.cross([0.0, 0.0, 1.0], z)
+    if np.linalg.norm(x) < 1e-9:
+        raise ValueError(f"camera_pose.lookat {lookat.tolist()} is straight above or below pos {pos.tolist()}")
+    x /= np.linalg.norm(x)
+    quat = np.zeros(4)
+    mujoco.mju_mat2Quat(quat, np.stack([x, np.cross(z, x), z], axis=1).reshape(-1))
+    model.cam_pos[cam.id], model.cam_quat[cam.id], model.cam_fovy[cam.id] = pos, quat, float(fovy)
+
+
 @functools.lru_cache(maxsize=8)
 def _benchmark(task: str) -> "metaworld.ML1":
     # Building ML1 resets the env 100 times (~1-3 s); envs of one task in a process share it.
@@ -110,6 +129,7 @@ class MetaWorldEnv(ChunkEnv):
     """``num_envs`` Meta-World envs of one task, stepped by action chunks ``[B, K, 4]``.
 
     Actions are Meta-World's: xyz end-effector deltas and gripper effort, each clipped to [-1, 1].
+    ``camera_pose`` (``pos``, ``lookat``, ``fovy``) re-aims the named camera, e.g. to frame the workspace at 64x64.
     One frame is rendered per chunk (rendering is the cost); ``render_every_step`` also renders after every inner
     step into ``info["frames"]`` ``uint8 [B, K, H, W, 3]`` (steps after an episode's end repeat its last frame),
     so policy rollouts can be recorded as world-model training data.
@@ -123,6 +143,7 @@ class MetaWorldEnv(ChunkEnv):
         num_envs: int = 1,
         image_size: list[int] | tuple[int, int] = (64, 64),
         camera: str = "corner3",
+        camera_pose: dict | None = None,
         max_episode_steps: int = 150,
         seed: int = 0,
         include_states: bool = False,
@@ -141,6 +162,9 @@ class MetaWorldEnv(ChunkEnv):
         self.num_envs = int(num_envs)
         self.height, self.width = int(image_size[0]), int(image_size[1])
         self.camera = camera
+        # a mapping from YAML, or the validated schema's CameraPose
+        pose = camera_pose if camera_pose is None or isinstance(camera_pose, Mapping) else vars(camera_pose)
+        self.camera_pose = None if pose is None else {key: pose[key] for key in ("pos", "lookat", "fovy")}
         self.max_episode_steps = int(max_episode_steps)
         self.include_states = bool(include_states)
         self.render_every_step = bool(render_every_step)
@@ -158,6 +182,8 @@ class MetaWorldEnv(ChunkEnv):
                 if camera not in cameras:
                     # MuJoCo would silently fall back to a free camera.
                     raise ValueError(f"unknown camera {camera!r} for {task}; available: {', '.join(cameras)}")
+                if self.camera_pose is not None:
+                    _aim_camera(env.model, camera, **self.camera_pose)
                 # No shadows or multisampling: ~10x faster renders, and at 64x64 they add nothing.
                 # Must be set before the first render creates the GL context.
                 env.model.vis.quality.shadowsize = 0
@@ -302,7 +328,7 @@ class MetaWorldEnv(ChunkEnv):
         if not _close_at_exit_registered:
             atexit.register(_close_open_envs)
             _close_at_exit_registered = True
-        if self.camera in _UPSIDE_DOWN_CAMERAS:
+        if self.camera in _UPSIDE_DOWN_CAMERAS and self.camera_pose is None:
             image = image[::-1, ::-1]
         return np.ascontiguousarray(image, dtype=np.uint8)
 
