@@ -78,6 +78,8 @@ def test_camera_pose_frames_the_point_it_looks_at_upright():
     assert rows[1.0] < rows[-1.0] - 0.5
     with pytest.raises(ValueError, match="fixed camera on the world body; 'gripperPOV'"):
         MetaWorldEnv("drawer-open-v3", camera="gripperPOV", camera_pose=pose)
+    with pytest.raises(ValueError, match="straight above or below"):
+        MetaWorldEnv("drawer-open-v3", camera_pose={**pose, "pos": [*handle[:2], 1.0]})
 
 
 def test_expert_opens_the_drawer_with_success_once_reward():

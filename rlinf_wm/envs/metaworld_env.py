@@ -107,11 +107,12 @@ def _aim_camera(model: Any, camera: str, pos, lookat, fovy: float) -> None:
     if int(cam.bodyid[0]) != 0 or int(cam.mode[0]) != mujoco.mjtCamLight.mjCAMLIGHT_FIXED:
         raise ValueError(f"camera_pose needs a fixed camera on the world body; {camera!r} is not one")
     pos, lookat = np.asarray(pos, np.float64), np.asarray(lookat, np.float64)
-    # MuJoCo cameras look along their -z axis with +y up: z points from the target back to the camera
-    z = (pos - lookat) / np.linalg.norm(pos - lookat)
-    x = np.cross([0.0, 0.0, 1.0], z)
-    if np.linalg.norm(x) < 1e-9:
+    back = pos - lookat
+    if np.hypot(back[0], back[1]) < 1e-6:  # the image's up (world z) is undefined
         raise ValueError(f"camera_pose.lookat {lookat.tolist()} is straight above or below pos {pos.tolist()}")
+    # MuJoCo cameras look along their -z axis with +y up: z points from the target back to the camera
+    z = back / np.linalg.norm(back)
+    x = np.cross([0.0, 0.0, 1.0], z)
     x /= np.linalg.norm(x)
     quat = np.zeros(4)
     mujoco.mju_mat2Quat(quat, np.stack([x, np.cross(z, x), z], axis=1).reshape(-1))
