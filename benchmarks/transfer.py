@@ -120,20 +120,25 @@ def override_settings(overrides: list[str]) -> dict:
     return {o.key_or_group: o.value() for o in parsed if not (o.is_add() or o.is_delete() or o.is_force_add())}
 
 
+# The protocols beside the primary one: every name they go by is made and recognised from these two.
+MEAN_ACTIONS = "mean_actions"
+TEMPERATURE_PREFIX = "temperature_"
+
+
 def protocol_settings(args, protocol: str | None) -> tuple[dict, int]:
     """How a protocol acts and how many real episodes it runs. ``None`` is the primary protocol the targets are set on:
     ``--eval-episodes`` sampled at the rollout temperature. ``mean_actions``: the mode, once on each initial state.
     ``temperature_<T>``: ``--eval-episodes`` sampled at T."""
     if protocol is None:
         return {"deterministic": False, "temperature": args.temperature}, args.eval_episodes
-    if protocol == "mean_actions":
+    if protocol == MEAN_ACTIONS:
         return {"deterministic": True}, MEAN_ACTION_EPISODES
-    return {"deterministic": False, "temperature": float(protocol.removeprefix("temperature_"))}, args.eval_episodes
+    return {"deterministic": False, "temperature": float(protocol.removeprefix(TEMPERATURE_PREFIX))}, args.eval_episodes
 
 
 def extra_protocols(args) -> list[str]:
     """The protocols reported beside the primary one."""
-    return (["mean_actions"] if args.mean_actions else []) + [f"temperature_{t:g}" for t in args.eval_temperatures]
+    return ([MEAN_ACTIONS] if args.mean_actions else []) + [f"{TEMPERATURE_PREFIX}{t:g}" for t in args.eval_temperatures]
 
 
 def real_eval(policy_dir: Path, out_dir: Path, args, seed: int, protocol: str | None = None) -> dict:
@@ -224,7 +229,7 @@ def run_seed(seed: int, args, data_steps: int) -> dict:
     result: dict = {"seed": seed, "base": real_eval(base_policy, out / "eval_base", args, seed)}
     for protocol in extra_protocols(args):
         # the base's mode is the same in every RL seed: evaluated once
-        base_dir, base_seed = ((args.out / "eval_base_mean_actions", 0) if protocol == "mean_actions"
+        base_dir, base_seed = ((args.out / "eval_base_mean_actions", 0) if protocol == MEAN_ACTIONS
                                else (out / f"eval_base_{protocol}", seed))
         result["base"][protocol] = real_eval(base_policy, base_dir, args, base_seed, protocol)
     extra = {"grpo_world_model": [f"runner.max_iterations={args.iterations}"],
@@ -253,7 +258,7 @@ def pp(x: float) -> float:
 
 
 def is_protocol(key: str) -> bool:
-    return key == "mean_actions" or key.startswith("temperature_")
+    return key == MEAN_ACTIONS or key.startswith(TEMPERATURE_PREFIX)
 
 
 def under_protocol(result: dict, protocol: str) -> dict:
@@ -318,7 +323,7 @@ def mean_over_seeds(results: list[dict]) -> dict:
         mean[key] = average(runs, pooled=True)
         for protocol in runs[0]:
             if is_protocol(protocol) and all(protocol in r for r in runs):
-                shared = protocol == "mean_actions" and key == "base"
+                shared = protocol == MEAN_ACTIONS and key == "base"
                 mean[key][protocol] = average([r[protocol] for r in runs], pooled=not shared)
     return mean
 
