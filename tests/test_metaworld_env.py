@@ -80,6 +80,8 @@ def test_camera_pose_frames_the_point_it_looks_at_upright():
         MetaWorldEnv("drawer-open-v3", camera="gripperPOV", camera_pose=pose)
     with pytest.raises(ValueError, match="straight above or below"):
         MetaWorldEnv("drawer-open-v3", camera_pose={**pose, "pos": [*handle[:2], 1.0]})
+    with pytest.raises(ValueError, match=r"exactly the keys fovy, lookat, pos; got \['fov', 'lookat', 'pos'\]"):
+        MetaWorldEnv("drawer-open-v3", camera_pose={"pos": pose["pos"], "lookat": pose["lookat"], "fov": 60.0})
 
 
 def test_expert_opens_the_drawer_with_success_once_reward():

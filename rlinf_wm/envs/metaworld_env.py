@@ -165,7 +165,9 @@ class MetaWorldEnv(ChunkEnv):
         self.camera = camera
         # a mapping from YAML, or the validated schema's CameraPose
         pose = camera_pose if camera_pose is None or isinstance(camera_pose, Mapping) else vars(camera_pose)
-        self.camera_pose = None if pose is None else {key: pose[key] for key in ("pos", "lookat", "fovy")}
+        if pose is not None and set(pose) != {"pos", "lookat", "fovy"}:
+            raise ValueError(f"camera_pose needs exactly the keys fovy, lookat, pos; got {sorted(pose)}")
+        self.camera_pose = None if pose is None else dict(pose)
         self.max_episode_steps = int(max_episode_steps)
         self.include_states = bool(include_states)
         self.render_every_step = bool(render_every_step)
