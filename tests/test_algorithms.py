@@ -144,6 +144,12 @@ def test_compute_advantages_grpo_filters_zero_variance_groups_and_padding():
     kept = compute_advantages(_grpo_config(zero_variance_groups="keep"), **kwargs)
     assert kept.loss_mask.tolist() == [[True, False, False], [True] * 3, [True] * 3, [True] * 3]
     assert torch.equal(kept.advantages, out.advantages)
+    # batch re-normalisation sees the informative chunks only: the kept all-fail group stays at 0, not -mean / std
+    normalized = {mode: compute_advantages(_grpo_config(zero_variance_groups=mode, normalize_advantages=True), **kwargs)
+                  for mode in ("keep", "filter")}
+    assert flat(normalized["keep"].advantages)[6:] == [0.0] * 6
+    assert torch.equal(normalized["keep"].advantages, normalized["filter"].advantages)
+    assert flat(normalized["filter"].advantages)[:4] != pytest.approx(flat(out.advantages)[:4])  # it did normalise
 
     rewards = t([[[2.0]] * 3, [[1.0]] * 3, [[0.0]] * 3, [[0.0]] * 3])
     summed = compute_advantages(_grpo_config(reward_type="sum"), **{**kwargs, "rewards": rewards})

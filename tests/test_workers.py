@@ -109,6 +109,21 @@ def test_learner_scores_tokens_at_the_rollout_temperature(policy_dir, temperatur
     assert metrics["train/actor/approx_kl"] == pytest.approx(0.0, abs=1e-6)
 
 
+def test_kl_reference_of_a_fresh_policy_is_its_start():
+    # policy.path null: the reference is built fresh too, and must be the same start, also in a resumed run
+    model = {"chunk_size": K, "num_bins": 8, "encoder_channels": [4], "image_grid": 2, "hidden_dim": 16,
+             "num_layers": 1, "num_heads": 2, "mlp_ratio": 2, "image_size": IMAGE, "action_dim": A,
+             "action_q01": [-1.0] * A, "action_q99": [1.0] * A}
+    algorithm = AlgorithmConfig(group_size=2, kl_coef=0.1)
+    def actor(seed):
+        return ActorWorker({"path": None, "model": model}, algorithm, ActorConfig(lr=1e-2), seed)
+
+    first = actor(0)
+    assert not changed(weights(first), first.reference.state_dict())
+    assert not changed(weights(first), weights(actor(0)))  # a resumed run rebuilds the same reference
+    assert changed(weights(first), weights(actor(1)))  # the run's seed, not a constant, picks the start
+
+
 def test_zero_variance_groups_are_filtered_out_of_the_update(policy_dir):
     actor = ActorWorker(policy_cfg(policy_dir), AlgorithmConfig(group_size=2), ActorConfig(lr=1e-2), 0)
     before = weights(actor)

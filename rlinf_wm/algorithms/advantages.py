@@ -256,7 +256,9 @@ def compute_advantages(
         raise ValueError(f"algorithm.name: unknown algorithm {config.name!r}; expected 'grpo' or 'ppo'")
 
     if config.normalize_advantages:
-        advantages = normalize_advantages(advantages, loss_mask)
+        # over the chunks with a learning signal: zero-variance groups kept in the loss (zero_variance_groups: keep)
+        # would shift the mean, and their zeros would come out as -mean / std, the same push for every such episode
+        advantages = normalize_advantages(advantages, loss_mask & informative[:, None])
     if config.loss_weighting == "episode":
         # Scaling an advantage by w > 0 scales its clipped policy-gradient term by w: a per-chunk loss weight.
         advantages = advantages * episode_equal_weights(loss_mask)

@@ -59,10 +59,14 @@ class ActorWorker:
         self.device = pick_device(use_gpu)
         # The reference is the starting policy (the SFT checkpoint), also when resuming a run.
         start_cfg = dict(policy_cfg, path=resume_policy_dir) if resume_policy_dir else policy_cfg
-        self.policy = build_policy(start_cfg, device=self.device).eval()  # eval(): no dropout, as in rollouts
-        self.reference = None
-        if algorithm.uses_reference_policy:
-            self.reference = build_policy(policy_cfg, device=self.device).eval().requires_grad_(False)
+
+        def build(cfg):
+            # policy.path null builds a fresh model: from one seed, so the reference gets the policy's start weights
+            torch.manual_seed(derive_seed(seed, "initial_policy"))
+            return build_policy(cfg, device=self.device).eval()  # eval(): no dropout, as in rollouts
+
+        self.policy = build(start_cfg)
+        self.reference = build(policy_cfg).requires_grad_(False) if algorithm.uses_reference_policy else None
         if algorithm.uses_critic and getattr(self.policy, "value_head", None) is None:
             raise ValueError("algorithm.name=ppo needs a policy with a value head (policy.model.value_head=true)")
 
