@@ -13,6 +13,7 @@ from world_model_fixtures import CHUNK, COND, INSTRUCTIONS, NUM_STATES, NUM_STEP
 
 from rlinf_wm.data.action_inputs import DiTActionInputs
 from rlinf_wm.data.initial_states import InitialStates
+from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode, write_episodes
 from rlinf_wm.envs import make_env
 from rlinf_wm.envs.world_model_env import WorldModelEnv
@@ -431,6 +432,16 @@ def test_branched_states_come_from_inside_episodes_before_success(tmp_path):
     np.testing.assert_array_equal(loaded.action_sums, states.action_sums)
     with pytest.raises(ValueError, match="start_steps"):
         InitialStates(frames=states.frames[:1], instructions=["x"], start_steps=[-1])
+    # with the world model's statistics the sums are of the actions clipped to its range, as the DiT's inputs are
+    narrow = ActionStatistics.from_actions(recorded.reshape(-1, 4) * 0.5)
+    clipped = InitialStates.branched(episodes, num_frames=2, states_per_episode=50, max_start_step=6, seed=0,
+                                     statistics=narrow)
+    np.testing.assert_array_equal(clipped.start_steps, states.start_steps)
+    inputs = DiTActionInputs(narrow, action_scaler=1.0, integral_scale=1.0)
+    for state, start in enumerate(clipped.start_steps):
+        expected = inputs.advance(np.zeros(4), recorded[state // 50, :start])
+        np.testing.assert_allclose(clipped.action_sums[state], expected, atol=1e-9)
+    assert np.abs(clipped.action_sums - states.action_sums).max() > 0.1
 
 
 def test_an_env_from_a_branched_state_has_the_remaining_steps_only(wm_dir, tmp_path):

@@ -15,7 +15,9 @@ import argparse
 from pathlib import Path
 
 from rlinf_wm.data.initial_states import INITIAL_STATES_FILE, InitialStates
+from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import load_episodes
+from rlinf_wm.data.world_model_layout import STATISTICS_FILE
 
 BRANCHED_STATES_FILE = "branched_states.hdf5"
 
@@ -35,7 +37,9 @@ def main(argv: list[str] | None = None) -> Path:
     episodes = [episode for root in args.episodes for episode in load_episodes(root)]
     if not episodes:
         raise SystemExit(f"no episodes found in {[str(root) for root in args.episodes]}")
-    states = InitialStates.branched(episodes, num_frames, args.states_per_episode, args.max_start_step, args.seed)
+    statistics = ActionStatistics.load(args.world_model_dir / STATISTICS_FILE)  # the DiT's running sums clip to it
+    states = InitialStates.branched(episodes, num_frames, args.states_per_episode, args.max_start_step, args.seed,
+                                    statistics)
     output = args.output or args.world_model_dir / BRANCHED_STATES_FILE
     states.save(output)
     print(f"{len(states)} states from {len(episodes)} episodes (start steps {int(states.start_steps.min())}.."

@@ -37,10 +37,6 @@ class DiTActionInputs:
         """Channels per action the DiT sees."""
         return self.statistics.action_dim * (2 if self.integral_scale > 0 else 1)
 
-    def clipped(self, actions: np.ndarray) -> np.ndarray:
-        """Raw actions inside the recorded range: what the env executes of an out-of-range action."""
-        return np.clip(np.asarray(actions, np.float64), self.statistics.min, self.statistics.max)
-
     def __call__(self, actions: np.ndarray, offset: np.ndarray | None = None) -> np.ndarray:
         """``[..., K, A]`` raw actions -> ``[..., K, dim]`` float32.
 
@@ -52,11 +48,11 @@ class DiTActionInputs:
         scaled = self.statistics.normalize(actions) * np.float32(self.action_scaler)
         if self.integral_scale <= 0:
             return scaled.astype(np.float32)
-        total = np.cumsum(self.clipped(actions), axis=-2)
+        total = np.cumsum(self.statistics.clip(actions), axis=-2)
         if offset is not None:
             total = total + np.asarray(offset, np.float64)[..., None, :]
         return np.concatenate([scaled, (total * self.integral_scale).astype(np.float32)], axis=-1)
 
     def advance(self, offset: np.ndarray, actions: np.ndarray) -> np.ndarray:
         """The running sum after ``actions [..., K, A]``, from ``offset [..., A]``."""
-        return np.asarray(offset, np.float64) + self.clipped(actions).sum(axis=-2)
+        return np.asarray(offset, np.float64) + self.statistics.clip(actions).sum(axis=-2)

@@ -33,6 +33,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
+from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode, load_episodes, success_step
 from rlinf_wm.data.windows import initial_states as episode_initial_states
 from rlinf_wm.utils.io import atomic_path
@@ -126,11 +127,13 @@ class InitialStates:
     @classmethod
     def branched(
         cls, episodes: Sequence[Episode], num_frames: int, states_per_episode: int, max_start_step: int, seed: int = 0,
+        statistics: ActionStatistics | None = None,
     ) -> "InitialStates":
         """States taken inside the episodes: ``states_per_episode`` steps ``t`` per episode, drawn uniformly from
         ``0..min(max_start_step, s, len - 1)`` where ``s`` is the step whose action reached success (frame ``s``
         is the last that does not show the task solved); each state is the recorded frames ``t - num_frames + 1 .. t`` (frame 0
-        repeated before the start, as the DiT's training windows pad) with ``start_steps = t``.
+        repeated before the start, as the DiT's training windows pad) with ``start_steps = t``. ``action_sums`` sum
+        the actions before ``t``, clipped to ``statistics``' range as the DiT's running-sum inputs are (None: raw).
         """
         if states_per_episode < 1 or max_start_step < 0:
             raise ValueError(f"states_per_episode must be >= 1 and max_start_step >= 0, got {states_per_episode}, "
@@ -150,7 +153,8 @@ class InitialStates:
                 tasks.append(episode.task)
                 reset_ids.append(int(episode.attrs.get("task_id", -1)))
                 starts.append(int(step))
-                sums.append(np.asarray(episode.actions[:step], np.float64).sum(axis=0))
+                before = np.asarray(episode.actions[:step], np.float64)
+                sums.append((before if statistics is None else statistics.clip(before)).sum(axis=0))
         if not frames:
             raise ValueError("no episodes to branch from")
         return cls(frames=np.stack(frames), instructions=instructions, tasks=tasks,

@@ -45,6 +45,10 @@ class ActionStatistics:
         scaled = 2.0 * (np.asarray(actions) - low) / np.maximum(high - low, 1e-8) - 1.0
         return np.clip(scaled, -1.0, 1.0).astype(np.float32)
 
+    def clip(self, actions: np.ndarray) -> np.ndarray:
+        """Raw actions inside the recorded range (float64): what the env executes of an out-of-range action."""
+        return np.clip(np.asarray(actions, np.float64), self.min, self.max)
+
     def unnormalize(self, normalized: np.ndarray) -> np.ndarray:
         low, high = self.q01, self.q99
         return ((np.asarray(normalized) + 1.0) * 0.5 * (high - low) + low).astype(np.float32)

@@ -108,16 +108,24 @@ def integrate_flow(
     sigmas: torch.Tensor,
     solver: str = "2ab",
     after_step: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    history_key: Callable[[float], object] | None = None,
 ) -> torch.Tensor:
     """Integrate ``dx/ds = velocity(x, s)`` along ``sigmas`` (decreasing) with "2ab" or "euler".
 
     ``after_step`` (e.g. resetting conditioning frames) is applied to every new state. One velocity call per step.
+    A step whose ``history_key(s)`` differs from the previous step's starts a new 2AB history (a first-order step):
+    where guidance switches on or off the velocity field jumps, and extrapolating across the jump would carry part
+    of one field's prediction into the other.
     """
     if solver not in ("2ab", "euler"):
         raise ValueError(f"integrate_flow solver must be '2ab' or 'euler', got {solver!r}")
     schedule = [float(s) for s in sigmas]
-    previous_denoised, s_previous = None, None
+    previous_denoised, s_previous, previous_key = None, None, None
     for s, s_next in zip(schedule[:-1], schedule[1:]):
+        if history_key is not None:
+            key = history_key(s)
+            if key != previous_key:
+                previous_denoised, previous_key = None, key
         v = velocity(x, s)
         if solver == "euler":
             x = x + (s_next - s) * v
@@ -241,15 +249,17 @@ class FlowSampler:
 
         low, high = self.guidance_interval
 
+        def guidance_at(s: float) -> float:
+            return guidance if low < s <= high else 0.0
+
         def velocity(x: torch.Tensor, s: float) -> torch.Tensor:
-            step_guidance = guidance if low < s <= high else 0.0
-            return self.guided_velocity(model, x, s, condition_mask, actions, step_guidance)
+            return self.guided_velocity(model, x, s, condition_mask, actions, guidance_at(s))
 
         x = keep_given(noise)
-        if self.solver == "unipc":
+        if self.solver == "unipc":  # diffusers' UniPC keeps its history across a guidance switch
             x = self._sample_unipc(velocity, x, sigmas, keep_given)
         else:
-            x = integrate_flow(velocity, x, sigmas, self.solver, after_step=keep_given)
+            x = integrate_flow(velocity, x, sigmas, self.solver, after_step=keep_given, history_key=guidance_at)
         return keep_given(x)
 
     @staticmethod
