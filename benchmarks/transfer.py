@@ -8,7 +8,8 @@ For one task and each RL seed, starting from the quickstart's SFT base policy an
                          of policy updates on batches of the same size (``..._grpo_tinyvla_realsim``);
 * ``grpo_real_steps``    after GRPO in the real simulator until it has used as many real env steps as the world
                          model was trained on (``runner.max_env_steps`` = ``world_model/training_data.json``'s
-                         steps: the scripted collection plus the base policy's recorded rollouts);
+                         steps: the scripted collection plus the base policy's recorded rollouts; another world
+                         model, e.g. one trained on more real data, with ``--world-model-dir``);
 * ``imagined``           the world-model-trained policy evaluated inside the world model (same protocol as the
                          real evaluations), beside its real success: the calibration gap at the end of RL.
 
@@ -26,6 +27,7 @@ budget, episodes, temperature, overrides, base policy, world model) is refused w
 
     .venv/bin/python benchmarks/transfer.py [--seeds 0 1 2] [--iterations 20] [--eval-episodes 100]
         [--artifacts outputs/drawer-open-v3] [--out outputs/drawer-open-v3/transfer] [--skip grpo_real_steps]
+        [--world-model-dir outputs/drawer-open-v3/world_model]
         [--eval-temperatures 2.4]
         [key=value ...]          # Hydra overrides for every RL run (e.g. actor.lr=1e-4)
 
@@ -37,6 +39,7 @@ from __future__ import annotations
 import argparse
 import json
 import os
+import shutil
 import subprocess
 import sys
 import time
@@ -83,6 +86,17 @@ def run_logged(command: list[str], log_path: Path, env: dict | None = None) -> f
         raise SystemExit(f"command failed (exit {result.returncode}): {' '.join(command)}\n"
                          f"last lines of {log_path}:\n{log_path.read_text()[-3000:]}")
     return time.perf_counter() - start
+
+
+def drop_if_stale(result: Path, output: Path, *inputs: Path) -> None:
+    """Delete ``output`` (a file or directory) when its ``result`` file was written before one of ``inputs`` (a
+    policy's weights, a world model): it is then of another input at the same path, e.g. of an RL run since redone."""
+    if not result.exists():
+        return
+    newer = [str(path) for path in inputs if path.exists() and path.stat().st_mtime > result.stat().st_mtime]
+    if newer:
+        print(f"[transfer] {result} predates {', '.join(newer)}: redone", flush=True)
+        shutil.rmtree(output) if output.is_dir() else output.unlink()
 
 
 def setting_mismatches(cached: dict, expected: dict) -> list[str]:
@@ -146,6 +160,7 @@ def real_eval(policy_dir: Path, out_dir: Path, args, seed: int, protocol: str | 
     ``out_dir/summary.json``."""
     summary_path = out_dir / "summary.json"
     sampling, episodes = protocol_settings(args, protocol)
+    drop_if_stale(summary_path, out_dir, policy_dir / "model.safetensors")
     if summary_path.is_file():
         require_same_settings(summary_path, json.loads(summary_path.read_text()),
                               {"policy_path": policy_dir, "num_episodes": episodes, "seed": seed, **sampling})
@@ -167,15 +182,20 @@ def rl_run(name: str, args, seed: int, run_dir: Path, extra: list[str]) -> dict:
     config = f"metaworld_{args.slug}_grpo_tinyvla" + ("" if name == "grpo_world_model" else "_realsim")
     final = run_dir / "final" / "model"
     wall = None
+    inputs = [args.artifacts / "sft" / "model" / "model.safetensors"]
+    if name == "grpo_world_model":
+        inputs.append(args.world_model_dir / "world_model.json")
+    drop_if_stale(final / "model.safetensors", run_dir, *inputs)
     if (final / "model.safetensors").is_file():
         import yaml
 
         defaults = {"policy.path": args.artifacts / "sft"}  # what the configs point at unless overridden
         if name == "grpo_world_model":
-            defaults["env.train.world_model_dir"] = args.artifacts / "world_model"
+            defaults["env.train.world_model_dir"] = args.world_model_dir
         expected = {**defaults, **override_settings([*args.retarget, f"runner.seed={seed}", *extra, *args.overrides])}
         require_same_settings(run_dir / "config.yaml", yaml.safe_load((run_dir / "config.yaml").read_text()), expected)
     else:
+        shutil.rmtree(run_dir, ignore_errors=True)  # an interrupted run's metrics.jsonl would be appended to
         overrides = [f"task={args.task}", f"artifacts_dir={args.artifacts}", *args.retarget, f"runner.seed={seed}",
                      "runner.eval_interval=0", "runner.save_interval=0", "runner.progress_bar=false", *extra]
         wall = run_logged(["bash", "examples/embodiment/run_embodiment.sh", config, *overrides, *args.overrides],
@@ -197,6 +217,8 @@ def imagined_eval(run_dir: Path, out_path: Path, args, seed: int, protocol: str 
     """The world-model-trained policy evaluated inside the world model it trained in (cached): ``--eval-episodes``
     episodes acting as the protocol does (the world model's sampler makes even mean-action episodes differ)."""
     sampling, _ = protocol_settings(args, protocol)
+    drop_if_stale(out_path, out_path, run_dir / "final" / "model" / "model.safetensors",
+                  args.world_model_dir / "world_model.json")
     if not out_path.is_file():
         import numpy as np
         import torch
@@ -232,7 +254,8 @@ def run_seed(seed: int, args, data_steps: int) -> dict:
         base_dir, base_seed = ((args.out / "eval_base_mean_actions", 0) if protocol == MEAN_ACTIONS
                                else (out / f"eval_base_{protocol}", seed))
         result["base"][protocol] = real_eval(base_policy, base_dir, args, base_seed, protocol)
-    extra = {"grpo_world_model": [f"runner.max_iterations={args.iterations}"],
+    extra = {"grpo_world_model": [f"runner.max_iterations={args.iterations}",
+                                  f"env.train.world_model_dir={args.world_model_dir}"],
              "grpo_real_updates": [f"runner.max_iterations={args.iterations}"],
              "grpo_real_steps": ["runner.max_iterations=100000", f"runner.max_env_steps={data_steps}"]}
     for name in RL_RUNS:
@@ -337,6 +360,8 @@ def main() -> None:
     parser.add_argument("--eval-episodes", type=int, default=100)
     parser.add_argument("--artifacts", type=Path, default=None, help="default: outputs/<task> (the quickstart's)")
     parser.add_argument("--out", type=Path, default=None, help="default: <artifacts>/transfer")
+    parser.add_argument("--world-model-dir", type=Path, default=None,
+                        help="the world model GRPO trains in (default: <artifacts>/world_model)")
     parser.add_argument("--skip", nargs="*", default=[], choices=RL_RUNS)
     parser.add_argument("--mean-actions", action=argparse.BooleanOptionalAction, default=True,
                         help=f"also evaluate each policy's mean actions, once on each of {MEAN_ACTION_EPISODES} "
@@ -354,9 +379,13 @@ def main() -> None:
         parser.error("--eval-episodes must be >= 1")
     if any(t <= 0 for t in args.eval_temperatures):
         parser.error(f"--eval-temperatures must be > 0, got {args.eval_temperatures}")
-    training_data = args.artifacts / "world_model" / "training_data.json"
+    if any(o.lstrip("+").startswith("env.train.world_model_dir=") for o in args.overrides):
+        parser.error("give the world model with --world-model-dir: an override would reach the real-simulator runs "
+                     "too, and the equal-real-steps budget would be the default world model's")
+    args.world_model_dir = (args.world_model_dir or args.artifacts / "world_model").resolve()
+    training_data = args.world_model_dir / "training_data.json"
     for needed in (args.artifacts / "sft" / "model" / "model.safetensors",
-                   args.artifacts / "world_model" / "world_model.json", training_data):
+                   args.world_model_dir / "world_model.json", training_data):
         if not needed.is_file():
             raise SystemExit(f"[transfer] missing {needed}: run `bash scripts/quickstart.sh` first")
     import yaml
@@ -378,7 +407,8 @@ def main() -> None:
               "eval_episodes": args.eval_episodes, "eval_actions": f"sampled (temperature {args.temperature:g})",
               "mean_action_episodes": MEAN_ACTION_EPISODES if args.mean_actions else 0,
               "other_protocols": extra_protocols(args),
-              "world_model_data_env_steps": data_steps, "overrides": args.overrides, "targets": TARGETS,
+              "world_model_dir": str(args.world_model_dir), "world_model_data_env_steps": data_steps,
+              "overrides": args.overrides, "targets": TARGETS,
               "machine": describe_machine(),  # the same commit builds other models on other CPUs
               "per_seed": results, "mean": {**mean, "comparison": compare(mean) if "imagined" in mean else {}}}
     write_json_atomic(args.out / "transfer.json", report)

@@ -343,8 +343,10 @@ def run_stages(stages: list[Stage], force: set[str], log_dir: Path, env: dict) -
             wall_times[stage.name] = None
             continue
         print(f"[quickstart] {stage.name}: runs: {reason}", flush=True)
-        settings_changed = record is not None and record["config"] != current["config"]
-        if stage.done() or settings_changed:  # a rebuild starts afresh; an interrupted run with its settings resumes
+        # an interrupted run resumes only with its settings and inputs and unforced; anything else starts afresh
+        resumes = (not stage.done() and record is not None and record["config"] == current["config"]
+                   and record["inputs"] == current["inputs"] and stage.name not in force)
+        if not resumes:
             shutil.rmtree(stage.output_dir, ignore_errors=True)
         write_json_atomic(record_path(stage), {**current, "complete": False})
         wall_times[stage.name] = run_stage(stage, log_dir, env)

@@ -210,6 +210,21 @@ def test_quickstart_reruns_a_stage_made_with_other_settings_and_every_stage_afte
         run(failing)
     ran, out = run(stages(6, 8))
     assert ran == ["sft"] and "did not finish" in out
+    # an interrupted stage (no done marker) resumes on its partial output with the same settings and inputs...
+    def interrupt_sft():
+        (tmp_path / "sft" / "done.json").unlink()
+        (tmp_path / "sft" / "partial.txt").write_text("a checkpoint of the interrupted run")
+        record = log_dir / "sft.settings.json"
+        record.write_text(json.dumps({**json.loads(record.read_text()), "complete": False}))
+
+    interrupt_sft()
+    assert run(stages(6, 8))[0] == ["sft"] and (tmp_path / "sft" / "partial.txt").exists()
+    # ...and starts afresh when forced or when an input was rebuilt since
+    interrupt_sft()
+    assert run(stages(6, 8), force=["sft"])[0] == ["sft"] and not (tmp_path / "sft" / "partial.txt").exists()
+    interrupt_sft()
+    assert run(stages(6, 8), force=["collect"])[0] == ["collect", "sft"]
+    assert not (tmp_path / "sft" / "partial.txt").exists()
 
 
 def test_quickstart_stages_read_only_earlier_stages_and_the_world_model_every_data_source(tmp_path):

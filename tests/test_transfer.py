@@ -2,6 +2,7 @@
 
 import importlib.util
 import json
+import os
 from pathlib import Path
 from types import SimpleNamespace
 
@@ -105,6 +106,48 @@ def test_cached_runs_and_evaluations_made_with_other_settings_are_refused(tmp_pa
         transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0)
     args.eval_episodes = 50
     assert transfer.real_eval(tmp_path / "sft" / "model", eval_dir, args, seed=0)["success_rate"] == 0.5
+
+
+def test_an_evaluation_older_than_its_policy_is_redone(tmp_path, monkeypatch):
+    args = SimpleNamespace(task="drawer-open-v3", slug="drawer_open", artifacts=tmp_path, retarget=[],
+                           eval_episodes=100, temperature=4.0)
+    policy = tmp_path / "seed_0" / "grpo_world_model" / "final" / "model"
+    policy.mkdir(parents=True)
+    eval_dir = tmp_path / "seed_0" / "eval_grpo_world_model"
+    eval_dir.mkdir()
+    summary = {"policy_path": str(policy), "num_episodes": 100, "seed": 0, "deterministic": False, "temperature": 4.0,
+               "success_rate": 0.5, "success_rate_ci95": [0.4, 0.6], "mean_episode_length": 120.0}
+    (eval_dir / "summary.json").write_text(json.dumps(summary))
+    os.utime(eval_dir / "summary.json", (100, 100))  # explicit times: file systems differ in their resolution
+    (eval_dir / "episode_000_failure.gif").write_bytes(b"")
+    runs = []
+
+    def evaluate(command, log_path, env=None):  # stands in for eval_embodied_agent.py
+        runs.append(command)
+        eval_dir.mkdir(exist_ok=True)
+        (eval_dir / "summary.json").write_text(json.dumps({**summary, "success_rate": 0.8}))
+        return 1.0
+
+    monkeypatch.setattr(transfer, "run_logged", evaluate)
+    (policy / "model.safetensors").write_bytes(b"")  # the policy predates its evaluation: cached
+    os.utime(policy / "model.safetensors", (0, 0))
+    assert transfer.real_eval(policy, eval_dir, args, seed=0)["success_rate"] == 0.5 and not runs
+    (policy / "model.safetensors").write_bytes(b"redone")  # the run was redone since: so is its evaluation
+    assert transfer.real_eval(policy, eval_dir, args, seed=0)["success_rate"] == 0.8 and len(runs) == 1
+    assert not (eval_dir / "episode_000_failure.gif").exists()
+
+
+def test_a_world_model_run_is_cached_per_world_model(tmp_path):
+    args = SimpleNamespace(task="drawer-open-v3", slug="drawer_open", artifacts=tmp_path, retarget=[], overrides=[],
+                           world_model_dir=tmp_path / "world_model_more_data")
+    run_dir = tmp_path / "seed_0" / "grpo_world_model"
+    (run_dir / "final" / "model").mkdir(parents=True)
+    (run_dir / "final" / "model" / "model.safetensors").write_bytes(b"")
+    (run_dir / "config.yaml").write_text(yaml.safe_dump(
+        {"runner": {"seed": 0}, "policy": {"path": str(tmp_path / "sft")},
+         "env": {"train": {"world_model_dir": str(tmp_path / "world_model")}}}))  # the quickstart's world model
+    with pytest.raises(SystemExit, match=r"world_model_dir='[^']*/world_model' \(this run: .*/world_model_more_data\)"):
+        transfer.rl_run("grpo_world_model", args, 0, run_dir, [])
 
 
 def test_mean_action_gains_are_reported_beside_the_sampled_ones():
