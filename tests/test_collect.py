@@ -1,6 +1,7 @@
 """Collection runner: tiny collections read back, resume after interruption, config validation, Ray."""
 
 import json
+import shutil
 from pathlib import Path
 
 import h5py
@@ -192,6 +193,13 @@ def test_resume_with_other_settings_fails(reference, tmp_path):
     run_collection(tiny_config(tmp_path, num_episodes=2))
     with pytest.raises(ValueError, match=r"shard_00000\.hdf5 was collected with different settings.*expert_noise_std"):
         run_collection(tiny_config(tmp_path, num_episodes=2, expert_noise_std=0.5))
+
+
+def test_shards_the_collection_does_not_plan_are_an_error(reference, tmp_path):
+    for path in reference[0].glob("shard_*.hdf5"):  # a 4-episode collection, rerun with 2
+        shutil.copy(path, tmp_path / path.name)
+    with pytest.raises(ValueError, match=r"does not plan \(shard_00001\.hdf5; from a larger num_episodes\?\)"):
+        run_collection(tiny_config(tmp_path, num_episodes=2))
 
 
 def test_shards_from_before_steps_after_success_existed_still_resume(reference, tmp_path):

@@ -171,6 +171,15 @@ def test_resume_continues_from_the_saved_step_and_matches_an_uninterrupted_run(d
         assert torch.allclose(tensor, resumed[name], atol=1e-6), name
 
 
+def test_checkpoint_rotation_keeps_this_runs_checkpoints(data_dir, tmp_path):
+    for old in ("step_0001500", "step_0002000"):  # a longer earlier run's, in the same directory
+        (tmp_path / "sft" / "checkpoints" / old).mkdir(parents=True)
+    run_sft(make_run(data_dir, tmp_path / "sft", max_steps=3, save_every=1, keep_checkpoints=2), show_progress=False)
+    assert latest_checkpoint(tmp_path / "sft").name == "step_0000003"
+    assert sorted(p.name for p in (tmp_path / "sft" / "checkpoints").glob("step_*")) == [
+        "step_0000002", "step_0000003", "step_0001500", "step_0002000"]
+
+
 def test_resume_refuses_a_checkpoint_from_a_different_model(data_dir, tmp_path):
     run_sft(make_run(data_dir, tmp_path / "sft", max_steps=2, save_every=1), show_progress=False)
     other = make_run(data_dir, tmp_path / "sft", max_steps=4)

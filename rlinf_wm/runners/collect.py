@@ -218,6 +218,13 @@ def run_collection(
     output_dir.mkdir(parents=True, exist_ok=True)
     settings = collection_settings(cfg)
     shards = plan_episodes(cfg)
+    # SFT and the world model read every shard in the directory: one this collection does not plan would join them
+    planned = {shard_path(output_dir, plans[0].shard).name for plans in shards}
+    strays = sorted(p.name for p in output_dir.glob("shard_*.hdf5") if p.name not in planned)
+    if strays:
+        raise ValueError(f"output_dir {output_dir} holds shards this collection does not plan ({', '.join(strays[:3])}"
+                         f"{' ...' if len(strays) > 3 else ''}; from a larger num_episodes?): delete them or choose "
+                         "another output_dir")
     todo = [plans for plans in shards if not _shard_status(shard_path(output_dir, plans[0].shard), len(plans), settings)]
     done_before = cfg.num_episodes - sum(len(plans) for plans in todo)
     if done_before:

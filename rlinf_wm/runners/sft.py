@@ -151,7 +151,8 @@ def _save_checkpoint(output_dir: Path, model: TinyVLA, state: dict, keep: int) -
     save_model_atomic(model, directory / "model")
     save_state_atomic(state, directory / "state.pt")
     write_json_atomic(root / "latest.json", {"name": directory.name, "step": state["step"]})
-    for old in sorted(root.glob("step_*"))[:-keep]:
+    # this run's checkpoints only: later steps in the directory are another run's (and names sort as steps do)
+    for old in sorted(p for p in root.glob("step_*") if p.name <= directory.name)[:-keep]:
         shutil.rmtree(old, ignore_errors=True)
     return directory
 
