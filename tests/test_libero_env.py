@@ -171,6 +171,7 @@ def test_recorded_episode_round_trips_through_hdf5(env, tmp_path):
     np.testing.assert_array_equal(loaded.frames, episode.frames)
     np.testing.assert_array_equal(loaded.actions, episode.actions)
     assert loaded.instruction == episode.instruction and loaded.task == "libero_spatial/0"
+    assert loaded.attrs["task_id"] == 2 and loaded.attrs["init_state_id"] == 2  # the reset id, and its init state
 
 
 def test_render_every_step_reports_a_frame_per_step_and_repeats_after_the_end(env):

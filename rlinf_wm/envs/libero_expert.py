@@ -328,7 +328,10 @@ def record_episode(
         task=f"{env.suite}/{task}",
         seed=int(seed),
         states=np.stack(states).astype(np.float32),
-        attrs={"kind": kind, "task_id": task, "init_state_id": int(env.init_state_ids[0])},
+        # task_id is the reset id, as Meta-World's and the recorded evaluations' episodes hold it (initial states and
+        # benchmarks reset the simulator with it); the LIBERO task index is in ``task``
+        attrs={"kind": kind, "task_id": int(task_id) % env.num_initial_states,
+               "init_state_id": int(env.init_state_ids[0])},
     )
 
 
