@@ -5,8 +5,9 @@ its 50 ML1 initial states, so 100 episodes visit each state twice). Workers take
 slices of episodes; results are gathered in episode order, so with mean actions (``eval.deterministic``)
 the summary does not depend on the number of workers. Sampled actions come from one generator per worker
 (seeded from ``eval.seed`` and the worker's index) shared by its batch of envs: a sampled evaluation repeats
-exactly with the same ``eval.num_workers`` and ``env.eval.num_envs``, and draws other samples with others. Writes ``summary.json`` (success rate with a 95 % Wilson interval, lengths, per
-episode results) and a few videos into ``eval.output_dir``.
+exactly with the same ``eval.num_workers`` and ``env.eval.num_envs``, and draws other samples with others.
+Writes ``summary.json`` (success rate with a 95 % Wilson interval, lengths, per episode results) and a few
+videos into ``eval.output_dir``.
 """
 
 from __future__ import annotations
