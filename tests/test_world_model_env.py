@@ -416,7 +416,9 @@ def test_branched_states_come_from_inside_episodes_before_success(tmp_path):
                 success=bool(i), instruction=f"task {i}", task="t", attrs={"task_id": 7 + i})
         for i in range(2)
     ]
-    states = InitialStates.branched(episodes, num_frames=2, states_per_episode=50, max_start_step=6, seed=0)
+    wide = ActionStatistics.from_actions(recorded.reshape(-1, 4))  # the data's own range: nothing is clipped
+    states = InitialStates.branched(episodes, num_frames=2, states_per_episode=50, max_start_step=6, statistics=wide,
+                                    seed=0)
     assert len(states) == 100
     first, second = states.start_steps[:50], states.start_steps[50:]
     assert set(first.tolist()) == set(range(7)) and set(second.tolist()) == set(range(4))  # <= max / <= solving step
@@ -432,7 +434,7 @@ def test_branched_states_come_from_inside_episodes_before_success(tmp_path):
     np.testing.assert_array_equal(loaded.action_sums, states.action_sums)
     with pytest.raises(ValueError, match="start_steps"):
         InitialStates(frames=states.frames[:1], instructions=["x"], start_steps=[-1])
-    # with the world model's statistics the sums are of the actions clipped to its range, as the DiT's inputs are
+    # a narrower range clips the actions before they are summed, as the DiT's running-sum inputs do
     narrow = ActionStatistics.from_actions(recorded.reshape(-1, 4) * 0.5)
     clipped = InitialStates.branched(episodes, num_frames=2, states_per_episode=50, max_start_step=6, seed=0,
                                      statistics=narrow)

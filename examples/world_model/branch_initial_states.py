@@ -38,8 +38,8 @@ def main(argv: list[str] | None = None) -> Path:
     if not episodes:
         raise SystemExit(f"no episodes found in {[str(root) for root in args.episodes]}")
     statistics = ActionStatistics.load(args.world_model_dir / STATISTICS_FILE)  # the DiT's running sums clip to it
-    states = InitialStates.branched(episodes, num_frames, args.states_per_episode, args.max_start_step, args.seed,
-                                    statistics)
+    states = InitialStates.branched(episodes, num_frames, args.states_per_episode, args.max_start_step, statistics,
+                                    args.seed)
     output = args.output or args.world_model_dir / BRANCHED_STATES_FILE
     states.save(output)
     print(f"{len(states)} states from {len(episodes)} episodes (start steps {int(states.start_steps.min())}.."

@@ -126,14 +126,14 @@ class InitialStates:
 
     @classmethod
     def branched(
-        cls, episodes: Sequence[Episode], num_frames: int, states_per_episode: int, max_start_step: int, seed: int = 0,
-        statistics: ActionStatistics | None = None,
+        cls, episodes: Sequence[Episode], num_frames: int, states_per_episode: int, max_start_step: int,
+        statistics: ActionStatistics, seed: int = 0,
     ) -> "InitialStates":
         """States taken inside the episodes: ``states_per_episode`` steps ``t`` per episode, drawn uniformly from
         ``0..min(max_start_step, s, len - 1)`` where ``s`` is the step whose action reached success (frame ``s``
         is the last that does not show the task solved); each state is the recorded frames ``t - num_frames + 1 .. t`` (frame 0
         repeated before the start, as the DiT's training windows pad) with ``start_steps = t``. ``action_sums`` sum
-        the actions before ``t``, clipped to ``statistics``' range as the DiT's running-sum inputs are (None: raw).
+        the actions before ``t``, clipped to ``statistics``' (the world model's) range as the DiT's inputs are.
         """
         if states_per_episode < 1 or max_start_step < 0:
             raise ValueError(f"states_per_episode must be >= 1 and max_start_step >= 0, got {states_per_episode}, "
@@ -153,8 +153,7 @@ class InitialStates:
                 tasks.append(episode.task)
                 reset_ids.append(int(episode.attrs.get("task_id", -1)))
                 starts.append(int(step))
-                before = np.asarray(episode.actions[:step], np.float64)
-                sums.append((before if statistics is None else statistics.clip(before)).sum(axis=0))
+                sums.append(statistics.clip(episode.actions[:step]).sum(axis=0))
         if not frames:
             raise ValueError("no episodes to branch from")
         return cls(frames=np.stack(frames), instructions=instructions, tasks=tasks,
