@@ -20,12 +20,14 @@ every imagined episode's actions run open loop in the world model N more times w
 success the DiT's belief about those actions, or a noise draw that a rule over several draws would filter? With
 ``--real-through-tokenizer`` the policy's real closed loop sees every frame through the world model's tokenizer
 (encode, decode), as reconstructed frames look: does ``replayed - real`` come from reconstruction or from what the
-DiT generates?
+DiT generates? With ``--save-replays DIR`` every real replay is written as world-model training data (kind
+``imagined_replay``): the real outcome of the action sequences the policy was rewarded for, counterexamples
+to the world model's false successes included, for a refit (``extra_data_dirs``).
 
     .venv/bin/python benchmarks/wm_imagined_replay.py --run-dir outputs/drawer-open-v3/rl_grpo_wm \
         --policy outputs/drawer-open-v3/sft/model outputs/drawer-open-v3/rl_grpo_wm/final/model \
         [--states 50] [--episodes-per-state 1] [--temperature 4.0] [--resample N] [--save-frames DIR] [--threads 2]
-        [--dtype auto|float32|bfloat16] [--real-through-tokenizer]
+        [--dtype auto|float32|bfloat16] [--real-through-tokenizer] [--save-replays DIR]
 
 The world-model env is the RL run's ``env.train`` (its ``config.yaml``), the real env its ``env.eval``. Prints one
 JSON object as its last line.
@@ -110,9 +112,13 @@ def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: fl
     return episodes
 
 
-def replay(env, reset_ids: list[int], episodes: list[dict]) -> list[dict]:
+def replay(env, reset_ids: list[int], episodes: list[dict], record: bool = False) -> list[dict]:
     """Each episode's actions open loop in the real env from its reset id: success within the chunks the episode
-    ran (a real success in the last chunk counts, as the imagined one did) and the chunk-end frames."""
+    ran (a real success in the last chunk counts, as the imagined one did) and the chunk-end frames. With
+    ``record`` (the env must render every step) also the replay as an :class:`Episode` under ``"episode"``
+    (kind ``imagined_replay``): the real outcome of actions the world model was asked about, as training data."""
+    from rlinf_wm.workers.eval_worker import append_steps, as_episode
+
     batch, out = env.num_envs, []
     for begin in range(0, len(episodes), batch):
         group = episodes[begin : begin + batch]
@@ -123,6 +129,8 @@ def replay(env, reset_ids: list[int], episodes: list[dict]) -> list[dict]:
         chunk_shape = group[0]["actions"].shape[1:]
         success = np.zeros(len(group), bool)
         frames = [[obs.images[b]] for b in range(len(group))]
+        steps = [[obs.images[b]] for b in range(len(group))], [[] for _ in group], [[] for _ in group]
+        ended = np.zeros(len(group), bool)
         for c in range(int(lengths.max())):
             chunk = np.zeros((batch, *chunk_shape), np.float32)  # zero actions: the arm holds still
             for b, episode in enumerate(group):
@@ -130,10 +138,19 @@ def replay(env, reset_ids: list[int], episodes: list[dict]) -> list[dict]:
                     chunk[b] = episode["actions"][c]
             step = env.chunk_step(chunk)
             running = c < lengths
+            if record:
+                stops = (step.terminated | step.truncated)[: len(group)]
+                first_stop = np.where(stops.any(1), stops.argmax(1) + 1, stops.shape[1])
+                append_steps(steps, step, chunk, ended | ~running, first_stop)
+                ended |= stops.any(1)
             success |= np.asarray(step.info["success"][: len(group)], bool) & running
             for b in np.flatnonzero(running):
                 frames[b].append(step.obs.images[b])
-        out += [{"success": bool(success[b]), "frames": np.stack(frames[b])} for b in range(len(group))]
+        for b in range(len(group)):
+            out.append({"success": bool(success[b]), "frames": np.stack(frames[b])})
+            if record:
+                out[-1]["episode"] = as_episode(env, [part[b] for part in steps], bool(success[b]), ids[b], -1,
+                                                obs.instructions[b], kind="imagined_replay")
     return out
 
 
@@ -198,7 +215,7 @@ def evaluate_policy(policy_dir: Path, wm_env, real_env, reset_ids: list[int], ar
     t0 = time.perf_counter()
     imagined = imagined_episodes(wm_env, policy, reset_ids, args.seed, args.temperature)
     t1 = time.perf_counter()
-    replayed = replay(real_env, reset_ids, imagined)
+    replayed = replay(real_env, reset_ids, imagined, record=args.save_replays is not None)
     t2 = time.perf_counter()
     closed_loop_env = ThroughTokenizer(real_env, wm_env.tokenizer) if args.real_through_tokenizer else real_env
     real = run_episodes(closed_loop_env, policy, reset_ids, seed=args.seed, deterministic=False, temperature=args.temperature)
@@ -253,6 +270,8 @@ def main() -> None:
                         help="replay each imagined episode's actions in the world model N more times with other noise")
     parser.add_argument("--save-frames", type=Path, default=None, metavar="DIR",
                         help="write <policy n>_false_successes.png: replayed over imagined frames of up to 4 of them")
+    parser.add_argument("--save-replays", type=Path, default=None, metavar="DIR",
+                        help="write every real replay (a frame per step) to DIR/policy<n>.hdf5: world-model data")
     parser.add_argument("--real-through-tokenizer", action="store_true",
                         help="the real closed loop observes the world model tokenizer's reconstructions of its frames")
     args = parser.parse_args()
@@ -265,6 +284,7 @@ def main() -> None:
     import torch
 
     from rlinf_wm.data.initial_states import InitialStates
+    from rlinf_wm.data.trajectories import write_episodes
     from rlinf_wm.envs import make_env
 
     torch.set_num_threads(args.threads)
@@ -274,6 +294,8 @@ def main() -> None:
     episodes = args.states * args.episodes_per_state
     real_cfg = dict(config["env"]["eval"])
     real_type = real_cfg.pop("env_type")
+    if args.save_replays is not None:
+        real_cfg["render_every_step"] = True  # a frame per step, as collected trajectories have
     with make_env(real_type, **{**real_cfg, "num_envs": 1}) as single:
         resets = [single.reset(ids=[s]) for s in range(args.states)]
     reset_frames, instruction = np.stack([r.images[0] for r in resets]), resets[0].instructions[0]
@@ -294,6 +316,10 @@ def main() -> None:
             print(f"{policy_dir}: imagined {report['imagined_success']:.2f} replayed {report['replayed_success']:.2f} "
                   f"real {report['real_success']:.2f}; false imagined successes {report['false_imagined_successes']} "
                   f"(reward model {report['false_by_reward_model']}, DiT {report['false_by_dit']})", flush=True)
+            if args.save_replays is not None:
+                path = write_episodes(args.save_replays / f"policy{n}.hdf5", [r["episode"] for r in replayed],
+                                      env_args={"env": real_cfg, "policy_path": str(policy_dir)})
+                report["replays_file"] = str(path)
             false = [i for i, (im, re) in enumerate(zip(imagined, replayed)) if im["success"] and not re["success"]][:4]
             if args.save_frames and false:
                 import imageio.v3 as iio

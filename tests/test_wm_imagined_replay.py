@@ -63,6 +63,43 @@ def test_replay_counts_real_success_only_within_the_chunks_the_episode_ran():
     assert out[0]["frames"][-1][0, 0, 0] == 100 and out[1]["frames"][-1][0, 0, 0] == 50
 
 
+class RecordingPushEnv(PushEnv):
+    """PushEnv rendering a frame per step (``info["frames"]``) and ending an episode at its success step."""
+
+    def reset(self, ids) -> Obs:
+        self.ended = np.zeros(self.num_envs, bool)
+        return super().reset(ids)
+
+    def chunk_step(self, actions) -> ChunkStep:
+        frames, terminated = [], np.zeros((self.num_envs, actions.shape[1]), bool)
+        for k in range(actions.shape[1]):
+            self.total += np.where(self.ended, 0.0, actions[:, k, 0])
+            self.success |= self.total >= 1.0
+            self.ended |= self.success
+            terminated[:, k] = self.ended
+            frames.append(self._obs().images)
+        info = {"success": self.success.copy(), "frames": np.stack(frames, 1)}
+        return ChunkStep(self._obs(), terminated.astype(np.float32), terminated, np.zeros_like(terminated), info)
+
+
+def test_recorded_replays_are_training_episodes_of_the_steps_the_real_env_ran():
+    episodes = [episode([0.5, 0.5]),        # success at its third step (the second chunk's first)
+                episode([0.5]),             # one chunk, no success
+                episode([1.0, 0.3, 0.3])]   # success at its first step: the real episode ends there
+    out = replay_benchmark.replay(RecordingPushEnv(num_envs=2), [4, 5, 6], episodes, record=True)
+    recorded = [e["episode"] for e in out]
+    assert [r.success for r in recorded] == [True, False, True]
+    assert [r.length for r in recorded] == [3, 2, 1]
+    assert [r.attrs for r in recorded] == [{"kind": "imagined_replay", "task_id": t} for t in (4, 5, 6)]
+    np.testing.assert_array_equal(recorded[0].actions[:, 0], [0.5, 0.0, 0.5])
+    # a frame before each step and one after the last: the pushes so far, in the red channel
+    np.testing.assert_array_equal(recorded[0].frames[:, 0, 0, 0], [0, 50, 50, 100])
+    np.testing.assert_array_equal(recorded[2].frames[:, 0, 0, 0], [0, 100])
+    assert recorded[0].dones.tolist() == [False, False, True] and not recorded[1].dones.any()
+    for r in recorded:
+        r.validate()
+
+
 def test_false_imagined_successes_are_split_between_reward_model_and_dit():
     imagined = np.array([True, True, True, False, False])
     replayed = np.array([True, False, False, True, False])

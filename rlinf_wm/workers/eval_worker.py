@@ -68,7 +68,7 @@ def run_episodes(
             first_end = np.where(ended.any(axis=1), ended.argmax(axis=1) + 1, ended.shape[1])
             lengths += np.where(done, 0, first_end)
             if record_episodes:
-                _append_steps(steps, step, out.actions, done[:used], first_end)
+                append_steps(steps, step, out.actions, done[:used], first_end)
             if "success" in step.info:
                 success |= np.asarray(step.info["success"], bool).reshape(batch) & ~done
             else:
@@ -92,7 +92,7 @@ def run_episodes(
             episodes.append({"reset_id": int(ids[b]), "initial_state": state, "success": bool(success[b]),
                              "length": int(lengths[b])})
             if record_episodes:
-                recorded.append(_as_episode(env, [part[b] for part in steps], bool(success[b]), state, seed,
+                recorded.append(as_episode(env, [part[b] for part in steps], bool(success[b]), state, seed,
                                             instructions[b]))
         videos += [np.stack(f) for f in frames]
     result = {"episodes": episodes, "videos": videos}
@@ -101,7 +101,7 @@ def run_episodes(
     return result
 
 
-def _append_steps(steps, step, actions: np.ndarray, was_done: np.ndarray, num_steps: np.ndarray) -> None:
+def append_steps(steps, step, actions: np.ndarray, was_done: np.ndarray, num_steps: np.ndarray) -> None:
     """Append each still-running env's executed steps of this chunk: frames, actions, rewards."""
     frames = step.info.get("frames")
     if frames is None:
@@ -114,14 +114,15 @@ def _append_steps(steps, step, actions: np.ndarray, was_done: np.ndarray, num_st
         steps[2][b].extend(step.rewards[b, :n])
 
 
-def _as_episode(env: ChunkEnv, parts, success: bool, initial_state: int, seed: int, instruction: str) -> Episode:
+def as_episode(env: ChunkEnv, parts, success: bool, initial_state: int, seed: int, instruction: str,
+               kind: str = "policy") -> Episode:
     frames, actions, rewards = parts
     dones = np.zeros(len(actions), bool)
     dones[-1] = success  # robomimic-style: 1 where the task is done
     return Episode(frames=np.stack(frames), actions=np.stack(actions), rewards=np.asarray(rewards, np.float32),
                    dones=dones, success=success, instruction=instruction,
                    task=str(getattr(env, "task", "")), seed=int(seed),
-                   attrs={"kind": "policy", "task_id": int(initial_state)})
+                   attrs={"kind": kind, "task_id": int(initial_state)})
 
 
 class EvalWorker:
