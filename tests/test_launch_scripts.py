@@ -30,6 +30,28 @@ def test_run_embodiment_rejects_unknown_config_and_lists_available(tmp_path):
     assert not (tmp_path / "log").exists()
 
 
+def test_run_embodiment_passes_a_relative_log_dir_as_one_absolute_quoted_override(tmp_path):
+    # a stand-in interpreter that prints its arguments: what the run would be started with
+    fake_python = tmp_path / "python"
+    fake_python.write_text('#!/usr/bin/env bash\nprintf "%s\\n" "$@"\n')
+    fake_python.chmod(0o755)
+    caller = tmp_path / "caller"
+    caller.mkdir()
+    result = subprocess.run(
+        ["bash", str(ROOT / "examples/embodiment/run_embodiment.sh"), "metaworld_drawer_open_grpo_tinyvla", "a=1"],
+        capture_output=True, text=True, cwd=caller,
+        env={**os.environ, "LOG_DIR": "logs/run,1", "PYTHON": str(fake_python)},
+    )
+    assert result.returncode == 0, result.stderr
+    log_dir = caller / "logs" / "run,1"
+    args = result.stdout.splitlines()
+    # quoted, so Hydra reads the comma as part of the path, not as a sweep
+    assert f"runner.log_dir='{log_dir}'" in args and f"hydra.run.dir='{log_dir}/hydra'" in args
+    assert args[-1] == "a=1"
+    # run.log is in the same directory the run writes to, with the run's output appended
+    assert "a=1" in (log_dir / "run.log").read_text().splitlines()
+
+
 @pytest.mark.ray
 def test_start_ray_head_runs_a_job_then_stops_only_itself(tmp_path):
     """The head runs a job; stop_ray.sh --temp-dir stops it and leaves another Ray instance on the machine alone

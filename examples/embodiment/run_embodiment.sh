@@ -28,13 +28,15 @@ if [ ! -f "$CONFIG_DIR/$CONFIG_NAME.yaml" ]; then
 fi
 
 LOG_DIR="${LOG_DIR:-$ROOT/logs/$(date +%Y%m%d-%H%M%S)-$CONFIG_NAME}"
+case "$LOG_DIR" in *"'"*) echo "run_embodiment.sh: LOG_DIR must not contain a single quote: $LOG_DIR" >&2; exit 2;; esac
 mkdir -p "$LOG_DIR"
+LOG_DIR="$(cd "$LOG_DIR" && pwd)"  # absolute: the run itself starts in $ROOT
 export MUJOCO_GL="${MUJOCO_GL:-egl}" RAY_AUTH_MODE="${RAY_AUTH_MODE:-disabled}" RAY_USAGE_STATS_ENABLED=0
 export HYDRA_FULL_ERROR="${HYDRA_FULL_ERROR:-0}"
 echo "[run_embodiment] config=$CONFIG_NAME log_dir=$LOG_DIR ray=${RAY_ADDRESS:-local}" | tee "$LOG_DIR/run.log"
 cd "$ROOT"
 set +e
 "$PYTHON" examples/embodiment/train_embodied_agent.py --config-name "$CONFIG_NAME" \
-    runner.log_dir="$LOG_DIR" hydra.run.dir="$LOG_DIR/hydra" "$@" 2>&1 | tee -a "$LOG_DIR/run.log"
+    "runner.log_dir='$LOG_DIR'" "hydra.run.dir='$LOG_DIR/hydra'" "$@" 2>&1 | tee -a "$LOG_DIR/run.log"
 rc=${PIPESTATUS[0]}
 exit "$rc"
