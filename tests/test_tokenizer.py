@@ -246,3 +246,16 @@ def test_split_is_by_episode_and_nested_across_fractions():
     assert {id(e) for e in held} <= {id(e) for e in held_more}
     with pytest.raises(ValueError, match="at least 2 episodes"):
         split_episodes(episodes[:1], 0.5, seed=0)
+
+
+def test_a_diverging_run_stops_before_saving_non_finite_weights(tmp_path):
+    episodes = synthetic_episodes()
+    cfg = tiny_train_config(steps=12, lr=1e30, warmup_steps=0, checkpoint_every=1, keep_checkpoints=2)
+    with pytest.raises(FloatingPointError, match=r"tokenizer loss is .* lower train\.tokenizer\.lr"):
+        train_tokenizer(cfg, None, tmp_path / "run", TokenizerConfig(**TINY_PER_FRAME), episodes, progress=False)
+    assert not (tmp_path / "run" / "model").exists()
+    checkpoints = sorted((tmp_path / "run" / "checkpoints").glob("step_*"))
+    assert checkpoints, "the steps before the divergence were checkpointed"
+    for checkpoint in checkpoints:  # rotation kept only checkpoints of finite weights
+        weights = load_model(VideoTokenizer, checkpoint / "model").state_dict()
+        assert all(torch.isfinite(w).all() for w in weights.values()), checkpoint.name

@@ -23,7 +23,6 @@ from __future__ import annotations
 import copy
 import dataclasses
 import json
-import math
 import time
 from pathlib import Path
 
@@ -40,7 +39,7 @@ from rlinf_wm.runners.train_tokenizer import make_summary_writer, warmup_cosine
 from rlinf_wm.utils.checkpoint import save_model_atomic
 from rlinf_wm.utils.compilation import resolve_compile
 from rlinf_wm.utils.io import write_json_atomic
-from rlinf_wm.utils.precision import resolve_dtype, training_autocast
+from rlinf_wm.utils.precision import require_finite_loss, resolve_dtype, training_autocast
 
 
 def student_sampler(teacher: FlowSampler, num_steps: int) -> FlowSampler:
@@ -140,13 +139,12 @@ def distill_dit(
         with training_autocast("cpu", dtype):
             loss = flow_matching_loss(student, target[batch], mask, actions, noise=line[batch], flow_time=times,
                                       drop_actions=no_drop)
+        require_finite_loss(loss, "distillation", step, "train.distill.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
         optimizer.step()
         scheduler.step()
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"distillation loss is {loss.item()} at step {step}; lower train.distill.lr")
         losses.append(loss.item())
         if step % cfg.log_every == 0 or step == cfg.steps:
             writer.add_scalar("train/loss", loss.item(), step)

@@ -54,7 +54,7 @@ from rlinf_wm.runners.train_tokenizer import (
 from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
 from rlinf_wm.utils.compilation import resolve_compile
 from rlinf_wm.utils.io import read_json, write_json_atomic
-from rlinf_wm.utils.precision import resolve_dtype, training_autocast
+from rlinf_wm.utils.precision import require_finite_loss, resolve_dtype, training_autocast
 
 
 class LatentWindows:
@@ -306,6 +306,7 @@ def train_dit(
                 model, x0, mask, actions,
                 logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift, action_dropout=cfg.action_dropout,
             )
+        require_finite_loss(loss, "DiT", step + 1, "train.dit.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
@@ -315,8 +316,6 @@ def train_dit(
             ema.step(model.parameters())
         step += 1
         bar.update(1)
-        if not math.isfinite(loss.item()):
-            raise FloatingPointError(f"DiT loss is {loss.item()} at step {step}; lower train.dit.lr")
         if step % cfg.log_every == 0 or step == cfg.steps:
             writer.add_scalar("train/loss", loss.item(), step)
             writer.add_scalar("train/grad_norm", float(grad_norm), step)

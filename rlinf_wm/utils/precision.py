@@ -8,6 +8,7 @@ runs at ~2 TFLOP/s in bfloat16 against ~0.3 in float32); elsewhere it is emulate
 from __future__ import annotations
 
 import contextlib
+import math
 
 import torch
 
@@ -55,3 +56,11 @@ def training_autocast(device: str | torch.device, dtype: torch.dtype):
 
             stack.enter_context(sdpa_kernel(SDPBackend.MATH))
         yield
+
+
+def require_finite_loss(loss: torch.Tensor, what: str, step: int, lr_key: str) -> None:
+    """Stop a run whose loss is not finite before it reaches the weights: training on would save NaN
+    checkpoints, and checkpoint rotation would delete the last good ones."""
+    value = loss.item()
+    if not math.isfinite(value):
+        raise FloatingPointError(f"{what} loss is {value} at step {step}; lower {lr_key}")
