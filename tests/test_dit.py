@@ -119,6 +119,20 @@ def test_per_frame_timesteps_and_action_embeddings_reach_the_right_frames(use_di
     assert time_embed.pending_action_embeddings is None  # diffusers' path clears its hand-over after the call
 
 
+@pytest.mark.parametrize("use_diffusers_forward", [False, True])
+def test_a_bfloat16_model_sees_the_timestep_in_float32(use_diffusers_forward):
+    # bfloat16 has 8 significant bits: s = 0.995 (a sampler step near pure noise) would be fed as 0.996
+    model = randomised(ActionDiT(**SMALL)).to(torch.bfloat16)
+    model.use_diffusers_forward = use_diffusers_forward
+    x, _, actions, mask = inputs(batch=2, frames=3)
+    seen = {}
+    model.transformer.time_embed.time_proj.register_forward_hook(lambda module, args, out: seen.update(t=args[0]))
+    with torch.no_grad():
+        model(x.bfloat16(), 0.995, actions.bfloat16(), mask.bfloat16())
+    assert seen["t"].dtype == torch.float32
+    assert torch.equal(seen["t"].view(2, 3)[:, 1:], torch.full((2, 2), 0.995))
+
+
 def test_skipped_cross_attention_equals_zero_text_context():
     model = randomised(ActionDiT(**SMALL))
     reference = copy.deepcopy(model)

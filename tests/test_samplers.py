@@ -342,3 +342,21 @@ def test_every_solver_evaluates_the_model_on_the_shared_schedule(solver):
     sampler = FlowSampler(solver=solver, num_steps=7, guidance=0.0, sigma_max=80.0, rho=5.0)
     sampler.sample(Recording(), x_cond, mask, actions)
     assert torch.allclose(torch.tensor(times, dtype=torch.float64), sampler.sigmas()[:-1], atol=1e-6)
+
+
+@pytest.mark.parametrize("guidance", [0.0, 2.0])
+def test_a_bfloat16_batch_gets_float32_timesteps(guidance):
+    # near pure noise the schedule's times differ in the third decimal, below bfloat16's resolution there
+    x_cond, mask, actions = toy_batch()
+    times = []
+
+    class Recording(CountingModel):
+        def forward(self, x, timestep, actions, condition_mask, drop_actions=None):
+            times.append(timestep)
+            return super().forward(x, timestep, actions, condition_mask, drop_actions).to(x.dtype)
+
+    sampler = FlowSampler(solver="2ab", num_steps=10, guidance=guidance)
+    sampler.sample(Recording(), x_cond.bfloat16(), mask.bfloat16(), actions.bfloat16())
+    assert {t.dtype for t in times} == {torch.float32}
+    expected = sampler.sigmas()[:-1].float()
+    assert torch.equal(torch.stack([t[0] for t in times]), expected) and expected[0] != expected[0].bfloat16().float()

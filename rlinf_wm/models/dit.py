@@ -260,7 +260,8 @@ class ActionDiT(nn.Module, PyTorchModelHubMixin):
             raise ValueError(
                 f"ActionDiT condition_mask must be {(batch, 1, num_frames, height, width)}, got {tuple(condition_mask.shape)}"
             )
-        timestep = torch.as_tensor(timestep, dtype=x.dtype, device=x.device)
+        # float32 whatever the model's dtype: bfloat16 would feed s = 0.995 as 0.996 (diffusers' Cosmos does the same)
+        timestep = torch.as_tensor(timestep, dtype=torch.float32, device=x.device)
         if timestep.ndim == 0:
             timestep = timestep.expand(batch)
         if timestep.shape != (batch,):

@@ -188,7 +188,7 @@ class FlowSampler:
     ) -> torch.Tensor:
         """``v_c + w (v_c - v_u)`` from one forward pass (doubled batch when ``w != 0``)."""
         batch = x.shape[0]
-        timestep = torch.full((batch,), s, dtype=x.dtype, device=x.device)
+        timestep = torch.full((batch,), s, dtype=torch.float32, device=x.device)
         no_drop = torch.zeros(batch, dtype=torch.bool, device=x.device)
         if guidance == 0:
             return model(x, timestep, actions, condition_mask, drop_actions=no_drop)
