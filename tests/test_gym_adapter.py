@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from types import SimpleNamespace
+
 import numpy as np
 import pytest
 import torch
@@ -12,6 +14,7 @@ from world_model_fixtures import CHUNK, SIZE, make_world_model
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs
 from rlinf_wm.envs.gym_adapter import ChunkGymEnv, ChunkVectorEnv
 from rlinf_wm.envs.world_model_env import WorldModelEnv
+from rlinf_wm.workers.eval_worker import run_episodes
 
 
 @pytest.fixture(scope="module")
@@ -51,6 +54,40 @@ class CountingEnv(ChunkEnv):
                     truncated[b, j:] = True
                     break
         return ChunkStep(self._obs(), np.zeros((self.num_envs, k), np.float32), np.zeros_like(truncated), truncated)
+
+
+class PerStepSuccessEnv(CountingEnv):
+    """CountingEnv reporting success per step (``info["success"]`` [B, K], as docs/adding_an_env.md allows): env 0
+    succeeds at its second step and stays successful, env 1 never does."""
+
+    def chunk_step(self, actions) -> ChunkStep:
+        step = super().chunk_step(actions)
+        k = np.asarray(actions).shape[1]
+        success = np.zeros((self.num_envs, k), bool)
+        success[0] = self._steps[0] - k + 1 + np.arange(k) >= 2
+        step.info["success"] = success
+        return step
+
+
+def test_per_step_success_reads_as_solved_in_the_chunk():
+    single = ChunkGymEnv(PerStepSuccessEnv(num_envs=1), chunk_size=2, image_shape=(4, 4, 3))
+    single.reset(seed=0)
+    *_, info = single.step(np.zeros((2, 2), np.float32))
+    assert info["success"] is True
+    vector = ChunkVectorEnv(PerStepSuccessEnv(), chunk_size=2, image_shape=(4, 4, 3),
+                            autoreset_mode=AutoresetMode.DISABLED)
+    vector.reset(seed=0)
+    *_, info = vector.step(np.zeros((2, 2, 2), np.float32))
+    assert info["success"].tolist() == [True, False]
+
+    class StillPolicy:
+        chunk_size = 2
+
+        def act(self, obs, **kwargs):
+            return SimpleNamespace(actions=np.zeros((obs.batch_size, 2, 2), np.float32))
+
+    episodes = run_episodes(PerStepSuccessEnv(), StillPolicy(), [0, 1], seed=0, deterministic=True)["episodes"]
+    assert [e["success"] for e in episodes] == [True, False]
 
 
 def test_single_world_model_env_passes_gymnasium_env_checker(wm_dir):

@@ -72,6 +72,18 @@ class ChunkStep:
         return (self.terminated | self.truncated).any(axis=1)
 
 
+def chunk_success(info: dict[str, Any], num_envs: int) -> np.ndarray:
+    """bool [B]: solved at some step of this chunk, from the env's ``info['success']`` ([B] or [B, K])."""
+    if "success" not in info:
+        raise KeyError(f"the env's chunk_step info has no 'success' entry (keys: {sorted(info)})")
+    success = np.asarray(info["success"], bool)
+    if success.ndim == 2:
+        success = success.any(axis=1)
+    if success.shape != (num_envs,):
+        raise ValueError(f"info['success'] must be [B] or [B, K] with B={num_envs}, got {success.shape}")
+    return success
+
+
 def validate_actions(actions: Any, batch_size: int, action_dim: int, name: str = "actions") -> np.ndarray:
     """Check an action chunk ``[B, K, A]`` and return it as float32, with a clear error otherwise."""
     array = np.asarray(actions, dtype=np.float32)

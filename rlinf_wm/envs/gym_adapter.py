@@ -33,7 +33,7 @@ from gymnasium import spaces
 from gymnasium.vector import AutoresetMode
 from gymnasium.vector.utils import batch_space
 
-from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs
+from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, chunk_success
 
 INSTRUCTION_CHARSET = string.printable
 
@@ -164,7 +164,7 @@ class ChunkVectorEnv(gymnasium.vector.VectorEnv):
         info = {}
         for key in ("success", "episode_length"):
             if key in step.info:
-                info[key] = np.asarray(step.info[key])
+                info[key] = chunk_success(step.info, self.num_envs) if key == "success" else np.asarray(step.info[key])
                 info[f"_{key}"] = np.ones(self.num_envs, bool)
         return self._to_gym(obs), rewards, terminated, truncated, info
 
@@ -215,7 +215,11 @@ class ChunkGymEnv(gymnasium.Env):
         step = self.env.chunk_step(np.asarray(action, np.float32)[None])
         rewards, terminated, truncated = chunk_outcome(step)
         self._episode_over = bool(terminated[0] or truncated[0])
-        info = {key: np.asarray(step.info[key])[0].item() for key in ("success", "episode_length") if key in step.info}
+        info = {}
+        if "episode_length" in step.info:
+            info["episode_length"] = np.asarray(step.info["episode_length"])[0].item()
+        if "success" in step.info:
+            info["success"] = bool(chunk_success(step.info, 1)[0])
         return self._to_gym(step.obs), float(rewards[0]), bool(terminated[0]), bool(truncated[0]), info
 
     def close(self) -> None:

@@ -14,6 +14,7 @@ import torch
 
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.envs import ChunkEnv, make_env
+from rlinf_wm.envs.base import chunk_success
 from rlinf_wm.models.policy import Policy, load_policy
 
 
@@ -70,7 +71,7 @@ def run_episodes(
             if record_episodes:
                 append_steps(steps, step, out.actions, done[:used], first_end)
             if "success" in step.info:
-                success |= np.asarray(step.info["success"], bool).reshape(batch) & ~done
+                success |= chunk_success(step.info, batch) & ~done
             else:
                 success |= step.terminated.any(axis=1) & ~done
             for b in range(record):

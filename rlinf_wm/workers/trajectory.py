@@ -12,7 +12,7 @@ from typing import Any
 
 import numpy as np
 
-from rlinf_wm.envs.base import Obs
+from rlinf_wm.envs.base import Obs, chunk_success
 from rlinf_wm.models.policy.base import PolicyOutput
 
 
@@ -131,7 +131,7 @@ class TrajectoryBuilder:
             raise RuntimeError("add_step called without a pending action")
         alive = ~self.ended
         done = (record["terminated"] | record["truncated"]).any(axis=1)
-        self.success |= alive & _success(record["info"], self.num_envs)
+        self.success |= alive & chunk_success(record["info"], self.num_envs)
         self.ended |= done
         self._steps.append(record)
 
@@ -161,15 +161,3 @@ class TrajectoryBuilder:
             values=values,
             next_values=next_values,
         )
-
-
-def _success(info: dict[str, Any], num_envs: int) -> np.ndarray:
-    """bool [B]: solved at some step of this chunk, from the env's ``info['success']`` ([B] or [B, K])."""
-    if "success" not in info:
-        raise KeyError(f"the env's chunk_step info has no 'success' entry (keys: {sorted(info)})")
-    success = np.asarray(info["success"], bool)
-    if success.ndim == 2:
-        success = success.any(axis=1)
-    if success.shape != (num_envs,):
-        raise ValueError(f"info['success'] must be [B] or [B, K] with B={num_envs}, got {success.shape}")
-    return success
