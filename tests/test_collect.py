@@ -249,6 +249,10 @@ def test_collect_config_composes_and_validates():
         for override, key in bad:
             with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
                 validate(compose("collect_metaworld_drawer_open", overrides=[override]), CollectConfig)
+        # shares that sum to exactly 1 in decimals (1.0000000000000002 in floats) are accepted
+        validate(compose("collect_metaworld_drawer_open", overrides=[
+            "perturbed_fraction=0.05", "random_fraction=0.55", "noisy_fraction=0.3", "near_miss_fraction=0.1"]),
+            CollectConfig)
 
 
 @pytest.mark.ray

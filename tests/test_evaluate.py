@@ -242,5 +242,8 @@ def test_bad_eval_config_names_the_key():
         validate(compose("eval_metaworld_drawer_open", ["+eval.num_episode=3"]), EvalRunConfig)
     with pytest.raises(ConfigError, match=r"env\.eval\.task"):
         validate(compose("eval_metaworld_drawer_open", ["env.eval.task=drawer-close-v3"]), EvalRunConfig)
+    # success in the world model is imagined: evaluate.py reports real-simulator success only
+    with pytest.raises(ConfigError, match=r"env\.eval\.env_type"):
+        validate(compose("eval_metaworld_drawer_open", ["env@env.eval=wm_metaworld_drawer_open"]), EvalRunConfig)
     with pytest.raises(ConfigError, match=r"sft\.num_demos"):
         validate(compose("sft_metaworld_drawer_open", ["sft.num_demos=0"]), SFTRunConfig)

@@ -82,6 +82,33 @@ def test_pipeline_configs_validate_and_point_at_libero_artifacts(name, schema_pa
     assert all(e.env_type == "libero" and e.suite == "libero_spatial" for e in real)
 
 
+@pytest.mark.parametrize("name, schema_path, override, key", [
+    # a LIBERO env names its task as its suite: a suite other than the run's task is an error naming the suite
+    ("collect_libero_spatial", "rlinf_wm.config.env_schemas:CollectConfig", "env.suite=libero_goal", "env.suite"),
+    ("eval_libero_spatial", "rlinf_wm.config.policy_schema:EvalRunConfig", "env.eval.suite=libero_goal",
+     "env.eval.suite"),
+    ("libero_spatial_grpo_tinyvla", "rlinf_wm.config.embodied_schema:EmbodiedConfig", "env.eval.suite=libero_goal",
+     "env.eval.suite"),
+    # the scripted expert picks a bowl and places it on a plate: LIBERO-Spatial's tasks only
+    ("collect_libero_spatial", "rlinf_wm.config.env_schemas:CollectConfig", "task=libero_goal", "env.suite"),
+    ("collect_libero_spatial", "rlinf_wm.config.env_schemas:CollectConfig", "env.render_images=false",
+     "env.render_images"),
+])
+def test_libero_configs_reject_what_would_silently_go_wrong(name, schema_path, override, key):
+    import importlib
+
+    from hydra import compose, initialize_config_dir
+
+    from rlinf_wm.config.validate import ConfigError
+
+    module, schema = schema_path.split(":")
+    overrides = [override] + (["env.suite=libero_goal"] if override == "task=libero_goal" else [])
+    with initialize_config_dir(config_dir=str(CONFIG_DIR), version_base=None):
+        raw = OmegaConf.to_container(compose(config_name=name, overrides=overrides), resolve=True)
+    with pytest.raises(ConfigError, match=key.replace(".", r"\.")):
+        validate(raw, getattr(importlib.import_module(module), schema))
+
+
 # -- simulator --------------------------------------------------------------------------------------
 
 

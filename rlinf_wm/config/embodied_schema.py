@@ -13,12 +13,11 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rlinf_wm.config.algorithm_schema import AlgorithmConfig
-from rlinf_wm.config.env_schemas import ENV_SCHEMAS
+from rlinf_wm.config.env_schemas import ENV_SCHEMAS, IMAGINED_ENV_TYPES, check_env_task
 from rlinf_wm.config.policy_schema import TinyVLAConfig
 from rlinf_wm.config.validate import ConfigError, dispatch_field, require
 
 # Env types that are learned models, not simulators: they may train a policy, never judge it.
-IMAGINED_ENV_TYPES = frozenset({"world_model"})
 
 
 @dataclass
@@ -166,10 +165,7 @@ class EmbodiedConfig:
         require(evaluation.env_type not in IMAGINED_ENV_TYPES, at("env.eval.env_type"),
                 f"evaluation must run in a real simulator, got {evaluation.env_type!r}")
         for name, env in (("train", train), ("eval", evaluation)):
-            env_task = getattr(env, "task", None)
-            if env_task is not None:
-                require(env_task == self.task, at(f"env.{name}.task"),
-                        f"{env_task!r} differs from task={self.task!r}")
+            check_env_task(env, self.task, at(f"env.{name}"))
         workers = self.cluster.env.num_workers
         require(train.num_envs % workers == 0, at("env.train.num_envs"),
                 f"{train.num_envs} envs cannot be split evenly over cluster.env.num_workers={workers}")

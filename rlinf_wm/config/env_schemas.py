@@ -71,6 +71,17 @@ ENV_SCHEMAS: dict[str, type] = {
 }
 # Simulators that data collection can drive (each has a scripted expert in rlinf_wm.envs.registry).
 COLLECT_ENV_SCHEMAS: dict[str, type] = {"metaworld": MetaWorldEnvConfig, "libero": LiberoEnvConfig}
+# Learned envs: RL may train in them, success is only ever measured in a real simulator.
+IMAGINED_ENV_TYPES = frozenset({"world_model"})
+# LIBERO suites whose tasks the scripted expert (rlinf_wm.envs.libero_expert: pick a bowl, place it on a plate) solves.
+LIBERO_EXPERT_SUITES = ("libero_spatial",)
+
+
+def check_env_task(env: Any, task: str, where: str) -> None:
+    """An env config must be of the run's ``task``: a Meta-World or world-model env names it as ``task`` (a world
+    model's may be left out), a LIBERO env as its ``suite``. ``where`` is the env's config path (``env.train``)."""
+    key, value = ("suite", env.suite) if isinstance(env, LiberoEnvConfig) else ("task", getattr(env, "task", None))
+    require(value is None or value == task, f"{where}.{key}", f"{value!r} differs from task={task!r}")
 
 
 # Per-axis range of the near-miss aim offset (metres, x / y / z of the object position the expert aims at):
@@ -124,8 +135,12 @@ class CollectConfig:
 
     def check(self, path: str) -> None:
         at = (lambda key: f"{path}.{key}") if path else (lambda key: key)
-        env_task = getattr(self.env, "task", None)  # LIBERO envs name a suite and task ids instead
-        require(env_task is None or env_task == self.task, at("env.task"), f"{env_task!r} differs from task={self.task!r}")
+        check_env_task(self.env, self.task, at("env"))
+        suite = getattr(self.env, "suite", None)
+        require(suite is None or suite in LIBERO_EXPERT_SUITES, at("env.suite"),
+                f"the LIBERO scripted expert solves {list(LIBERO_EXPERT_SUITES)} only, got {suite!r}")
+        require(getattr(self.env, "render_images", True), at("env.render_images"),
+                "must be true: collected episodes are world-model and policy training data, their frames are the point")
         require(self.env.num_envs == 1, at("env.num_envs"),
                 f"collection runs one env per collector actor (scale with num_workers); got {self.env.num_envs}")
         require(self.num_episodes >= 1, at("num_episodes"), f"must be >= 1, got {self.num_episodes}")
@@ -144,7 +159,8 @@ class CollectConfig:
         total = 0.0
         for name in fractions:  # the error names the share that takes the sum past 1
             total += getattr(self, name)
-            require(total <= 1.0, at(name), f"{' + '.join(fractions)} must be <= 1, got {total} by {name}")
+            # the tolerance: 0.05 + 0.55 + 0.3 + 0.1 sums to 1.0000000000000002
+            require(total <= 1.0 + 1e-9, at(name), f"{' + '.join(fractions)} must be <= 1, got {total} by {name}")
         require(self.near_miss_fraction == 0 or self.env.env_type == "metaworld", at("near_miss_fraction"),
                 f"near-miss episodes aim Meta-World's scripted experts, env.env_type is {self.env.env_type!r}")
         try:

@@ -10,7 +10,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rlinf_wm.config.env_schemas import ENV_SCHEMAS
+from rlinf_wm.config.env_schemas import ENV_SCHEMAS, IMAGINED_ENV_TYPES, check_env_task
 from rlinf_wm.config.validate import dispatch_field, require
 
 
@@ -154,7 +154,7 @@ class EvalRunConfig:
     eval: EvalConfig = field(default_factory=EvalConfig)
 
     def check(self, path: str = "") -> None:
-        env_task = getattr(self.env.eval, "task", None)
-        if env_task is not None:
-            require(env_task == self.task, f"{path + '.' if path else ''}env.eval.task",
-                    f"{env_task!r} differs from task={self.task!r}")
+        at = f"{path}." if path else ""
+        check_env_task(self.env.eval, self.task, f"{at}env.eval")
+        require(self.env.eval.env_type not in IMAGINED_ENV_TYPES, f"{at}env.eval.env_type",
+                f"evaluation measures success in a real simulator, got {self.env.eval.env_type!r}")
