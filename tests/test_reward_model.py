@@ -208,3 +208,15 @@ def test_a_diverging_run_stops_before_saving_non_finite_weights(tmp_path):
     for checkpoint in (tmp_path / "run" / "checkpoints").glob("step_*"):
         weights = load_model(RewardModel, checkpoint / "model").state_dict()
         assert all(torch.isfinite(w).all() for w in weights.values() if w.is_floating_point()), checkpoint.name
+
+
+def test_reconstruction_augmentation_never_mixes_real_and_reconstructed_frames_in_a_sample():
+    from rlinf_wm.runners.reward_scoring import LabelledFrames, Reconstructions
+
+    frames = np.arange(4, dtype=np.uint8)[:, None, None, None].repeat(3, axis=-1)  # frame i has value i
+    data = LabelledFrames(frames, np.zeros(4, bool), history=np.array([[0, 0], [0, 1], [1, 2], [2, 3]]))
+    # frames 1 and 2 reconstructed (values 101, 102): sample 2 = frames [1, 2] is complete, samples 1 and 3 are not
+    recon = Reconstructions(rows=np.array([-1, 0, 1, -1]), frames=frames[1:3] + 100, samples=np.array([2]))
+    out = data.inputs(np.array([1, 2, 3]), recon, use_recon=np.array([True, True, True]))[..., 0, 0, 0]
+    assert out.tolist() == [[0, 1], [101, 102], [2, 3]]
+    assert data.inputs(np.array([2]), recon, use_recon=np.array([False]))[..., 0, 0, 0].tolist() == [[1, 2]]

@@ -32,14 +32,15 @@ class LabelledFrames:
     history: np.ndarray  # int64 [N, num_frames]: rows of `frames` forming each sample (oldest first)
 
     def inputs(self, index: np.ndarray, recon: Reconstructions | None = None, use_recon: np.ndarray | None = None) -> np.ndarray:
-        """uint8 ``[B, num_frames, H, W, 3]``; samples flagged in ``use_recon`` take reconstructed frames where available."""
+        """uint8 ``[B, num_frames, H, W, 3]``; samples flagged in ``use_recon`` whose every frame was reconstructed
+        take the reconstructions (a sample mixing real and reconstructed frames is never what the world model shows)."""
         rows = self.history[index]
         out = self.frames[rows]
         if recon is not None:
             use = np.ones(len(index), bool) if use_recon is None else use_recon
             recon_rows = recon.rows[rows]
-            mask = use[:, None] & (recon_rows >= 0)
-            out[mask] = recon.frames[recon_rows[mask]]
+            take = use & (recon_rows >= 0).all(axis=1)
+            out[take] = recon.frames[recon_rows[take]]
         return out
 
 
