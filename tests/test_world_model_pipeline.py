@@ -232,6 +232,11 @@ def test_interrupted_dit_run_resumes_from_its_checkpoint(trained, monkeypatch):
     assert sorted(p.name for p in (dit_dir / "checkpoints").iterdir()) == ["step_0000003"]
 
     calls["n"] = -100  # no more crashes
+    # the checkpoint's EMA carries its decay: resuming with another one is refused, not silently overridden
+    for decay in (0.99, None):
+        other = replace(cfg, train=replace(cfg.train, dit=replace(cfg.train.dit, ema_decay=decay)))
+        with pytest.raises(ValueError, match=r"train\.dit\.ema_decay=0\.999, now " + str(decay)):
+            run_stage(other, "dit")
     report = run_stage(cfg, "dit")
     assert report["dit"]["status"] == "ran"
     metrics = json.loads((dit_dir / "metrics.json").read_text())

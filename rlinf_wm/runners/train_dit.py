@@ -270,11 +270,14 @@ def train_dit(
         optimizer, scheduler = build_optimizer(model)
         step = restore_training_state(state, optimizer, scheduler, data_rng)
         elapsed_before = float(state.get("elapsed_seconds", 0.0))
+        # the EMA's state holds its decay: a changed train.dit.ema_decay would be silently replaced by the old one
+        saved_decay = float(state["ema"]["decay"]) if "ema" in state else 0.0
+        if saved_decay != float(cfg.ema_decay or 0.0):
+            raise ValueError(f"checkpoint at step {step} in {out_dir / 'checkpoints'} was trained with "
+                             f"train.dit.ema_decay={saved_decay}, now {cfg.ema_decay}; resume with the same settings "
+                             "or start over")
         if ema is not None:
             ema = EMAModel(model.parameters(), decay=cfg.ema_decay)
-            if "ema" not in state:
-                raise ValueError(f"checkpoint at step {step} in {out_dir / 'checkpoints'} has no EMA state but "
-                                 f"train.dit.ema_decay={cfg.ema_decay}; resume with the same settings or start over")
             ema.load_state_dict(state["ema"])
     model.train()
     model.compile_forward = compiled
