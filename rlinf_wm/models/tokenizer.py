@@ -182,11 +182,12 @@ class VideoTokenizer(nn.Module, PyTorchModelHubMixin):
         return type(dist)(params)
 
     def decode_raw(self, z: torch.Tensor) -> torch.Tensor:
-        """Unnormalised latents ``[B, C, T', h, w]`` -> frames ``[B, 3, T, H, W]`` (not clamped, for losses)."""
+        """Unnormalised latents ``[B, C, T', h, w]`` -> frames ``[B, 3, T, H, W]``, for losses: not clamped, except by
+        the Wan VAE, whose diffusers decoder clamps to [-1, 1] itself (no gradient where it overshoots; kept rather
+        than re-implementing diffusers' private decode loop)."""
         if z.ndim != 5 or z.shape[1] != self.latent_channels:
             raise ValueError(f"latents must be [B, {self.latent_channels}, T', h, w], got shape {tuple(z.shape)}")
         if self.kind == "wan":
-            # Wan's decoder clamps to [-1, 1] itself.
             return self.vae.decode(z).sample
         b, c, t, h, w = z.shape
         flat = z.permute(0, 2, 1, 3, 4).reshape(b * t, c, h, w)
