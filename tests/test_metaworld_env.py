@@ -231,7 +231,9 @@ def test_env_yaml_builds_the_env_through_the_registry():
      ({"camera_pose": {"pos": [0.5, 0.2], "lookat": [0, 0.7, 0.1], "fovy": 45}}, "env.camera_pose.pos"),
      ({"camera_pose": {"pos": [0, 0.7, 0.6], "lookat": [0, 0.7, 0.1], "fovy": 45}}, "env.camera_pose.lookat"),
      ({"camera_pose": {"pos": [0.5, 0.2, 0.6], "lookat": [0, 0.7, 0.1], "fovy": 0}}, "env.camera_pose.fovy"),
-     ({"camera_pose": {"pos": [0.5, 0.2, 0.6], "lookat": [0, 0.7, 0.1]}}, "env.camera_pose.fovy")],
+     ({"camera_pose": {"pos": [0.5, 0.2, 0.6], "lookat": [0, 0.7, 0.1]}}, "env.camera_pose.fovy"),
+     ({"camera": "gripperPOV", "camera_pose": {"pos": [0.5, 0.2, 0.6], "lookat": [0, 0.7, 0.1], "fovy": 45}},
+      "env.camera_pose")],
 )
 def test_env_schema_rejects_bad_values(override, key):
     cfg = OmegaConf.merge(OmegaConf.load(ENV_YAML), override)

@@ -15,6 +15,8 @@ from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig
 
 # Named cameras of Meta-World's sawyer scenes (metaworld/assets/objects/assets/xyz_base.xml).
 METAWORLD_CAMERAS = ("corner", "corner2", "corner3", "corner4", "topview", "behindGripper", "gripperPOV")
+# Those of them on the gripper, which camera_pose cannot re-aim (it places fixed cameras of the world body).
+METAWORLD_GRIPPER_CAMERAS = ("behindGripper", "gripperPOV")
 
 
 @dataclass
@@ -60,6 +62,8 @@ class MetaWorldEnvConfig:
             f"must be two positive ints [H, W], got {self.image_size}",
         )
         require(self.camera in METAWORLD_CAMERAS, at("camera"), f"{self.camera!r} is not one of {list(METAWORLD_CAMERAS)}")
+        require(self.camera_pose is None or self.camera not in METAWORLD_GRIPPER_CAMERAS, at("camera_pose"),
+                f"re-aims fixed cameras of the world body only; {self.camera!r} moves with the gripper")
         require(self.max_episode_steps >= 1, at("max_episode_steps"), f"must be >= 1, got {self.max_episode_steps}")
 
 
