@@ -747,5 +747,7 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
     earlier = (wm / "dit" / "model" / "model.safetensors").stat().st_mtime - 10
     os.utime(wm / "dit_distilled" / "metrics.json", (earlier, earlier))
     assert "distilled_sampler" not in world_model_settings(cfg, Layout(wm), None)
+    with pytest.raises(FileNotFoundError, match="older than the DiT it distils: run stage=distill"):
+        run_stage(replace(cfg, train=replace(cfg.train, reward_generated_episodes=2)), "generate")
     assert run_stage(cfg, "distill")["distill"]["status"] == "ran"
     assert "distilled_sampler" in world_model_settings(cfg, Layout(wm), None)

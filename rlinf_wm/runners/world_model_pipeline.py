@@ -322,6 +322,9 @@ def run_stage(
         if use_student and not (layout.distilled_dit_run / "metrics.json").is_file():
             raise FileNotFoundError(f"no distilled DiT in {layout.distilled_dit_run} (train.distill.steps > 0): "
                                     "run stage=distill first")
+        if use_student and "distilled_sampler" not in trained:  # world_model_settings drops a stale student
+            raise FileNotFoundError(f"the distilled DiT in {layout.distilled_dit_run} is older than the DiT it "
+                                    "distils: run stage=distill first")
         dit, sampler = ((layout.distilled_dit_model, trained["distilled_sampler"]) if use_student
                         else (layout.dit_model, trained["sampler"]))
         generated = generate_episodes(
