@@ -439,6 +439,15 @@ def test_generated_episodes_replay_the_recorded_actions_and_join_the_reward_mode
     os.utime(root / "world_model" / "generated_episodes.hdf5", (later, later))
     report = run_stage(cfg, "all")
     assert report["generate"]["status"] == "cached" and report["reward"]["status"] == "ran"
+    # the settings that choose the replays are part of the cache: fewer replays, then none, retrain the reward model
+    fewer = replace(cfg, train=replace(cfg.train, reward_generated_episodes=6))
+    report = run_stage(fewer, "all")
+    assert report["generate"]["status"] == "ran" and report["generate"]["episodes"] == 6
+    assert report["reward"]["status"] == "ran" and report["dit"]["status"] == "cached"
+    assert json.loads((root / "world_model" / "reward_model" / "metrics.json").read_text())["train_generated_episodes"] < 6
+    report = run_stage(replace(cfg, train=replace(cfg.train, reward_generated_episodes=0)), "all")
+    assert "generate" not in report and report["reward"]["status"] == "ran"
+    assert json.loads((root / "world_model" / "reward_model" / "metrics.json").read_text())["train_generated_episodes"] == 0
 
 
 def test_generated_replays_are_seeded_and_follow_the_actions(trained):
@@ -639,6 +648,10 @@ def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, da
         torch.testing.assert_close(refined_dit[name], tensor, atol=1e-6, rtol=0, msg=name)
     assert json.loads((target / "dit" / "train_config.json").read_text())["init_weights"] == str(source / "dit" / "model")
     assert (target / "world_model.json").is_file()
+    assert {r["status"] for r in run_stage(refine, "all").values()} == {"cached"}
+    # refine_from is part of what the tokenizer stage was made with: without it the tokenizer is trained anew
+    report = run_stage(replace(refine, refine_from=None), "tokenizer")
+    assert report["tokenizer"]["status"] == "ran" and "copied_from" not in report["tokenizer"]
 
     other = json.loads((source / "dit" / "model" / "config.json").read_text()) | {"num_layers": 2}
     with pytest.raises(ValueError, match=r"num_layers"):

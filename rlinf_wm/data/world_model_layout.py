@@ -21,6 +21,7 @@ LATENTS_FILE = "latents.hdf5"
 INITIAL_STATES_FILE = "initial_states.hdf5"
 WORLD_MODEL_FILE = "world_model.json"
 TIMINGS_FILE = "timings.json"
+STAGE_SETTINGS_FILE = "stage_settings.json"  # per stage, the settings that define its inputs (caching compares them)
 TRAINING_DATA_FILE = "training_data.json"
 GENERATED_EPISODES_FILE = "generated_episodes.hdf5"
 

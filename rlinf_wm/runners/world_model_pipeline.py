@@ -44,7 +44,7 @@ from rlinf_wm.config.world_model_config import STAGES, WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.data.world_model_layout import (
-    STATISTICS_FILE, TIMINGS_FILE, Layout, num_cond_frames, world_model_settings,
+    STAGE_SETTINGS_FILE, STATISTICS_FILE, TIMINGS_FILE, Layout, num_cond_frames, world_model_settings,
 )
 from rlinf_wm.utils.io import read_json, write_json_atomic
 
@@ -207,12 +207,20 @@ def run_stage(
         selected = (stage,)
     report: dict[str, dict] = {}
     timings = read_json(layout.root / TIMINGS_FILE) if (layout.root / TIMINGS_FILE).is_file() else {}
+    settings_path = layout.root / STAGE_SETTINGS_FILE
+    stage_settings = read_json(settings_path) if settings_path.is_file() else {}
 
-    def outputs_fresh(done_marker: Path, inputs: Sequence[Path]) -> bool:
-        return done_marker.is_file() and all(_mtime(done_marker) >= _mtime(p) for p in inputs if p.exists())
+    def outputs_fresh(name: str, done_marker: Path, inputs: Sequence[Path], settings: dict) -> bool:
+        # outputs of a stage that recorded no settings (made before stages recorded them) count as made with these
+        return (done_marker.is_file() and all(_mtime(done_marker) >= _mtime(p) for p in inputs if p.exists())
+                and stage_settings.get(name, settings) == settings)
 
-    def run(name: str, done_marker: Path, inputs: Sequence[Path], fresh_dir: Path | None, work) -> None:
-        if not cfg.force and outputs_fresh(done_marker, inputs):
+    def run(name: str, done_marker: Path, inputs: Sequence[Path], fresh_dir: Path | None, work,
+            settings: dict | None = None) -> None:
+        """Run stage ``name`` unless its ``done_marker`` is newer than every input and it was made with these
+        ``settings`` (those config values that decide its inputs, beside the input files)."""
+        settings = settings or {}
+        if not cfg.force and outputs_fresh(name, done_marker, inputs, settings):
             logger.info("stage %s: cached (%s)", name, done_marker)
             report[name] = {"status": "cached", "output": str(done_marker)}
             return
@@ -220,7 +228,8 @@ def run_stage(
         stale_checkpoints = fresh_dir is not None and (fresh_dir / "train_config.json").is_file() and any(
             _mtime(fresh_dir / "train_config.json") < _mtime(p) for p in inputs if p.exists()
         )
-        if fresh_dir is not None and (cfg.force or done_marker.is_file() or stale_checkpoints):
+        stale_settings = name in stage_settings and stage_settings[name] != settings
+        if fresh_dir is not None and (cfg.force or done_marker.is_file() or stale_checkpoints or stale_settings):
             _start_fresh(fresh_dir)
         started, cpu_started = time.time(), _cpu_seconds()
         details = work() or {}
@@ -230,6 +239,8 @@ def run_stage(
         timings[name] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(layout.root / TIMINGS_FILE, timings)
+        stage_settings[name] = settings
+        write_json_atomic(settings_path, stage_settings)
         logger.info("stage %s: done in %.1f s", name, seconds)
 
     refined = Layout(Path(cfg.refine_from)) if cfg.refine_from else None
@@ -359,24 +370,27 @@ def run_stage(
 
     tokenizer_weights = layout.tokenizer_model / "model.safetensors"
     cond_frames = num_cond_frames(cfg.train.dit.num_cond_latent_frames, cfg.tokenizer.temporal_compression)
+    refine = {"refine_from": cfg.refine_from}
     for name in selected:
         if name == "tokenizer":
-            run(name, layout.tokenizer_run / "metrics.json", [], layout.tokenizer_run, tokenizer_stage)
+            run(name, layout.tokenizer_run / "metrics.json", [], layout.tokenizer_run, tokenizer_stage, refine)
         elif name == "encode":
             run(name, layout.initial_states, [tokenizer_weights, *data_files], None, encode_stage)
         elif name == "dit":
-            run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage)
+            run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage, refine)
         elif name == "distill":
             run(name, layout.distilled_dit_run / "metrics.json", [layout.dit_model / "model.safetensors"],
                 layout.distilled_dit_run, distill_stage)
         elif name == "generate":
             replayed_by = layout.distilled_dit_model if use_student else layout.dit_model
             run(name, layout.generated_episodes, [replayed_by / "model.safetensors", *data_files], None,
-                generate_stage)
+                generate_stage, {"episodes": cfg.train.reward_generated_episodes, "seed": cfg.seed,
+                                 "kinds": list(cfg.train.reward_generated_kinds)})
         elif name == "reward":
             inputs = ([tokenizer_weights] if cfg.train.reward_reconstruction_prob > 0 else []) + data_files
             inputs += [layout.generated_episodes] if use_generated else []
-            run(name, layout.reward_run / "metrics.json", inputs, layout.reward_run, reward_stage)
+            run(name, layout.reward_run / "metrics.json", inputs, layout.reward_run, reward_stage,
+                {"generated_episodes": use_generated})
 
     statistics = ActionStatistics.load(layout.statistics) if layout.statistics.is_file() else None
     settings = world_model_settings(cfg, layout, statistics)
