@@ -623,6 +623,8 @@ def test_running_action_sums_are_on_by_default_and_can_be_switched_off(trained, 
 def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, dataset, tmp_path):
     """refine_from (a Dyna-style refit on more data): the latent space is kept, the DiT starts from the trained
     one's weights (at a vanishing learning rate it ships them unchanged), and the new data is encoded."""
+    import shutil
+
     from safetensors.torch import load_file
 
     from rlinf_wm.runners.train_dit import _initial_dit
@@ -655,7 +657,20 @@ def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, da
 
     other = json.loads((source / "dit" / "model" / "config.json").read_text()) | {"num_layers": 2}
     with pytest.raises(ValueError, match=r"num_layers"):
-        _initial_dit(source / "dit" / "model", other)
+        _initial_dit(source / "dit" / "model", other, refine.train.dit)
+    # the same architecture trained on other action inputs: its weights answer other inputs
+    scaled = replace(refine.train.dit, action_scaler=refine.train.dit.action_scaler / 2)
+    same_architecture = json.loads((source / "dit" / "model" / "config.json").read_text())
+    with pytest.raises(ValueError, match=r"train\.dit\.\['action_scaler'\]"):
+        _initial_dit(source / "dit" / "model", same_architecture, scaled)
+    # a world model whose action statistics differ (another data_dir): its DiT saw other normalised actions
+    other_source = tmp_path / "other_source"
+    shutil.copytree(source, other_source)
+    statistics = json.loads((other_source / "dataset_statistics.json").read_text())
+    statistics["action"]["comment"] = "another data set"
+    (other_source / "dataset_statistics.json").write_text(json.dumps(statistics))
+    with pytest.raises(ValueError, match=r"refine_from: .*dataset_statistics\.json differs"):
+        run_stage(replace(refine, world_model_dir=str(tmp_path / "refined_again"), refine_from=str(other_source)), "all")
     with pytest.raises(Exception, match="refine_from"):
         compose_config(tiny_overrides(dataset) + [f"refine_from={source}"])
 

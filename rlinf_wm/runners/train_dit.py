@@ -170,26 +170,32 @@ def sample_strip(model, tokenizer, windows: LatentWindows, rows: np.ndarray, num
     return np.concatenate(rows_img, 0).transpose(2, 0, 1)
 
 
+def _changed_window_settings(run_dir: Path, cfg: DiTTrainConfig) -> dict:
+    """{key: saved value} of the WINDOW_KEYS the DiT run in ``run_dir`` was trained with other values of."""
+    saved_path = run_dir / "train_config.json"
+    saved = read_json(saved_path).get("train", {}) if saved_path.is_file() else {}
+    return {k: saved[k] for k in WINDOW_KEYS if k in saved and saved[k] != getattr(cfg, k)}
+
+
 def _check_resume_config(out_dir: Path, cfg: DiTTrainConfig) -> None:
-    saved_path = out_dir / "train_config.json"
-    if not saved_path.is_file():
-        return
-    saved = read_json(saved_path).get("train", {})
-    changed = [k for k in WINDOW_KEYS if k in saved and saved[k] != getattr(cfg, k)]
+    changed = _changed_window_settings(out_dir, cfg)
     if changed:
-        raise ValueError(
-            f"{out_dir} holds a DiT run with different {changed} ({[saved[k] for k in changed]}); "
-            "use a new output directory or delete it to start over"
-        )
+        raise ValueError(f"{out_dir} holds a DiT run with different {list(changed)} ({list(changed.values())}); "
+                         "use a new output directory or delete it to start over")
 
 
-def _initial_dit(path: str | Path, model_kwargs: dict) -> ActionDiT:
-    """The saved DiT at ``path``, which must have exactly the configured architecture."""
+def _initial_dit(path: str | Path, model_kwargs: dict, cfg: DiTTrainConfig) -> ActionDiT:
+    """The saved DiT at ``path``, which must have exactly the configured architecture and have been trained on the
+    same windows and action inputs (else its weights answer other inputs)."""
     saved = read_json(Path(path) / "config.json")
     different = sorted(k for k, v in json.loads(json.dumps(model_kwargs)).items() if saved.get(k) != v)
     if different:
         raise ValueError(f"init DiT {path} differs from the configured DiT in {different} "
                          f"(saved {[saved.get(k) for k in different]}); refine with the same dit.* settings")
+    changed = _changed_window_settings(Path(path).parent, cfg)
+    if changed:
+        raise ValueError(f"init DiT {path} was trained with train.dit.{list(changed)} = {list(changed.values())}; "
+                         "refine with the same settings")
     return load_model(ActionDiT, path)
 
 
@@ -248,7 +254,7 @@ def train_dit(
     })
 
     model_kwargs = dataclasses.asdict(model_cfg)
-    model = ActionDiT(**model_kwargs) if init_weights is None else _initial_dit(init_weights, model_kwargs)
+    model = ActionDiT(**model_kwargs) if init_weights is None else _initial_dit(init_weights, model_kwargs, cfg)
 
     def build_optimizer(module):
         opt = torch.optim.AdamW(module.parameters(), lr=cfg.lr, weight_decay=cfg.weight_decay, betas=(0.9, 0.99))

@@ -288,6 +288,9 @@ def run_stage(
             raise ValueError(f"{layout.latents} has {attrs['latent_channels']} latent channels, "
                              f"tokenizer.latent_channels is {cfg.tokenizer.latent_channels}: rerun stage=encode")
         statistics = ActionStatistics.load(layout.statistics)
+        if refined is not None and read_json(refined.statistics) != read_json(layout.statistics):
+            raise ValueError(f"refine_from: {refined.statistics} differs from {layout.statistics} (another data_dir?): "
+                             "the refined DiT's action inputs were normalised with other statistics")
         train_idx, held_idx = heldout_indices(len(latent_episodes), cfg.holdout_fraction, cfg.seed)
         inputs = DiTActionInputs(statistics, cfg.train.dit.action_scaler, cfg.train.dit.action_integral_scale)
         model_cfg = cfg.dit.resolved(cfg.tokenizer, inputs.dim)
