@@ -267,6 +267,12 @@ def test_eval_reports_model_and_both_baselines_per_horizon(trained):
     from rlinf_wm.runners.eval_world_model import evaluate_world_model, headline
 
     cfg, _ = trained
+    # latents of other episodes than the ones given (same count, another order) would pair wrong frames and actions
+    from rlinf_wm.runners.world_model_pipeline import load_training_episodes
+
+    shuffled = load_training_episodes(cfg)[::-1]
+    with pytest.raises(ValueError, match=r"not the 12 of the given episodes in order: rerun the encode stage"):
+        evaluate_world_model(cfg, episodes=shuffled, output_dir=Path(cfg.eval.output_dir) / "never")
     summary = evaluate_world_model(cfg)
     out = Path(cfg.eval.output_dir)
     saved = json.loads((out / "eval_summary.json").read_text())
