@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import ast
 import dataclasses
-import json
 import math
 import os
 import random
@@ -34,7 +33,7 @@ from rlinf_wm.config.world_model_schema import TokenizerConfig, TokenizerTrainCo
 from rlinf_wm.data.trajectories import Episode, load_episodes
 from rlinf_wm.models.tokenizer import VideoTokenizer, frames_to_model_input
 from rlinf_wm.utils.checkpoint import load_model, load_state, save_model_atomic, save_state_atomic
-from rlinf_wm.utils.io import json_round_trip, write_json_atomic
+from rlinf_wm.utils.io import json_round_trip, read_json, write_json_atomic
 from rlinf_wm.utils.precision import require_finite_loss, resolve_dtype, training_autocast
 
 
@@ -113,7 +112,7 @@ def resume_latest(checkpoints: CheckpointManager, model_cls: type, model_kwargs:
     latest = checkpoints.latest()
     if latest is None:
         return None
-    saved = json.loads((latest / "model" / "config.json").read_text()) if (latest / "model" / "config.json").is_file() else {}
+    saved = read_json(latest / "model" / "config.json") if (latest / "model" / "config.json").is_file() else {}
     mismatched = sorted(k for k, v in model_kwargs.items() if k in saved and json_round_trip(saved[k]) != json_round_trip(v))
     if mismatched:
         raise ValueError(
