@@ -17,8 +17,6 @@ from rlinf_wm.config.env_schemas import ENV_SCHEMAS, IMAGINED_ENV_TYPES, check_e
 from rlinf_wm.config.policy_schema import TinyVLAConfig
 from rlinf_wm.config.validate import ConfigError, dispatch_field, require
 
-# Env types that are learned models, not simulators: they may train a policy, never judge it.
-
 
 @dataclass
 class RunnerConfig:
