@@ -28,6 +28,8 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
     tmp = Path(tmp_name)
     try:
         yield tmp
+        for item in [tmp, *tmp.rglob("*")] if tmp.is_dir() else [tmp]:
+            _fsync(item)  # the data on disk before the name: else a power loss can leave a truncated file under it
         if tmp.is_dir() and final.exists():
             # A rename cannot replace a non-empty directory: move the old one aside first.
             old = final.with_name(f".{final.name}.old")
@@ -37,9 +39,19 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
+        _fsync(final.parent)  # the rename itself
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()
+
+
+def _fsync(path: Path) -> None:
+    """Flush one file, or one directory's entries, to disk."""
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
 
 
 def write_json_atomic(path: str | os.PathLike, data: Any) -> None:
