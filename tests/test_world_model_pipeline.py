@@ -201,9 +201,13 @@ def test_rerun_skips_cached_stages_and_force_reruns(trained):
     cfg, _ = trained
     weights = Path(cfg.world_model_dir) / "dit" / "model" / "model.safetensors"
     before = weights.stat().st_mtime_ns
+    (Path(cfg.world_model_dir) / "stage_settings.json").unlink()  # as a world model made by older code
     report = run_stage(cfg, "all")
     assert {r["status"] for r in report.values()} == {"cached"}
     assert weights.stat().st_mtime_ns == before
+    # from then on its settings are known: a later change of them is seen
+    recorded = json.loads((Path(cfg.world_model_dir) / "stage_settings.json").read_text())
+    assert set(recorded) == set(report) and recorded["tokenizer"] == {"refine_from": None}
     # a forced single stage reruns from scratch
     report = run_stage(replace(cfg, force=True), "reward")
     assert report["reward"]["status"] == "ran"
@@ -226,8 +230,12 @@ def test_interrupted_dit_run_resumes_from_its_checkpoint(trained, monkeypatch):
 
     monkeypatch.setattr(train_dit_module, "flow_matching_loss", crashing_loss)
 
+    # the finished DiT counts as made with other settings: the run starts afresh, crashes, and must then resume
+    settings_file = Path(cfg.world_model_dir) / "stage_settings.json"
+    recorded = json.loads(settings_file.read_text())
+    settings_file.write_text(json.dumps({**recorded, "dit": {"refine_from": "another/world_model"}}))
     with pytest.raises(KeyboardInterrupt):
-        run_stage(replace(cfg, force=True), "dit")
+        run_stage(cfg, "dit")
     assert not (dit_dir / "metrics.json").exists()
     assert sorted(p.name for p in (dit_dir / "checkpoints").iterdir()) == ["step_0000003"]
 
@@ -650,6 +658,8 @@ def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, da
     assert report["encode"]["episodes"] == 15
     weights = "model/model.safetensors"
     assert (target / "tokenizer" / weights).read_bytes() == (source / "tokenizer" / weights).read_bytes()
+    # a new file time: the stages reading the tokenizer see it as new (refine_from set on an existing directory)
+    assert (target / "tokenizer" / weights).stat().st_mtime > (source / "tokenizer" / weights).stat().st_mtime
     trained_dit, refined_dit = load_file(source / "dit" / weights), load_file(target / "dit" / weights)
     assert trained_dit.keys() == refined_dit.keys()
     for name, tensor in trained_dit.items():

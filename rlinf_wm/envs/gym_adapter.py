@@ -162,10 +162,11 @@ class ChunkVectorEnv(gymnasium.vector.VectorEnv):
                 terminated[restarting] = truncated[restarting] = False
             self._needs_reset = terminated | truncated
         info = {}
-        for key in ("success", "episode_length"):
-            if key in step.info:
-                info[key] = chunk_success(step.info, self.num_envs) if key == "success" else np.asarray(step.info[key])
-                info[f"_{key}"] = np.ones(self.num_envs, bool)
+        if "success" in step.info:
+            info["success"], info["_success"] = chunk_success(step.info, self.num_envs), np.ones(self.num_envs, bool)
+        if "episode_length" in step.info:
+            info["episode_length"] = np.asarray(step.info["episode_length"])
+            info["_episode_length"] = np.ones(self.num_envs, bool)
         return self._to_gym(obs), rewards, terminated, truncated, info
 
     def close_extras(self, **kwargs) -> None:

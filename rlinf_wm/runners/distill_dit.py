@@ -39,7 +39,7 @@ from rlinf_wm.runners.train_tokenizer import make_summary_writer, warmup_cosine
 from rlinf_wm.utils.checkpoint import save_model_atomic
 from rlinf_wm.utils.compilation import resolve_compile
 from rlinf_wm.utils.io import write_json_atomic
-from rlinf_wm.utils.precision import require_finite_loss, resolve_dtype, training_autocast
+from rlinf_wm.utils.precision import require_finite, resolve_dtype, training_autocast
 
 
 def student_sampler(teacher: FlowSampler, num_steps: int) -> FlowSampler:
@@ -139,10 +139,11 @@ def distill_dit(
         with training_autocast("cpu", dtype):
             loss = flow_matching_loss(student, target[batch], mask, actions, noise=line[batch], flow_time=times,
                                       drop_actions=no_drop)
-        require_finite_loss(loss, "distillation", step, "train.distill.lr")
+        require_finite(loss, "distillation loss", step, "train.distill.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(student.parameters(), cfg.grad_clip)
+        require_finite(grad_norm, "distillation gradient norm", step, "train.distill.lr")
         optimizer.step()
         scheduler.step()
         losses.append(loss.item())

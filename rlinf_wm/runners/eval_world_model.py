@@ -225,10 +225,9 @@ def evaluate_world_model(
     all_episodes = list(episodes) if episodes is not None else load_training_episodes(cfg)
     latent_episodes, _ = load_encoded_dataset(layout.latents)
     # the same episodes in the same order: a rollout pairs an episode's latents with its frames and actions
-    mismatched = len(latent_episodes) != len(all_episodes) or next(
-        (i for i, (z, ep) in enumerate(zip(latent_episodes, all_episodes))
-         if z.actions.shape != ep.actions.shape or not np.array_equal(z.actions, ep.actions)), None) is not None
-    if mismatched:
+    if len(latent_episodes) != len(all_episodes) or any(
+            not np.array_equal(z.actions, np.asarray(ep.actions, np.float32))
+            for z, ep in zip(latent_episodes, all_episodes)):
         sources = ", ".join([cfg.data_dir, *cfg.extra_data_dirs]) if episodes is None else "the given episodes"
         raise ValueError(f"{layout.latents} holds {len(latent_episodes)} episodes that are not the "
                          f"{len(all_episodes)} of {sources} in order: rerun the encode stage (force=true)")

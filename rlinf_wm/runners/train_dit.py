@@ -54,7 +54,7 @@ from rlinf_wm.runners.train_tokenizer import (
 from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
 from rlinf_wm.utils.compilation import resolve_compile
 from rlinf_wm.utils.io import read_json, write_json_atomic
-from rlinf_wm.utils.precision import require_finite_loss, resolve_dtype, training_autocast
+from rlinf_wm.utils.precision import require_finite, resolve_dtype, training_autocast
 
 
 class LatentWindows:
@@ -315,10 +315,11 @@ def train_dit(
                 model, x0, mask, actions,
                 logit_mean=cfg.logit_mean, logit_std=cfg.logit_std, shift=cfg.shift, action_dropout=cfg.action_dropout,
             )
-        require_finite_loss(loss, "DiT", step + 1, "train.dit.lr")
+        require_finite(loss, "DiT loss", step + 1, "train.dit.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        require_finite(grad_norm, "DiT gradient norm", step + 1, "train.dit.lr")
         optimizer.step()
         scheduler.step()
         if ema is not None:

@@ -57,7 +57,7 @@ from rlinf_wm.runners.train_tokenizer import (
 )
 from rlinf_wm.utils.checkpoint import save_model_atomic
 from rlinf_wm.utils.io import write_json_atomic
-from rlinf_wm.utils.precision import require_finite_loss, resolve_dtype, training_autocast
+from rlinf_wm.utils.precision import require_finite, resolve_dtype, training_autocast
 
 
 @torch.no_grad()
@@ -195,10 +195,11 @@ def train_reward_model(
         with training_autocast("cpu", compute_dtype):
             logits = model.head(model.backbone(x).pooler_output.flatten(1)).squeeze(1)
         loss = F.binary_cross_entropy_with_logits(logits.float(), labels, pos_weight=pos_weight)
-        require_finite_loss(loss, "reward model", step + 1, "train.reward.lr")
+        require_finite(loss, "reward model loss", step + 1, "train.reward.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        grad_norm = torch.nn.utils.clip_grad_norm_(model.parameters(), cfg.grad_clip)
+        require_finite(grad_norm, "reward model gradient norm", step + 1, "train.reward.lr")
         optimizer.step()
         scheduler.step()
         step += 1

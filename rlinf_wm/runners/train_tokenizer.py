@@ -34,7 +34,7 @@ from rlinf_wm.data.trajectories import Episode, load_episodes
 from rlinf_wm.models.tokenizer import VideoTokenizer, frames_to_model_input
 from rlinf_wm.utils.checkpoint import load_model, load_state, save_model_atomic, save_state_atomic
 from rlinf_wm.utils.io import json_round_trip, read_json, write_json_atomic
-from rlinf_wm.utils.precision import require_finite_loss, resolve_dtype, training_autocast
+from rlinf_wm.utils.precision import require_finite, resolve_dtype, training_autocast
 
 
 
@@ -297,10 +297,11 @@ def train_tokenizer(
             + cfg.gradient_loss_weight * parts.get("gradient", 0.0)
             + cfg.kl_weight * kl
         )
-        require_finite_loss(loss, "tokenizer", step + 1, "train.tokenizer.lr")
+        require_finite(loss, "tokenizer loss", step + 1, "train.tokenizer.lr")
         optimizer.zero_grad(set_to_none=True)
         loss.backward()
         grad_norm = torch.nn.utils.clip_grad_norm_(tokenizer.parameters(), cfg.grad_clip)
+        require_finite(grad_norm, "tokenizer gradient norm", step + 1, "train.tokenizer.lr")
         optimizer.step()
         scheduler.step()
         step += 1

@@ -215,6 +215,10 @@ def run_stage(
         return (done_marker.is_file() and all(_mtime(done_marker) >= _mtime(p) for p in inputs if p.exists())
                 and stage_settings.get(name, settings) == settings)
 
+    def record_settings(name: str, settings: dict) -> None:
+        stage_settings[name] = settings
+        write_json_atomic(settings_path, stage_settings)
+
     def run(name: str, done_marker: Path, inputs: Sequence[Path], fresh_dir: Path | None, work,
             settings: dict | None = None) -> None:
         """Run stage ``name`` unless its ``done_marker`` is newer than every input and it was made with these
@@ -223,6 +227,8 @@ def run_stage(
         if not cfg.force and outputs_fresh(name, done_marker, inputs, settings):
             logger.info("stage %s: cached (%s)", name, done_marker)
             report[name] = {"status": "cached", "output": str(done_marker)}
+            if name not in stage_settings:  # outputs of older code: from now on their settings are known
+                record_settings(name, settings)
             return
         # A finished (or stale) run is redone from scratch; an interrupted run (no marker yet) resumes.
         stale_checkpoints = fresh_dir is not None and (fresh_dir / "train_config.json").is_file() and any(
@@ -231,6 +237,8 @@ def run_stage(
         stale_settings = name in stage_settings and stage_settings[name] != settings
         if fresh_dir is not None and (cfg.force or done_marker.is_file() or stale_checkpoints or stale_settings):
             _start_fresh(fresh_dir)
+        if fresh_dir is not None:  # its checkpoints are of these settings: an interrupted run resumes on them
+            record_settings(name, settings)
         started, cpu_started = time.time(), _cpu_seconds()
         details = work() or {}
         seconds, cpu_seconds = time.time() - started, _cpu_seconds() - cpu_started
@@ -239,8 +247,7 @@ def run_stage(
         timings[name] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
                          "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
         write_json_atomic(layout.root / TIMINGS_FILE, timings)
-        stage_settings[name] = settings
-        write_json_atomic(settings_path, stage_settings)
+        record_settings(name, settings)
         logger.info("stage %s: done in %.1f s", name, seconds)
 
     refined = Layout(Path(cfg.refine_from)) if cfg.refine_from else None
@@ -253,8 +260,10 @@ def run_stage(
         from rlinf_wm.runners.train_tokenizer import train_tokenizer
 
         if refined is not None:  # refining keeps the latent space, so the DiT's weights still fit it
-            shutil.copytree(refined.tokenizer_model, layout.tokenizer_model, dirs_exist_ok=True)
-            shutil.copy2(refined.tokenizer_run / "metrics.json", layout.tokenizer_run / "metrics.json")
+            # copied with new file times: the stages that read the tokenizer must see it as new
+            shutil.copytree(refined.tokenizer_model, layout.tokenizer_model, dirs_exist_ok=True,
+                            copy_function=shutil.copy)
+            shutil.copy(refined.tokenizer_run / "metrics.json", layout.tokenizer_run / "metrics.json")
             return {"copied_from": str(refined.tokenizer_run)}
 
         metrics = train_tokenizer(cfg.train.tokenizer, cfg.data_dir, layout.tokenizer_run, cfg.tokenizer,
@@ -388,7 +397,8 @@ def run_stage(
             replayed_by = layout.distilled_dit_model if use_student else layout.dit_model
             run(name, layout.generated_episodes, [replayed_by / "model.safetensors", *data_files], None,
                 generate_stage, {"episodes": cfg.train.reward_generated_episodes, "seed": cfg.seed,
-                                 "kinds": list(cfg.train.reward_generated_kinds)})
+                                 "kinds": sorted(cfg.train.reward_generated_kinds), "student": use_student,
+                                 "dtype": cfg.train.reward_generated_dtype})
         elif name == "reward":
             inputs = ([tokenizer_weights] if cfg.train.reward_reconstruction_prob > 0 else []) + data_files
             inputs += [layout.generated_episodes] if use_generated else []

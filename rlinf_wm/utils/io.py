@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import contextlib
+import errno
 import json
 import os
 import shutil
@@ -39,7 +40,11 @@ def atomic_path(path: str | os.PathLike, suffix: str = "") -> Iterator[Path]:
             shutil.rmtree(old, ignore_errors=True)
         else:
             os.replace(tmp, final)
-        _fsync(final.parent)  # the rename itself
+        try:
+            _fsync(final.parent)  # the rename itself
+        except OSError as error:  # some network / FUSE file systems cannot flush a directory
+            if error.errno != errno.EINVAL:
+                raise
     finally:
         if tmp.exists():
             shutil.rmtree(tmp) if tmp.is_dir() else tmp.unlink()

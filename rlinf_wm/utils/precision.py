@@ -58,9 +58,9 @@ def training_autocast(device: str | torch.device, dtype: torch.dtype):
         yield
 
 
-def require_finite_loss(loss: torch.Tensor, what: str, step: int, lr_key: str) -> None:
-    """Stop a run whose loss is not finite before it reaches the weights: training on would save NaN
-    checkpoints, and checkpoint rotation would delete the last good ones."""
-    value = loss.item()
+def require_finite(value: torch.Tensor | float, what: str, step: int, lr_key: str) -> None:
+    """Stop a run whose loss or gradient norm is not finite before the update reaches the weights: training on
+    would save NaN checkpoints, and checkpoint rotation would delete the last good ones."""
+    value = value.item() if isinstance(value, torch.Tensor) else float(value)
     if not math.isfinite(value):
-        raise FloatingPointError(f"{what} loss is {value} at step {step}; lower {lr_key}")
+        raise FloatingPointError(f"{what} is {value} at step {step}; lower {lr_key}")
