@@ -29,16 +29,13 @@ from __future__ import annotations
 
 import dataclasses
 import logging
-import resource
 import shutil
-import time
 from collections import Counter
 from pathlib import Path
 from typing import Sequence
 
 import h5py
 import numpy as np
-import torch
 
 from rlinf_wm.config.world_model_config import STAGES, WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
@@ -46,6 +43,7 @@ from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.data.world_model_layout import (
     STAGE_SETTINGS_FILE, STATISTICS_FILE, TIMINGS_FILE, Layout, num_cond_frames, world_model_settings,
 )
+from rlinf_wm.runners.stage_cache import StageCache
 from rlinf_wm.utils.io import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -57,16 +55,6 @@ def heldout_indices(num_episodes: int, holdout_fraction: float, seed: int) -> tu
 
     train, held = split_episodes(list(range(num_episodes)), holdout_fraction, seed)
     return list(train), list(held)
-
-
-def _cpu_seconds() -> float:
-    """User + system CPU time of this process, all threads."""
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _mtime(path: Path) -> float:
-    return path.stat().st_mtime if path.exists() else float("inf")
 
 
 def training_data_files(cfg: WorldModelConfig) -> list[Path]:
@@ -170,11 +158,6 @@ def json_roundtrip(value):
     return json.loads(json.dumps(value))
 
 
-def _start_fresh(run_dir: Path) -> None:
-    if run_dir.exists():
-        shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
-
-
 def run_stage(
     cfg: WorldModelConfig,
     stage: str | None = None,
@@ -205,50 +188,8 @@ def run_stage(
         raise ValueError("stage=distill needs train.distill.steps > 0")
     else:
         selected = (stage,)
-    report: dict[str, dict] = {}
-    timings = read_json(layout.root / TIMINGS_FILE) if (layout.root / TIMINGS_FILE).is_file() else {}
-    settings_path = layout.root / STAGE_SETTINGS_FILE
-    stage_settings = read_json(settings_path) if settings_path.is_file() else {}
-
-    def outputs_fresh(name: str, done_marker: Path, inputs: Sequence[Path], settings: dict) -> bool:
-        # outputs of a stage that recorded no settings (made before stages recorded them) count as made with these
-        return (done_marker.is_file() and all(_mtime(done_marker) >= _mtime(p) for p in inputs if p.exists())
-                and stage_settings.get(name, settings) == settings)
-
-    def record_settings(name: str, settings: dict) -> None:
-        stage_settings[name] = settings
-        write_json_atomic(settings_path, stage_settings)
-
-    def run(name: str, done_marker: Path, inputs: Sequence[Path], fresh_dir: Path | None, work,
-            settings: dict | None = None) -> None:
-        """Run stage ``name`` unless its ``done_marker`` is newer than every input and it was made with these
-        ``settings`` (those config values that decide its inputs, beside the input files)."""
-        settings = settings or {}
-        if not cfg.force and outputs_fresh(name, done_marker, inputs, settings):
-            logger.info("stage %s: cached (%s)", name, done_marker)
-            report[name] = {"status": "cached", "output": str(done_marker)}
-            if name not in stage_settings:  # outputs of older code: from now on their settings are known
-                record_settings(name, settings)
-            return
-        # A finished (or stale) run is redone from scratch; an interrupted run (no marker yet) resumes.
-        stale_checkpoints = fresh_dir is not None and (fresh_dir / "train_config.json").is_file() and any(
-            _mtime(fresh_dir / "train_config.json") < _mtime(p) for p in inputs if p.exists()
-        )
-        stale_settings = name in stage_settings and stage_settings[name] != settings
-        if fresh_dir is not None and (cfg.force or done_marker.is_file() or stale_checkpoints or stale_settings):
-            _start_fresh(fresh_dir)
-        if fresh_dir is not None:  # its checkpoints are of these settings: an interrupted run resumes on them
-            record_settings(name, settings)
-        started, cpu_started = time.time(), _cpu_seconds()
-        details = work() or {}
-        seconds, cpu_seconds = time.time() - started, _cpu_seconds() - cpu_started
-        report[name] = {"status": "ran", "seconds": seconds, "cpu_seconds": cpu_seconds, **details}
-        # CPU time next to wall time: on a shared machine the wall time depends on the neighbours
-        timings[name] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
-                         "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
-        write_json_atomic(layout.root / TIMINGS_FILE, timings)
-        record_settings(name, settings)
-        logger.info("stage %s: done in %.1f s", name, seconds)
+    stages = StageCache(layout.root / TIMINGS_FILE, layout.root / STAGE_SETTINGS_FILE, cfg.force)
+    run = stages.run
 
     refined = Layout(Path(cfg.refine_from)) if cfg.refine_from else None
     if refined is not None:
@@ -411,4 +352,4 @@ def run_stage(
     if layout.latents.is_file() and _initial_state_frames(layout.initial_states) != settings["num_cond_frames"]:
         write_initial_states(layout.initial_states, data.get(), settings["num_cond_frames"])
     write_json_atomic(layout.world_model_json, settings)
-    return report
+    return stages.report

@@ -1,0 +1,83 @@
+"""Make-like stages for the world-model pipeline: a stage runs unless its output is newer than its inputs and was
+made with the same settings; an interrupted run resumes, a finished or stale one starts afresh."""
+
+from __future__ import annotations
+
+import logging
+import resource
+import shutil
+import time
+from pathlib import Path
+from typing import Callable, Sequence
+
+import torch
+
+from rlinf_wm.utils.io import read_json, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+def _cpu_seconds() -> float:
+    """User + system CPU time of this process, all threads."""
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _mtime(path: Path) -> float:
+    return path.stat().st_mtime if path.exists() else float("inf")
+
+
+def start_fresh(run_dir: Path) -> None:
+    if run_dir.exists():
+        shutil.rmtree(run_dir) if run_dir.is_dir() else run_dir.unlink()
+
+
+class StageCache:
+    """Runs stages, recording per stage its wall / CPU time (``timings_path``) and the settings that chose its
+    inputs (``settings_path``); ``report`` holds each stage's status."""
+
+    def __init__(self, timings_path: Path, settings_path: Path, force: bool) -> None:
+        self.timings_path, self.settings_path, self.force = timings_path, settings_path, force
+        self.timings = read_json(timings_path) if timings_path.is_file() else {}
+        self.settings = read_json(settings_path) if settings_path.is_file() else {}
+        self.report: dict[str, dict] = {}
+
+    def _fresh(self, name: str, done_marker: Path, inputs: Sequence[Path], settings: dict) -> bool:
+        # outputs of a stage that recorded no settings (made before stages recorded them) count as made with these
+        return (done_marker.is_file() and all(_mtime(done_marker) >= _mtime(p) for p in inputs if p.exists())
+                and self.settings.get(name, settings) == settings)
+
+    def _record(self, name: str, settings: dict) -> None:
+        self.settings[name] = settings
+        write_json_atomic(self.settings_path, self.settings)
+
+    def run(self, name: str, done_marker: Path, inputs: Sequence[Path], fresh_dir: Path | None,
+            work: Callable[[], dict | None], settings: dict | None = None) -> None:
+        """Run stage ``name`` unless its ``done_marker`` is newer than every input and it was made with these
+        ``settings`` (those config values that decide its inputs, beside the input files)."""
+        settings = settings or {}
+        if not self.force and self._fresh(name, done_marker, inputs, settings):
+            logger.info("stage %s: cached (%s)", name, done_marker)
+            self.report[name] = {"status": "cached", "output": str(done_marker)}
+            if name not in self.settings:  # outputs of older code: from now on their settings are known
+                self._record(name, settings)
+            return
+        # A finished (or stale) run is redone from scratch; an interrupted run (no marker yet) resumes.
+        stale_checkpoints = fresh_dir is not None and (fresh_dir / "train_config.json").is_file() and any(
+            _mtime(fresh_dir / "train_config.json") < _mtime(p) for p in inputs if p.exists()
+        )
+        stale_settings = name in self.settings and self.settings[name] != settings
+        if fresh_dir is not None and (self.force or done_marker.is_file() or stale_checkpoints or stale_settings):
+            start_fresh(fresh_dir)
+        if fresh_dir is not None:  # its checkpoints are of these settings: an interrupted run resumes on them
+            self._record(name, settings)
+        started, cpu_started = time.time(), _cpu_seconds()
+        details = work() or {}
+        seconds, cpu_seconds = time.time() - started, _cpu_seconds() - cpu_started
+        self.report[name] = {"status": "ran", "seconds": seconds, "cpu_seconds": cpu_seconds, **details}
+        # CPU time next to wall time: on a shared machine the wall time depends on the neighbours
+        self.timings[name] = {"seconds": seconds, "cpu_seconds": cpu_seconds, "threads": torch.get_num_threads(),
+                              "finished": time.strftime("%Y-%m-%dT%H:%M:%S")}
+        write_json_atomic(self.timings_path, self.timings)
+        self._record(name, settings)
+        logger.info("stage %s: done in %.1f s", name, seconds)
