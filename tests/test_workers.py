@@ -323,6 +323,29 @@ def test_builder_ignores_success_reported_after_an_episode_ended():
     assert builder.build().success.tolist() == [False]
 
 
+def test_builder_records_world_model_halts_and_the_runner_reports_their_share():
+    from rlinf_wm.runners.embodied_runner import EmbodiedRunner
+
+    builder = TrajectoryBuilder(np.array([0, 0, 1]), ["x"] * 3)
+    # env 0 halts in chunk 0 (a halt reported again later does not matter); env 1 never; env 2 ends truncated in
+    # chunk 0, so a halt reported for it afterwards is not its own
+    for halted, truncated in (([True, False, False], [False, False, True]), ([True, False, True], [True, True, True])):
+        builder.add_action(_obs(3, 0), _output(3, 0))
+        builder.add_step({"rewards": np.zeros((3, 1), np.float32), "terminated": np.array([[True], [False], [False]]),
+                          "truncated": np.array(truncated)[:, None], "info": {"success": np.zeros(3, bool),
+                                                                               "halted": np.array(halted)}})
+    batch = builder.build()
+    assert batch.halted.tolist() == [True, False, False]
+    assert batch.select(np.array([0, 2])).halted.tolist() == [True, False]
+    assert EmbodiedRunner._env_metrics(batch)["env/halted"] == pytest.approx(1 / 3)
+    plain = TrajectoryBuilder(np.array([2]), ["y"])
+    plain.add_action(_obs(1, 0), _output(1, 0))
+    plain.add_step({"rewards": np.zeros((1, 1), np.float32), "terminated": np.ones((1, 1), bool),
+                    "truncated": np.zeros((1, 1), bool), "info": {"success": np.array([True])}})
+    assert plain.build().halted is None and "env/halted" not in EmbodiedRunner._env_metrics(plain.build())
+    assert TrajectoryBatch.concatenate([batch, batch]).halted.tolist() == [True, False, False] * 2
+
+
 def test_derived_seeds_are_stable_and_distinct():
     assert derive_seed(0, "act", 1, 2) == derive_seed(0, "act", 1, 2)
     assert len({derive_seed(0, "act", i, b) for i in range(20) for b in range(5)}) == 100

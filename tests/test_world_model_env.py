@@ -329,6 +329,68 @@ def test_a_dit_trained_on_running_sums_gets_them_from_reset_or_the_branch_point(
         env.reset(ids=[0, 1])
 
 
+def test_an_ensemble_of_the_env_dit_with_itself_agrees_and_changes_nothing(wm_dir):
+    alone, paired = make(wm_dir), make(wm_dir, ensemble_dit_paths=[str(wm_dir / "dit")])
+    expected = rollout(alone, [0, 1, 2, 0], seed=3)
+    assert "disagreement" not in alone.chunk_step(actions(5)).info
+    np.testing.assert_array_equal(rollout(paired, [0, 1, 2, 0], seed=3), expected)
+    step = paired.chunk_step(actions(5))
+    np.testing.assert_array_equal(step.info["disagreement"], np.zeros(B, np.float32))
+    assert "halted" not in step.info  # no threshold: disagreement is only reported
+    assert paired.timings.dit_calls == 2 * alone.timings.dit_calls  # every chunk twice
+
+
+def test_ensemble_disagreement_is_the_largest_rms_difference_of_two_members():
+    from rlinf_wm.envs.world_model_env import ensemble_disagreement
+
+    predictions = torch.zeros(3, 2, 4, 1, 2, 2)
+    predictions[1, 0] = 1.0  # row 0: member 1 is 1 away from members 0 and 2
+    predictions[2, 1, 0] = 2.0  # row 1: member 2 is 2 off member 0 in a quarter of the elements (RMS 1)...
+    predictions[1, 1, :2] = -0.5  # ...member 1 is -0.5 off it in half; members 1 and 2: (4 x 2.5^2 + 4 x 0.5^2) / 16
+    np.testing.assert_allclose(ensemble_disagreement(predictions).numpy(), [1.0, np.sqrt(26 / 16)], rtol=1e-6)
+
+
+@pytest.fixture(scope="module")
+def other_dit(tmp_path_factory) -> Path:
+    """A DiT of the same shape with other weights: an ensemble member that disagrees."""
+    return make_world_model(tmp_path_factory.mktemp("wm_other") / "world_model", seed=1) / "dit" / "model"
+
+
+def test_disagreement_above_the_threshold_ends_the_episode_as_a_failure(wm_dir, other_dit):
+    probe = make(wm_dir, ensemble_dit_paths=[str(other_dit)], reward_threshold=ALWAYS)
+    probe.reset(ids=[0, 1, 2, 0], seed=0)
+    step = probe.chunk_step(actions())
+    spread = step.info["disagreement"]
+    assert (spread > 0).all() and step.info["success"].all()  # every env would succeed without a threshold
+    cut = float(np.sort(spread)[1] + np.sort(spread)[2]) / 2  # halts the two envs that disagree most
+    env = make(wm_dir, ensemble_dit_paths=[str(other_dit)], reward_threshold=ALWAYS, uncertainty_threshold=cut)
+    env.reset(ids=[0, 1, 2, 0], seed=0)
+    step = env.chunk_step(actions())
+    halted = spread > cut
+    np.testing.assert_array_equal(step.info["halted"], halted)
+    np.testing.assert_array_equal(step.info["success"], ~halted)
+    np.testing.assert_array_equal(step.rewards.sum(1), (~halted).astype(np.float32))  # no reward for a halt
+    assert step.terminated[:, -1].all() and not step.truncated.any()
+    np.testing.assert_array_equal(step.info["episode_length"], [CHUNK] * B)
+    calls = env.timings.dit_calls
+    after = env.chunk_step(actions(1))  # every env is done: nothing runs, halts stay failures
+    assert env.timings.dit_calls == calls and not after.rewards.any()
+    np.testing.assert_array_equal(after.info["halted"], halted)
+    env.reset(ids=[0, 1, 2, 0], seed=0)  # a reset clears the halts
+    env.uncertainty_threshold = float(spread.max()) * 2
+    assert not env.chunk_step(actions()).info["halted"].any()
+
+
+def test_ensemble_settings_are_checked(wm_dir, tmp_path):
+    with pytest.raises(ValueError, match="uncertainty_threshold needs ensemble_dit_paths"):
+        make(wm_dir, uncertainty_threshold=1.0)
+    with pytest.raises(ValueError, match="uncertainty_threshold must be > 0"):
+        make(wm_dir, ensemble_dit_paths=[str(wm_dir / "dit")], uncertainty_threshold=0.0)
+    wider = make_world_model(tmp_path / "running_sums", action_integral_scale=0.5) / "dit"
+    with pytest.raises(ValueError, match=r"ensemble_dit_paths: .*running_sums.*action_dim=8 but the env's DiT has 4"):
+        make(wm_dir, ensemble_dit_paths=[str(wider)])
+
+
 def test_offload_round_trip(wm_dir):
     env = make(wm_dir)
     expected = rollout(env, [0, 1, 2, 0], seed=4)
@@ -532,9 +594,12 @@ def test_schema_rejects_bad_values():
         ("chunk_size", 0, "chunk_size"),
         ("dtype", "float64x", "dtype"),
         ("success_consecutive", 0, "success_consecutive"),
+        ("uncertainty_threshold", 0.5, "needs ensemble_dit_paths"),
     ]:
         with pytest.raises(ConfigError, match=match):
             validate({**base, key: value}, WorldModelEnvConfig, "env.train")
+    with pytest.raises(ConfigError, match="uncertainty_threshold: must be > 0"):
+        validate({**base, "ensemble_dit_paths": ["d"], "uncertainty_threshold": -1.0}, WorldModelEnvConfig, "env.train")
     ok = validate(base, WorldModelEnvConfig, "env.train")
     assert json.dumps(ok.env_kwargs())  # plain data, passable to a Ray actor
 

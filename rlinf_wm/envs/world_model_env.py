@@ -11,7 +11,12 @@ One ``chunk_step`` over ``B`` envs:
 3. The reward model scores the decoded frames; success terminates the env (``success_once``: reward 1 at that
    step; ``relative``: each scored frame earns the change in success probability since the previous one, so an
    episode's return is ``p_final - p_reset``). ``max_episode_steps`` truncates.
-4. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
+4. With an ensemble (``ensemble_dit_paths``), every member generates the same chunk from the same context,
+   actions and noise; the env goes on with its own DiT's chunk and reports the members' disagreement (the largest
+   RMS difference of two members' new latents). Above ``uncertainty_threshold`` the episode ends as a failure
+   before its frames are scored: MOReL's "unknown state" halt (Kidambi et al., 2020), which denies the policy a
+   success where the models disagree, the states a single DiT's false successes come from.
+5. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
    or, with ``reencode_context`` (the default for per-frame tokenizers), they are decoded and encoded again, which
    keeps long autoregressive rollouts on the tokenizer's manifold.
 
@@ -37,7 +42,7 @@ import torch
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
 from rlinf_wm.envs.world_model_frames import WorldModelFrames
-from rlinf_wm.envs.world_model_parts import load_world_model_parts
+from rlinf_wm.envs.world_model_parts import load_dit_ensemble, load_world_model_parts
 from rlinf_wm.envs.world_model_placement import ModelPlacement
 from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
 from rlinf_wm.utils.compilation import resolve_compile
@@ -45,6 +50,12 @@ from rlinf_wm.utils.precision import resolve_dtype
 
 REWARD_TYPES = ("success_once", "relative")
 REWARD_FRAMES = ("last", "all")
+
+
+def ensemble_disagreement(predictions: torch.Tensor) -> torch.Tensor:
+    """float ``[n]``: the largest RMS difference between two members' predictions ``[M, n, ...]`` of each row."""
+    flat = predictions.flatten(2).float()
+    return (flat[:, None] - flat[None]).pow(2).mean(-1).sqrt().amax(dim=(0, 1))
 
 
 @register_env("world_model")
@@ -74,6 +85,10 @@ class WorldModelEnv(ChunkEnv):
         success_consecutive: scored frames in a row at or above the threshold before an env succeeds (1: the
             first). More rejects one-frame false successes of long imagined rollouts, at the cost of detecting a
             real success one scored frame later.
+        ensemble_dit_paths: more DiTs of this world model (e.g. ``train.dit.seed`` changed; model or run
+            directories), each run with the env DiT's sampler. Their disagreement is ``info["disagreement"]``.
+        uncertainty_threshold: an env whose chunk disagreement exceeds this ends there as a failure
+            (terminated, no reward, ``info["halted"]``). ``None``: never (disagreement is only reported).
         reencode_context: decode the new conditioning frames and encode them again instead of sliding the
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
@@ -109,6 +124,8 @@ class WorldModelEnv(ChunkEnv):
         reward_frames: Literal["last", "all"] = "last",
         reward_threshold: float | None = None,
         success_consecutive: int = 1,
+        ensemble_dit_paths: list[str] | None = None,
+        uncertainty_threshold: float | None = None,
         reencode_context: bool | None = None,
         device: str = "cpu",
         dtype: str = "auto",
@@ -123,6 +140,10 @@ class WorldModelEnv(ChunkEnv):
                             ("success_consecutive", success_consecutive)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
+        if uncertainty_threshold is not None and not ensemble_dit_paths:
+            raise ValueError("uncertainty_threshold needs ensemble_dit_paths: disagreement is between DiTs")
+        if uncertainty_threshold is not None and uncertainty_threshold <= 0:
+            raise ValueError(f"uncertainty_threshold must be > 0, got {uncertainty_threshold}")
         compute_dtype = resolve_dtype(dtype, device)
         compiled = resolve_compile(compile, device)
         parts = load_world_model_parts(
@@ -150,6 +171,9 @@ class WorldModelEnv(ChunkEnv):
         self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
         self.success_consecutive = int(success_consecutive)
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
+        self.ensemble = load_dit_ensemble(list(ensemble_dit_paths or []), self.dit,
+                                          self.num_cond_latent_frames + self.num_pred_latent_frames)
+        self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
         per_frame_tokenizer = self.tokenizer.temporal_compression == 1
         self.reencode_context = per_frame_tokenizer if reencode_context is None else bool(reencode_context)
         if self.reencode_context and not per_frame_tokenizer:
@@ -157,11 +181,14 @@ class WorldModelEnv(ChunkEnv):
                              f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")
 
         self.timings = StepTimings()
-        self.dit.compile_forward = compiled
+        for dit in (self.dit, *self.ensemble):
+            dit.compile_forward = compiled
         self._counting_dit = CountingModel(self.dit, self.timings)
+        self._counting_members = [CountingModel(member, self.timings) for member in self.ensemble]
         self._frames = WorldModelFrames(self.tokenizer, self.reward_model, self.initial_states, self.num_cond_latent_frames,
                                         self.chunk_size, self.device, self.dtype, self.timings, compiled)
-        self._placement = ModelPlacement(self.tokenizer, self.dit, self.reward_model, self.device, self.dtype)
+        self._placement = ModelPlacement(self.tokenizer, (self.dit, *self.ensemble), self.reward_model, self.device,
+                                         self.dtype)
 
         b = self.num_envs
         height, width = self.initial_states.image_size
@@ -174,6 +201,7 @@ class WorldModelEnv(ChunkEnv):
         self._action_sums = np.zeros((b, self.action_dim), np.float64)  # running sums, if the DiT takes them
         self._done = np.ones(b, bool)
         self._success = np.zeros(b, bool)
+        self._halted = np.zeros(b, bool)  # ended by the ensemble's disagreement
         self._streak = np.zeros(b, np.int64)  # scored frames in a row at or above the threshold
         self._last_prob = np.zeros(b, np.float32)
         self._seed_streams(self.seed)
@@ -201,7 +229,7 @@ class WorldModelEnv(ChunkEnv):
         self._frames.move_cache(device)
 
     def offload(self) -> None:
-        """Move every parameter and buffer of tokenizer, DiT and reward model (and the latent state) to CPU."""
+        """Move every parameter and buffer of tokenizer, DiTs and reward model (and the latent state) to CPU."""
         self._placement.offload()
         self._move_state(torch.device("cpu"))
 
@@ -214,7 +242,7 @@ class WorldModelEnv(ChunkEnv):
         return self._placement.onloaded
 
     def model_devices(self) -> set[str]:
-        """Devices holding any parameter or buffer of the three models."""
+        """Devices holding any parameter or buffer of the models."""
         return self._placement.devices()
 
     def _require_ready(self, call: str) -> None:
@@ -276,6 +304,7 @@ class WorldModelEnv(ChunkEnv):
             self._action_sums[rows] = self.initial_states.action_sums_of(ids, self.action_dim)
         self._done[rows] = False
         self._success[rows] = False
+        self._halted[rows] = False
         self._streak[rows] = 0
 
     def chunk_step(self, actions) -> ChunkStep:
@@ -295,10 +324,11 @@ class WorldModelEnv(ChunkEnv):
         truncated[self._done & ~self._success] = True
         active = np.flatnonzero(~self._done)
         scored_probs = np.full(self.num_envs, np.nan, np.float32)
+        disagreement = np.full(self.num_envs, np.nan, np.float32)
         for start in range(0, len(active), self.batch_size):
             rows = active[start : start + self.batch_size]
             with torch.no_grad():
-                self._step_rows(rows, actions[rows], rewards, terminated, truncated, scored_probs)
+                self._step_rows(rows, actions[rows], rewards, terminated, truncated, scored_probs, disagreement)
         if len(active):
             self.timings.chunks += 1
         info = {
@@ -308,6 +338,10 @@ class WorldModelEnv(ChunkEnv):
             "success_prob": scored_probs,  # last scored probability of each env stepped now (NaN otherwise)
             "num_active": int(len(active)),
         }
+        if self.ensemble:
+            info["disagreement"] = disagreement  # of each env stepped now (NaN otherwise)
+        if self.uncertainty_threshold is not None:
+            info["halted"] = self._halted.copy()
         return ChunkStep(self._obs(), rewards, terminated, truncated, info)
 
     # ------------------------------------------------------------------ internals
@@ -319,7 +353,7 @@ class WorldModelEnv(ChunkEnv):
         noise = torch.stack([torch.randn(shape, generator=self._generators[r]) for r in rows.tolist()])
         return noise.to(self.device, self.dtype)
 
-    def _step_rows(self, rows, actions, rewards, terminated, truncated, scored_probs) -> None:
+    def _step_rows(self, rows, actions, rewards, terminated, truncated, scored_probs, disagreement) -> None:
         n, k, tc, p = len(rows), self.chunk_size, self.num_cond_latent_frames, self.num_pred_latent_frames
         nf = self.reward_model.num_frames
         context = self._context[rows]  # [n, C, Tc, h, w]
@@ -332,9 +366,16 @@ class WorldModelEnv(ChunkEnv):
         noise = self._noise(rows, (c, tc + p, h, w))
 
         start = time.perf_counter()
-        sampled = self.sampler.sample(self._counting_dit, x_cond, mask, scaled.to(self.device, self.dtype), noise=noise)
+        scaled = scaled.to(self.device, self.dtype)
+        new = self.sampler.sample(self._counting_dit, x_cond, mask, scaled, noise=noise)[:, :, tc:]  # [n, C, P, h, w]
+        halted = np.zeros(n, bool)
+        if self.ensemble:
+            members = [self.sampler.sample(m, x_cond, mask, scaled, noise=noise)[:, :, tc:] for m in self._counting_members]
+            spread = ensemble_disagreement(torch.stack([new, *members])).cpu().numpy()
+            disagreement[rows] = spread
+            if self.uncertainty_threshold is not None:
+                halted = spread > self.uncertainty_threshold
         self.timings.dit_seconds += time.perf_counter() - start
-        new = sampled[:, :, tc:]  # [n, C, P, h, w]
 
         # Steps of this chunk each env executes (fewer only when max_episode_steps ends it early).
         ends = np.minimum(k, self.max_episode_steps - self._steps[rows])
@@ -361,7 +402,12 @@ class WorldModelEnv(ChunkEnv):
         for (i, j), prob in zip(owners, probs.tolist()):
             by_row.setdefault(i, []).append((j, prob))
         for i, row in enumerate(rows.tolist()):
-            last_step = self._settle(row, by_row[i], int(ends[i]), rewards, terminated)
+            if halted[i]:  # ends here, a failure: its frames are not scored
+                last_step = int(ends[i]) - 1
+                terminated[row, last_step:] = True
+                self._halted[row] = self._done[row] = True
+            else:
+                last_step = self._settle(row, by_row[i], int(ends[i]), rewards, terminated)
             scored_probs[row] = self._last_prob[row]
             self._steps[row] += last_step + 1
             self.timings.env_steps += last_step + 1

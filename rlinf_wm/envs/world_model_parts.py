@@ -187,3 +187,20 @@ def check_parts(parts: WorldModelParts) -> None:
         problems.append(f"reward model image_size={rm.image_size} but the tokenizer's is {tok.image_size}")
     if problems:
         raise ValueError(f"world model {parts.world_model_dir} is inconsistent: " + "; ".join(problems))
+
+
+def load_dit_ensemble(paths: list[str], primary: ActionDiT, frames: int) -> list[ActionDiT]:
+    """More DiTs of one world model (e.g. trained with other seeds): each must take the env DiT's inputs and
+    generate ``frames`` latent frames (conditioning + chunk). One error per path naming every mismatch."""
+    members = []
+    for path in paths:
+        member = load_model(ActionDiT, resolve_model_dir(path)).eval()
+        problems = [f"{name}={getattr(member, name)} but the env's DiT has {getattr(primary, name)}"
+                    for name in ("latent_channels", "action_dim", "actions_per_latent_frame")
+                    if getattr(member, name) != getattr(primary, name)]
+        if frames > member.transformer.config.max_size[0]:
+            problems.append(f"max_size[0]={member.transformer.config.max_size[0]} < the env's {frames} latent frames")
+        if problems:
+            raise ValueError(f"ensemble_dit_paths: {path} does not fit the world model: " + "; ".join(problems))
+        members.append(member)
+    return members

@@ -1,28 +1,32 @@
-"""Where a world model's three networks live, and moving them there and back (offloading).
+"""Where a world model's networks live, and moving them there and back (offloading).
 
-The DiT is cast to the configured dtype; the tokenizer and the reward model keep float32 weights.
+The DiTs (the env's and any ensemble members) are cast to the configured dtype; the tokenizer and the reward model
+keep float32 weights.
 """
 
 from __future__ import annotations
+
+from collections.abc import Sequence
 
 import torch
 
 
 class ModelPlacement:
-    """Moves the tokenizer, DiT and reward model together; ``onloaded`` says whether they are on ``device``."""
+    """Moves the tokenizer, the DiTs and the reward model together; ``onloaded`` says whether they are on ``device``."""
 
-    def __init__(self, tokenizer: torch.nn.Module, dit: torch.nn.Module, reward_model: torch.nn.Module,
+    def __init__(self, tokenizer: torch.nn.Module, dits: Sequence[torch.nn.Module], reward_model: torch.nn.Module,
                  device: torch.device, dtype: torch.dtype) -> None:
-        self.models = (tokenizer, dit, reward_model)
+        self.tokenizer, self.dits, self.reward_model = tokenizer, tuple(dits), reward_model
+        self.models = (tokenizer, *self.dits, reward_model)
         self.device, self.dtype = device, dtype
         self.onloaded = False
         self.onload()
 
     def _move(self, device: torch.device) -> None:
-        tokenizer, dit, reward_model = self.models
-        tokenizer.to(device=device, dtype=torch.float32)
-        reward_model.to(device=device, dtype=torch.float32)
-        dit.to(device=device, dtype=self.dtype)
+        self.tokenizer.to(device=device, dtype=torch.float32)
+        self.reward_model.to(device=device, dtype=torch.float32)
+        for dit in self.dits:
+            dit.to(device=device, dtype=self.dtype)
 
     def offload(self) -> None:
         """Every parameter and buffer to CPU."""
@@ -36,5 +40,5 @@ class ModelPlacement:
         self.onloaded = True
 
     def devices(self) -> set[str]:
-        """Devices holding any parameter or buffer of the three models."""
+        """Devices holding any parameter or buffer of the models."""
         return {str(t.device) for m in self.models for t in (*m.parameters(), *m.buffers())}

@@ -259,12 +259,15 @@ class EmbodiedRunner:
     @staticmethod
     def _env_metrics(batch: TrajectoryBatch) -> dict[str, float]:
         alive = batch.alive()[..., None]
-        return {
+        metrics = {
             "env/success_once": float(batch.success.mean()),
             "env/episode_len": float(batch.episode_lengths().mean()),
             "env/return": float((batch.rewards * alive).sum(axis=(1, 2)).mean()),
             "env/num_trajectories": float(batch.num_trajectories),
         }
+        if batch.halted is not None:  # a world-model ensemble ended these for disagreement
+            metrics["env/halted"] = float(batch.halted.mean())
+        return metrics
 
     # --- evaluation and checkpoints --------------------------------------------------------
     def _evaluate(self) -> dict[str, float]:

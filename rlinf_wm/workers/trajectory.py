@@ -30,6 +30,7 @@ class TrajectoryBatch:
     states: np.ndarray | None = None  # float32 [B, N, S]
     values: np.ndarray | None = None  # float32 [B, N]: V(obs before chunk n) (PPO)
     next_values: np.ndarray | None = None  # float32 [B, N]: V(obs after chunk n) (PPO)
+    halted: np.ndarray | None = None  # bool [B]: ended by a world-model ensemble's disagreement (its env reports it)
 
     @property
     def num_trajectories(self) -> int:
@@ -90,7 +91,7 @@ def _pad_chunks(batch: TrajectoryBatch, length: int) -> TrajectoryBatch:
     padded = {}
     for f in fields(batch):
         value = getattr(batch, f.name)
-        if value is None or f.name in ("instructions", "success", "group_ids"):
+        if value is None or f.name in ("instructions", "success", "group_ids", "halted"):
             continue
         fill = True if f.name in ("terminated", "truncated") else 0
         pad = np.full((value.shape[0], missing, *value.shape[2:]), fill, dtype=value.dtype)
@@ -110,6 +111,7 @@ class TrajectoryBuilder:
         self._steps: list[dict[str, Any]] = []
         self.ended = np.zeros(self.num_envs, bool)
         self.success = np.zeros(self.num_envs, bool)
+        self.halted: np.ndarray | None = None  # when the env reports info["halted"]
         self.final_values: np.ndarray | None = None
 
     @property
@@ -132,6 +134,10 @@ class TrajectoryBuilder:
         alive = ~self.ended
         done = (record["terminated"] | record["truncated"]).any(axis=1)
         self.success |= alive & chunk_success(record["info"], self.num_envs)
+        if "halted" in record["info"]:
+            if self.halted is None:
+                self.halted = np.zeros(self.num_envs, bool)
+            self.halted |= alive & np.asarray(record["info"]["halted"], bool).reshape(self.num_envs)
         self.ended |= done
         self._steps.append(record)
 
@@ -160,4 +166,5 @@ class TrajectoryBuilder:
             states=states,
             values=values,
             next_values=next_values,
+            halted=None if self.halted is None else self.halted.copy(),
         )
