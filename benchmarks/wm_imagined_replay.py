@@ -22,12 +22,15 @@ success the DiT's belief about those actions, or a noise draw that a rule over s
 (encode, decode), as reconstructed frames look: does ``replayed - real`` come from reconstruction or from what the
 DiT generates? With ``--save-replays DIR`` every real replay is written as world-model training data (kind
 ``imagined_replay``): the real outcome of the action sequences the policy was rewarded for, counterexamples
-to the world model's false successes included, for a refit (``extra_data_dirs``).
+to the world model's false successes included, for a refit (``extra_data_dirs``). With ``--ensemble-dit PATH...``
+the world model runs those DiTs beside its own (the env's ``ensemble_dit_paths``) and the report says whether their
+disagreement tells false imagined successes from true ones: its AUC, and how many of each an
+``uncertainty_threshold`` at quantiles of the chunks' disagreement would halt (exactly: a halt ends the same rollout).
 
     .venv/bin/python benchmarks/wm_imagined_replay.py --run-dir outputs/drawer-open-v3/rl_grpo_wm \
         --policy outputs/drawer-open-v3/sft/model outputs/drawer-open-v3/rl_grpo_wm/final/model \
         [--states 50] [--episodes-per-state 1] [--temperature 4.0] [--resample N] [--save-frames DIR] [--threads 2]
-        [--dtype auto|float32|bfloat16] [--real-through-tokenizer] [--save-replays DIR]
+        [--dtype auto|float32|bfloat16] [--real-through-tokenizer] [--save-replays DIR] [--ensemble-dit PATH ...]
 
 The world-model env is the RL run's ``env.train`` (its ``config.yaml``), the real env its ``env.eval``. Prints one
 JSON object as its last line.
@@ -82,7 +85,7 @@ class ThroughTokenizer:
 
 def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: float) -> list[dict]:
     """The policy closed loop in the world model: per episode its action chunks [C, K, A], chunk-end frames
-    [C + 1, H, W, 3] (the reset frame first) and success."""
+    [C + 1, H, W, 3] (the reset frame first), success and, with an ensemble, each chunk's disagreement [C]."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -93,7 +96,7 @@ def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: fl
         used = len(ids)
         ids = ids + [ids[-1]] * (batch - used)  # a short last round: spare envs repeat a start, results dropped
         obs = env.reset(ids=np.asarray(ids), seed=seed + round_index)
-        frames, actions = [obs.images], []
+        frames, actions, spread = [obs.images], [], []
         done, chunks_run = np.zeros(batch, bool), np.zeros(batch, np.int64)
         for _ in range(max_chunks):
             if done.all():
@@ -104,11 +107,13 @@ def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: fl
             done |= (step.terminated | step.truncated).any(axis=1)
             actions.append(chosen)
             frames.append(step.obs.images)
+            spread.append(step.info.get("disagreement", np.full(batch, np.nan, np.float32)))
             obs = step.obs
-        actions, frames = np.stack(actions, 1), np.stack(frames, 1)
+        actions, frames, spread = np.stack(actions, 1), np.stack(frames, 1), np.stack(spread, 1)
         for b in range(used):
             n = int(chunks_run[b])
-            episodes.append({"actions": actions[b, :n], "frames": frames[b, : n + 1], "success": bool(step.info["success"][b])})
+            episodes.append({"actions": actions[b, :n], "frames": frames[b, : n + 1], "success": bool(step.info["success"][b]),
+                             "disagreement": spread[b, :n]})
     return episodes
 
 
@@ -187,6 +192,40 @@ def resampled_successes(env, reset_ids: list[int], episodes: list[dict], seeds: 
     return out
 
 
+def auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
+    """P(a positive scores above a negative), ties half: the ROC AUC of a score separating the two."""
+    if not len(positives) or not len(negatives):
+        return None
+    greater = (positives[:, None] > negatives[None]).mean()
+    ties = (positives[:, None] == negatives[None]).mean()
+    return round(float(greater + ties / 2), 4)
+
+
+def disagreement_report(imagined: list[dict], i_success: np.ndarray, r_success: np.ndarray) -> dict:
+    """Does the ensemble's disagreement single out the false imagined successes? Per episode its largest chunk
+    disagreement; halting at a threshold ends exactly the episodes whose largest one exceeds it."""
+    if not any(np.isfinite(e["disagreement"]).any() for e in imagined):
+        return {}
+    largest = np.array([float(np.nanmax(e["disagreement"])) for e in imagined])
+    chunks = np.concatenate([e["disagreement"] for e in imagined])
+    true, false = i_success & r_success, i_success & ~r_success
+    halts = {}
+    for q in (50, 75, 90, 95, 99):
+        threshold = float(np.percentile(chunks, q))
+        kept = largest <= threshold
+        halts[f"p{q}"] = {"threshold": round(threshold, 5), "true_successes_kept": int((true & kept).sum()),
+                          "false_successes_kept": int((false & kept).sum()), "episodes_kept": int(kept.sum())}
+    return {"disagreement": {
+        "chunk_quantiles": {f"p{q}": round(float(np.percentile(chunks, q)), 5) for q in (50, 90, 99)},
+        "largest_mean": {"true_successes": rate(largest[true]) if true.any() else None,
+                         "false_successes": rate(largest[false]) if false.any() else None,
+                         "failures": rate(largest[~i_success]) if (~i_success).any() else None},
+        # the largest disagreement as a detector of false among imagined successes (0.5: no better than chance)
+        "auc_false_vs_true_successes": auc(largest[false], largest[true]),
+        "halted_at_chunk_quantile": halts,
+    }}
+
+
 def rate(x) -> float:
     return round(float(np.mean(x)), 4)
 
@@ -249,6 +288,7 @@ def evaluate_policy(policy_dir: Path, wm_env, real_env, reset_ids: list[int], ar
         "precision_of_imagined_success": rate(r_success[i_success]) if i_success.any() else None,
         "frame_psnr_db_by_chunk": {c: round(float(np.mean(by_chunk[c])), 2) for c in marks},
         **resample_report(wm_env, reset_ids, imagined, i_success, r_success, args),
+        **disagreement_report(imagined, i_success, r_success),
         "seconds": {"imagined": round(t1 - t0, 1), "replay": round(t2 - t1, 1), "real": round(t3 - t2, 1)},
     }
     return report, imagined, replayed
@@ -272,6 +312,9 @@ def main() -> None:
                         help="write <policy n>_false_successes.png: replayed over imagined frames of up to 4 of them")
     parser.add_argument("--save-replays", type=Path, default=None, metavar="DIR",
                         help="write every real replay (a frame per step) to DIR/policy<n>.hdf5: world-model data")
+    parser.add_argument("--ensemble-dit", type=Path, nargs="+", default=None, metavar="PATH",
+                        help="more DiTs run beside the world model's (ensemble_dit_paths): is their disagreement "
+                             "high on the false imagined successes?")
     parser.add_argument("--real-through-tokenizer", action="store_true",
                         help="the real closed loop observes the world model tokenizer's reconstructions of its frames")
     args = parser.parse_args()
@@ -308,6 +351,8 @@ def main() -> None:
         wm_cfg = {**config["env"]["train"], "num_envs": min(args.num_envs, episodes), "initial_states_path": str(states_path)}
         if args.dtype is not None:
             wm_cfg["dtype"] = args.dtype
+        if args.ensemble_dit:
+            wm_cfg["ensemble_dit_paths"] = [str(p) for p in args.ensemble_dit]
         wm_env = make_env(wm_cfg.pop("env_type"), **wm_cfg)
         reports = []
         for n, policy_dir in enumerate(args.policy):

@@ -169,3 +169,31 @@ def test_the_real_closed_loop_can_observe_through_the_tokenizer():
     step = env.chunk_step(actions)
     assert step.info["success"].tolist() == [True, False]
     assert step.obs.images[0, 0, 0, 0] == 255 - 120 and step.obs.images[1, 0, 0, 0] == 255
+
+
+def test_imagined_episodes_record_the_ensembles_disagreement_per_chunk(tmp_path):
+    wm = make_world_model(tmp_path / "wm")
+    other = make_world_model(tmp_path / "other", seed=1) / "dit"
+    env = WorldModelEnv(str(wm), num_envs=2, max_episode_steps=6, reward_threshold=2.0, ensemble_dit_paths=[str(other)])
+    episodes = replay_benchmark.imagined_episodes(env, FixedPolicy(), [0, 1], seed=0, temperature=1.0)
+    for e in episodes:
+        assert e["disagreement"].shape == (6 // CHUNK,) and (e["disagreement"] > 0).all()
+    single = WorldModelEnv(str(wm), num_envs=2, max_episode_steps=6, reward_threshold=2.0)
+    assert np.isnan(replay_benchmark.imagined_episodes(single, FixedPolicy(), [0], 0, 1.0)[0]["disagreement"]).all()
+
+
+def test_disagreement_report_counts_what_each_threshold_would_halt():
+    # imagined successes 0-3 (0, 1 true; 2, 3 false), a failure 4; false successes disagree more
+    spread = [[0.1, 0.2], [0.1], [0.5, 0.9], [0.3, 0.6], [0.2, 0.2, 0.2]]
+    imagined = [{"disagreement": np.array(s, np.float32)} for s in spread]
+    i_success = np.array([True, True, True, True, False])
+    r_success = np.array([True, True, False, False, False])
+    report = replay_benchmark.disagreement_report(imagined, i_success, r_success)["disagreement"]
+    assert report["auc_false_vs_true_successes"] == 1.0
+    assert report["largest_mean"]["false_successes"] == pytest.approx(0.75)
+    p50 = report["halted_at_chunk_quantile"]["p50"]  # median of the 10 chunks: 0.2; largest <= it: episodes 0, 1, 4
+    assert p50["threshold"] == pytest.approx(0.2)
+    assert (p50["true_successes_kept"], p50["false_successes_kept"], p50["episodes_kept"]) == (2, 0, 3)
+    assert replay_benchmark.auc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5  # ties count half
+    nan = [{"disagreement": np.full(2, np.nan, np.float32)}]
+    assert replay_benchmark.disagreement_report(nan, np.array([True]), np.array([True])) == {}
