@@ -22,15 +22,16 @@ success the DiT's belief about those actions, or a noise draw that a rule over s
 (encode, decode), as reconstructed frames look: does ``replayed - real`` come from reconstruction or from what the
 DiT generates? With ``--save-replays DIR`` every real replay is written as world-model training data (kind
 ``imagined_replay``): the real outcome of the action sequences the policy was rewarded for, counterexamples
-to the world model's false successes included, for a refit (``extra_data_dirs``). With ``--ensemble-dit PATH...``
-the world model runs those DiTs beside its own (the env's ``ensemble_dit_paths``) and the report says whether their
-disagreement tells false imagined successes from true ones: its AUC, and how many of each an
-``uncertainty_threshold`` at quantiles of the chunks' disagreement would halt (exactly: a halt ends the same rollout).
+to the world model's false successes included, for a refit (``extra_data_dirs``). With ``--ensemble DIR...``
+the world model runs those world models' DiTs beside its own (the env's ``ensemble_world_model_dirs``, never halting)
+and the report says whether their disagreement tells false imagined successes from true ones: its AUC, and how many
+of each an ``uncertainty_threshold`` at quantiles of the chunks' disagreement would halt (exactly: a halt ends the
+same rollout).
 
     .venv/bin/python benchmarks/wm_imagined_replay.py --run-dir outputs/drawer-open-v3/rl_grpo_wm \
         --policy outputs/drawer-open-v3/sft/model outputs/drawer-open-v3/rl_grpo_wm/final/model \
         [--states 50] [--episodes-per-state 1] [--temperature 4.0] [--resample N] [--save-frames DIR] [--threads 2]
-        [--dtype auto|float32|bfloat16] [--real-through-tokenizer] [--save-replays DIR] [--ensemble-dit PATH ...]
+        [--dtype auto|float32|bfloat16] [--real-through-tokenizer] [--save-replays DIR] [--ensemble DIR ...]
 
 The world-model env is the RL run's ``env.train`` (its ``config.yaml``), the real env its ``env.eval``. Prints one
 JSON object as its last line.
@@ -312,9 +313,9 @@ def main() -> None:
                         help="write <policy n>_false_successes.png: replayed over imagined frames of up to 4 of them")
     parser.add_argument("--save-replays", type=Path, default=None, metavar="DIR",
                         help="write every real replay (a frame per step) to DIR/policy<n>.hdf5: world-model data")
-    parser.add_argument("--ensemble-dit", type=Path, nargs="+", default=None, metavar="PATH",
-                        help="more DiTs run beside the world model's (ensemble_dit_paths): is their disagreement "
-                             "high on the false imagined successes?")
+    parser.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="DIR",
+                        help="world models whose DiTs run beside the env's (ensemble_world_model_dirs): is their "
+                             "disagreement high on the false imagined successes?")
     parser.add_argument("--real-through-tokenizer", action="store_true",
                         help="the real closed loop observes the world model tokenizer's reconstructions of its frames")
     args = parser.parse_args()
@@ -351,8 +352,9 @@ def main() -> None:
         wm_cfg = {**config["env"]["train"], "num_envs": min(args.num_envs, episodes), "initial_states_path": str(states_path)}
         if args.dtype is not None:
             wm_cfg["dtype"] = args.dtype
-        if args.ensemble_dit:
-            wm_cfg["ensemble_dit_paths"] = [str(p) for p in args.ensemble_dit]
+        if args.ensemble:
+            wm_cfg["ensemble_world_model_dirs"] = [str(p) for p in args.ensemble]
+        wm_cfg["uncertainty_threshold"] = None  # measure the disagreement, never halt on it
         wm_env = make_env(wm_cfg.pop("env_type"), **wm_cfg)
         reports = []
         for n, policy_dir in enumerate(args.policy):

@@ -172,9 +172,14 @@ def test_the_real_closed_loop_can_observe_through_the_tokenizer():
 
 
 def test_imagined_episodes_record_the_ensembles_disagreement_per_chunk(tmp_path):
+    import shutil
+
     wm = make_world_model(tmp_path / "wm")
-    other = make_world_model(tmp_path / "other", seed=1) / "dit"
-    env = WorldModelEnv(str(wm), num_envs=2, max_episode_steps=6, reward_threshold=2.0, ensemble_dit_paths=[str(other)])
+    member = Path(shutil.copytree(wm, tmp_path / "member"))
+    shutil.rmtree(member / "dit")
+    shutil.copytree(make_world_model(tmp_path / "other", seed=1) / "dit", member / "dit")  # other weights, same data
+    env = WorldModelEnv(str(wm), num_envs=2, max_episode_steps=6, reward_threshold=2.0,
+                        ensemble_world_model_dirs=[str(member)])
     episodes = replay_benchmark.imagined_episodes(env, FixedPolicy(), [0, 1], seed=0, temperature=1.0)
     for e in episodes:
         assert e["disagreement"].shape == (6 // CHUNK,) and (e["disagreement"] > 0).all()

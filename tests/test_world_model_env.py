@@ -330,7 +330,7 @@ def test_a_dit_trained_on_running_sums_gets_them_from_reset_or_the_branch_point(
 
 
 def test_an_ensemble_of_the_env_dit_with_itself_agrees_and_changes_nothing(wm_dir):
-    alone, paired = make(wm_dir), make(wm_dir, ensemble_dit_paths=[str(wm_dir / "dit")])
+    alone, paired = make(wm_dir), make(wm_dir, ensemble_world_model_dirs=[str(wm_dir)])
     expected = rollout(alone, [0, 1, 2, 0], seed=3)
     assert "disagreement" not in alone.chunk_step(actions(5)).info
     np.testing.assert_array_equal(rollout(paired, [0, 1, 2, 0], seed=3), expected)
@@ -351,44 +351,93 @@ def test_ensemble_disagreement_is_the_largest_rms_difference_of_two_members():
 
 
 @pytest.fixture(scope="module")
-def other_dit(tmp_path_factory) -> Path:
-    """A DiT of the same shape with other weights: an ensemble member that disagrees."""
-    return make_world_model(tmp_path_factory.mktemp("wm_other") / "world_model", seed=1) / "dit" / "model"
+def member_dir(wm_dir, tmp_path_factory) -> Path:
+    """The env's world model with a DiT of other weights: an ensemble member that disagrees."""
+    import shutil
+
+    root = tmp_path_factory.mktemp("member")
+    member = Path(shutil.copytree(wm_dir, root / "member"))
+    other = make_world_model(root / "other", seed=1)
+    shutil.rmtree(member / "dit")
+    shutil.copytree(other / "dit", member / "dit")
+    return member
 
 
-def test_disagreement_above_the_threshold_ends_the_episode_as_a_failure(wm_dir, other_dit):
-    probe = make(wm_dir, ensemble_dit_paths=[str(other_dit)], reward_threshold=ALWAYS)
+def test_the_env_goes_on_with_its_own_dits_chunks_beside_a_disagreeing_member(wm_dir, member_dir):
+    expected = rollout(make(wm_dir), [0, 1, 2, 0], seed=3, chunks=3)
+    env = make(wm_dir, ensemble_world_model_dirs=[str(member_dir)])
+    np.testing.assert_array_equal(rollout(env, [0, 1, 2, 0], seed=3, chunks=3), expected)
+    assert (env.chunk_step(actions(3)).info["disagreement"] > 0).all()
+
+
+def halting_env(wm_dir, member_dir, **kwargs):
+    """An env whose every env would succeed in the first chunk, and the disagreement of that chunk per env."""
+    probe = make(wm_dir, ensemble_world_model_dirs=[str(member_dir)], reward_threshold=ALWAYS, **kwargs)
     probe.reset(ids=[0, 1, 2, 0], seed=0)
     step = probe.chunk_step(actions())
+    assert step.info["success"].all()
     spread = step.info["disagreement"]
-    assert (spread > 0).all() and step.info["success"].all()  # every env would succeed without a threshold
+    assert (spread > 0).all()
     cut = float(np.sort(spread)[1] + np.sort(spread)[2]) / 2  # halts the two envs that disagree most
-    env = make(wm_dir, ensemble_dit_paths=[str(other_dit)], reward_threshold=ALWAYS, uncertainty_threshold=cut)
+    env = make(wm_dir, ensemble_world_model_dirs=[str(member_dir)], reward_threshold=ALWAYS,
+               uncertainty_threshold=cut, **kwargs)
     env.reset(ids=[0, 1, 2, 0], seed=0)
+    return env, spread > cut
+
+
+def test_disagreement_above_the_threshold_ends_the_episode_as_a_failure(wm_dir, member_dir):
+    env, halted = halting_env(wm_dir, member_dir, batch_size=3)  # the halted envs span two micro-batches
     step = env.chunk_step(actions())
-    halted = spread > cut
     np.testing.assert_array_equal(step.info["halted"], halted)
     np.testing.assert_array_equal(step.info["success"], ~halted)
     np.testing.assert_array_equal(step.rewards.sum(1), (~halted).astype(np.float32))  # no reward for a halt
     assert step.terminated[:, -1].all() and not step.truncated.any()
+    assert np.isnan(step.info["success_prob"][halted]).all() and not np.isnan(step.info["success_prob"][~halted]).any()
     np.testing.assert_array_equal(step.info["episode_length"], [CHUNK] * B)
     calls = env.timings.dit_calls
-    after = env.chunk_step(actions(1))  # every env is done: nothing runs, halts stay failures
+    after = env.chunk_step(actions(1))  # every env is done: nothing runs, halts stay terminated failures
     assert env.timings.dit_calls == calls and not after.rewards.any()
+    assert after.terminated.all() and not after.truncated.any()
     np.testing.assert_array_equal(after.info["halted"], halted)
-    env.reset(ids=[0, 1, 2, 0], seed=0)  # a reset clears the halts
-    env.uncertainty_threshold = float(spread.max()) * 2
+    first_halted = int(np.flatnonzero(halted)[0])
+    env.uncertainty_threshold = 1e9  # no new halts from here on
+    env.reset_envs([first_halted])  # clears that env's halt only
+    np.testing.assert_array_equal(env.chunk_step(actions()).info["halted"][halted], [False, True])
+    env.reset(ids=[0, 1, 2, 0], seed=0)  # clears every halt
     assert not env.chunk_step(actions()).info["halted"].any()
 
 
+def test_a_halt_with_relative_rewards_returns_what_a_failure_returns(wm_dir, member_dir):
+    env, halted = halting_env(wm_dir, member_dir, reward_type="relative")
+    reset_probs = env._last_prob.copy()
+    step = env.chunk_step(actions())
+    np.testing.assert_allclose(step.rewards.sum(1)[halted], -reset_probs[halted])  # scored as probability 0
+
+
 def test_ensemble_settings_are_checked(wm_dir, tmp_path):
-    with pytest.raises(ValueError, match="uncertainty_threshold needs ensemble_dit_paths"):
+    import shutil
+
+    with pytest.raises(ValueError, match="uncertainty_threshold needs ensemble_world_model_dirs"):
         make(wm_dir, uncertainty_threshold=1.0)
     with pytest.raises(ValueError, match="uncertainty_threshold must be > 0"):
-        make(wm_dir, ensemble_dit_paths=[str(wm_dir / "dit")], uncertainty_threshold=0.0)
-    wider = make_world_model(tmp_path / "running_sums", action_integral_scale=0.5) / "dit"
-    with pytest.raises(ValueError, match=r"ensemble_dit_paths: .*running_sums.*action_dim=8 but the env's DiT has 4"):
-        make(wm_dir, ensemble_dit_paths=[str(wider)])
+        make(wm_dir, ensemble_world_model_dirs=[str(wm_dir)], uncertainty_threshold=0.0)
+    with pytest.raises(FileNotFoundError, match="ensemble_world_model_dirs: .*nowhere"):
+        make(wm_dir, ensemble_world_model_dirs=[str(tmp_path / "nowhere")])
+    sums = make_world_model(tmp_path / "running_sums", action_integral_scale=0.5)
+    with pytest.raises(ValueError, match=r"running_sums does not fit.*action_integral_scale=0.5 but .* has 0.0"):
+        make(wm_dir, ensemble_world_model_dirs=[str(sums)])
+    other_data = make_world_model(tmp_path / "other_data", seed=1)
+    with pytest.raises(ValueError, match="other_data does not fit.*differs from the env's action statistics"):
+        make(wm_dir, ensemble_world_model_dirs=[str(other_data)])
+    # an env running a student needs the members' students
+    student = Path(shutil.copytree(wm_dir, tmp_path / "student"))
+    settings = json.loads((student / "world_model.json").read_text())
+    settings["paths"]["distilled_dit"] = "dit/model"
+    settings["distilled_sampler"] = {**settings["sampler"], "num_steps": 1}
+    (student / "world_model.json").write_text(json.dumps(settings))
+    with pytest.raises(ValueError, match="no distilled DiT"):
+        make(student, distilled=True, ensemble_world_model_dirs=[str(wm_dir)])
+    assert len(make(student, distilled=True, ensemble_world_model_dirs=[str(student)]).ensemble) == 1
 
 
 def test_offload_round_trip(wm_dir):
@@ -594,12 +643,12 @@ def test_schema_rejects_bad_values():
         ("chunk_size", 0, "chunk_size"),
         ("dtype", "float64x", "dtype"),
         ("success_consecutive", 0, "success_consecutive"),
-        ("uncertainty_threshold", 0.5, "needs ensemble_dit_paths"),
+        ("uncertainty_threshold", 0.5, "needs ensemble_world_model_dirs"),
     ]:
         with pytest.raises(ConfigError, match=match):
             validate({**base, key: value}, WorldModelEnvConfig, "env.train")
     with pytest.raises(ConfigError, match="uncertainty_threshold: must be > 0"):
-        validate({**base, "ensemble_dit_paths": ["d"], "uncertainty_threshold": -1.0}, WorldModelEnvConfig, "env.train")
+        validate({**base, "ensemble_world_model_dirs": ["d"], "uncertainty_threshold": -1.0}, WorldModelEnvConfig, "env.train")
     ok = validate(base, WorldModelEnvConfig, "env.train")
     assert json.dumps(ok.env_kwargs())  # plain data, passable to a Ray actor
 

@@ -70,7 +70,7 @@ class WorldModelEnvConfig:
     reward_frames: Literal["last", "all"] = "last"
     reward_threshold: float | None = None
     success_consecutive: int = 1
-    ensemble_dit_paths: list[str] = field(default_factory=list)  # more DiTs: their disagreement is reported
+    ensemble_world_model_dirs: list[str] = field(default_factory=list)  # their DiTs' disagreement is reported
     uncertainty_threshold: float | None = None  # disagreement that ends an episode as a failure (MOReL's halt)
     reencode_context: bool | None = None  # None: on for per-frame tokenizers (WorldModelEnv)
     device: str = "cpu"
@@ -91,8 +91,8 @@ class WorldModelEnvConfig:
                 f"must be >= 0 (or null: the reward model's), got {self.reward_threshold}")
         require(self.uncertainty_threshold is None or self.uncertainty_threshold > 0, at("uncertainty_threshold"),
                 f"must be > 0 (or null: never halt), got {self.uncertainty_threshold}")
-        require(self.uncertainty_threshold is None or bool(self.ensemble_dit_paths), at("uncertainty_threshold"),
-                "needs ensemble_dit_paths (the disagreement is between DiTs)")
+        require(self.uncertainty_threshold is None or bool(self.ensemble_world_model_dirs), at("uncertainty_threshold"),
+                "needs ensemble_world_model_dirs (the disagreement is between DiTs)")
         require(self.dtype in DTYPE_NAMES, at("dtype"), f"must be one of {list(DTYPE_NAMES)}, got {self.dtype!r}")
         require(self.device == "cpu" or self.device.startswith("cuda"), at("device"),
                 f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")

@@ -11,11 +11,12 @@ One ``chunk_step`` over ``B`` envs:
 3. The reward model scores the decoded frames; success terminates the env (``success_once``: reward 1 at that
    step; ``relative``: each scored frame earns the change in success probability since the previous one, so an
    episode's return is ``p_final - p_reset``). ``max_episode_steps`` truncates.
-4. With an ensemble (``ensemble_dit_paths``), every member generates the same chunk from the same context,
-   actions and noise; the env goes on with its own DiT's chunk and reports the members' disagreement (the largest
-   RMS difference of two members' new latents). Above ``uncertainty_threshold`` the episode ends as a failure
-   before its frames are scored: MOReL's "unknown state" halt (Kidambi et al., 2020), which denies the policy a
-   success where the models disagree, the states a single DiT's false successes come from.
+4. With an ensemble (``ensemble_world_model_dirs``: the DiTs of more world models trained on the same windows),
+   every member generates the same chunk from the same context, actions and noise; the env goes on with its own
+   DiT's chunk and reports the members' disagreement (the largest RMS difference of two members' new latents).
+   Above ``uncertainty_threshold`` the episode ends there as a failure, whatever its frames score: MOReL's
+   "unknown state" halt (Kidambi et al., 2020), which denies the policy a success where the models disagree, the
+   states a single DiT's false successes come from.
 5. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
    or, with ``reencode_context`` (the default for per-frame tokenizers), they are decoded and encoded again, which
    keeps long autoregressive rollouts on the tokenizer's manifold.
@@ -55,7 +56,11 @@ REWARD_FRAMES = ("last", "all")
 def ensemble_disagreement(predictions: torch.Tensor) -> torch.Tensor:
     """float ``[n]``: the largest RMS difference between two members' predictions ``[M, n, ...]`` of each row."""
     flat = predictions.flatten(2).float()
-    return (flat[:, None] - flat[None]).pow(2).mean(-1).sqrt().amax(dim=(0, 1))
+    largest = flat.new_zeros(flat.shape[1])
+    for i in range(len(flat)):
+        for j in range(i + 1, len(flat)):
+            largest = torch.maximum(largest, (flat[i] - flat[j]).pow(2).mean(-1).sqrt())
+    return largest
 
 
 @register_env("world_model")
@@ -85,10 +90,12 @@ class WorldModelEnv(ChunkEnv):
         success_consecutive: scored frames in a row at or above the threshold before an env succeeds (1: the
             first). More rejects one-frame false successes of long imagined rollouts, at the cost of detecting a
             real success one scored frame later.
-        ensemble_dit_paths: more DiTs of this world model (e.g. ``train.dit.seed`` changed; model or run
-            directories), each run with the env DiT's sampler. Their disagreement is ``info["disagreement"]``.
+        ensemble_world_model_dirs: more world models trained on the same windows and action statistics (e.g.
+            with another ``train.dit.seed``); their DiTs (the student when the env runs the student) run with the
+            env's sampler. Their disagreement is ``info["disagreement"]``.
         uncertainty_threshold: an env whose chunk disagreement exceeds this ends there as a failure
-            (terminated, no reward, ``info["halted"]``). ``None``: never (disagreement is only reported).
+            (terminated, no success; ``relative`` rewards score it as probability 0; ``info["halted"]``).
+            ``None``: never (disagreement is only reported).
         reencode_context: decode the new conditioning frames and encode them again instead of sliding the
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
@@ -124,7 +131,7 @@ class WorldModelEnv(ChunkEnv):
         reward_frames: Literal["last", "all"] = "last",
         reward_threshold: float | None = None,
         success_consecutive: int = 1,
-        ensemble_dit_paths: list[str] | None = None,
+        ensemble_world_model_dirs: list[str] | None = None,
         uncertainty_threshold: float | None = None,
         reencode_context: bool | None = None,
         device: str = "cpu",
@@ -140,8 +147,8 @@ class WorldModelEnv(ChunkEnv):
                             ("success_consecutive", success_consecutive)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
-        if uncertainty_threshold is not None and not ensemble_dit_paths:
-            raise ValueError("uncertainty_threshold needs ensemble_dit_paths: disagreement is between DiTs")
+        if uncertainty_threshold is not None and not ensemble_world_model_dirs:
+            raise ValueError("uncertainty_threshold needs ensemble_world_model_dirs: disagreement is between DiTs")
         if uncertainty_threshold is not None and uncertainty_threshold <= 0:
             raise ValueError(f"uncertainty_threshold must be > 0, got {uncertainty_threshold}")
         compute_dtype = resolve_dtype(dtype, device)
@@ -171,8 +178,7 @@ class WorldModelEnv(ChunkEnv):
         self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
         self.success_consecutive = int(success_consecutive)
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
-        self.ensemble = load_dit_ensemble(list(ensemble_dit_paths or []), self.dit,
-                                          self.num_cond_latent_frames + self.num_pred_latent_frames)
+        self.ensemble = load_dit_ensemble(list(ensemble_world_model_dirs or []), parts)
         self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
         per_frame_tokenizer = self.tokenizer.temporal_compression == 1
         self.reencode_context = per_frame_tokenizer if reencode_context is None else bool(reencode_context)
@@ -320,8 +326,9 @@ class WorldModelEnv(ChunkEnv):
         terminated = np.zeros((self.num_envs, k), bool)
         truncated = np.zeros((self.num_envs, k), bool)
         # Envs finished before this chunk keep their flags, get no reward and cost nothing.
-        terminated[self._done & self._success] = True
-        truncated[self._done & ~self._success] = True
+        ended_by_env = self._success | self._halted  # terminated; the others were truncated
+        terminated[self._done & ended_by_env] = True
+        truncated[self._done & ~ended_by_env] = True
         active = np.flatnonzero(~self._done)
         scored_probs = np.full(self.num_envs, np.nan, np.float32)
         disagreement = np.full(self.num_envs, np.nan, np.float32)
@@ -402,13 +409,16 @@ class WorldModelEnv(ChunkEnv):
         for (i, j), prob in zip(owners, probs.tolist()):
             by_row.setdefault(i, []).append((j, prob))
         for i, row in enumerate(rows.tolist()):
-            if halted[i]:  # ends here, a failure: its frames are not scored
+            if halted[i]:  # ends here, a failure whatever its frames scored
                 last_step = int(ends[i]) - 1
                 terminated[row, last_step:] = True
                 self._halted[row] = self._done[row] = True
+                if self.reward_type == "relative":  # scored as probability 0: the return of a failure
+                    rewards[row, last_step] = -self._last_prob[row]
+                    self._last_prob[row] = 0.0
             else:
                 last_step = self._settle(row, by_row[i], int(ends[i]), rewards, terminated)
-            scored_probs[row] = self._last_prob[row]
+                scored_probs[row] = self._last_prob[row]
             self._steps[row] += last_step + 1
             self.timings.env_steps += last_step + 1
             if not self._done[row] and self._steps[row] >= self.max_episode_steps:

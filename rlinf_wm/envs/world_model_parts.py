@@ -16,7 +16,7 @@ from typing import Any
 from rlinf_wm.data.action_inputs import DiTActionInputs
 from rlinf_wm.data.initial_states import InitialStates
 from rlinf_wm.data.statistics import ActionStatistics
-from rlinf_wm.data.world_model_layout import INITIAL_STATES_FILE, STATISTICS_FILE, WORLD_MODEL_FILE, Layout
+from rlinf_wm.data.world_model_layout import INITIAL_STATES_FILE, STATISTICS_FILE, WINDOW_KEYS, WORLD_MODEL_FILE, Layout
 from rlinf_wm.models.dit import ActionDiT
 from rlinf_wm.models.reward_model import RewardModel
 from rlinf_wm.models.samplers import FlowSampler
@@ -58,6 +58,7 @@ class WorldModelParts:
     stats: ActionStatistics
     tokenizer: VideoTokenizer
     dit: ActionDiT
+    distilled: bool  # the DiT is the few-step student
     reward_model: RewardModel
     initial_states: InitialStates
 
@@ -151,6 +152,7 @@ def load_world_model_parts(
         stats=ActionStatistics.load(part(stats_path, "dataset_statistics")),
         tokenizer=load_model(VideoTokenizer, resolve_model_dir(part(tokenizer_path, "tokenizer"))).eval(),
         dit=load_model(ActionDiT, resolve_model_dir(part(dit_path, "distilled_dit" if distilled else "dit"))).eval(),
+        distilled=bool(distilled),
         reward_model=load_model(RewardModel, resolve_model_dir(part(reward_model_path, "reward_model"))).eval(),
         initial_states=InitialStates.load(part(initial_states_path, "initial_states")),
     )
@@ -189,18 +191,35 @@ def check_parts(parts: WorldModelParts) -> None:
         raise ValueError(f"world model {parts.world_model_dir} is inconsistent: " + "; ".join(problems))
 
 
-def load_dit_ensemble(paths: list[str], primary: ActionDiT, frames: int) -> list[ActionDiT]:
-    """More DiTs of one world model (e.g. trained with other seeds): each must take the env DiT's inputs and
-    generate ``frames`` latent frames (conditioning + chunk). One error per path naming every mismatch."""
+
+# world_model.json settings every ensemble member must share with the env's world model: what its inputs and
+# outputs mean (the DiT-side WINDOW_KEYS, the chunk, the latent space) and the action normalisation
+ENSEMBLE_KEYS = (*WINDOW_KEYS, "chunk_size", "latent_shape", "temporal_compression", "action_dim")
+
+
+def load_dit_ensemble(member_dirs: list[str], parts: WorldModelParts) -> list[ActionDiT]:
+    """The DiTs of more world models trained on the same windows (e.g. another ``train.dit.seed``): from each
+    ``world_model_dir`` the same variant the env runs (the student when it runs the student). One error per
+    directory naming every setting that differs from the env's world model."""
+    reference = parts.world_model_dir / WORLD_MODEL_FILE
+    trained = read_json(reference) if reference.is_file() else {}
+    variant = "distilled_dit" if parts.distilled else "dit"
     members = []
-    for path in paths:
-        member = load_model(ActionDiT, resolve_model_dir(path)).eval()
-        problems = [f"{name}={getattr(member, name)} but the env's DiT has {getattr(primary, name)}"
-                    for name in ("latent_channels", "action_dim", "actions_per_latent_frame")
-                    if getattr(member, name) != getattr(primary, name)]
-        if frames > member.transformer.config.max_size[0]:
-            problems.append(f"max_size[0]={member.transformer.config.max_size[0]} < the env's {frames} latent frames")
+    for member_dir in map(Path, member_dirs):
+        settings_file = member_dir / WORLD_MODEL_FILE
+        if not settings_file.is_file():
+            raise FileNotFoundError(f"ensemble_world_model_dirs: {settings_file} does not exist (a world_model_dir "
+                                    "that world_model_pipeline trained)")
+        settings = read_json(settings_file)
+        problems = [f"{key}={settings.get(key)} but {reference} has {trained.get(key)}"
+                    for key in ENSEMBLE_KEYS if settings.get(key) != trained.get(key)]
+        paths = {**DEFAULT_PATHS, **settings.get("paths", {})}
+        if variant not in paths:
+            problems.append("no distilled DiT (the env runs the student): run stage=distill there")
+        elif ActionStatistics.load(member_dir / paths["dataset_statistics"]).to_dict() != parts.stats.to_dict():
+            problems.append(f"its {paths['dataset_statistics']} differs from the env's action statistics")
         if problems:
-            raise ValueError(f"ensemble_dit_paths: {path} does not fit the world model: " + "; ".join(problems))
-        members.append(member)
+            raise ValueError(f"ensemble_world_model_dirs: {member_dir} does not fit the env's world model: "
+                             + "; ".join(problems))
+        members.append(load_model(ActionDiT, member_dir / paths[variant]).eval())
     return members
