@@ -113,8 +113,8 @@ def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: fl
         actions, frames, spread = np.stack(actions, 1), np.stack(frames, 1), np.stack(spread, 1)
         for b in range(used):
             n = int(chunks_run[b])
-            episodes.append({"actions": actions[b, :n], "frames": frames[b, : n + 1], "success": bool(step.info["success"][b]),
-                             "disagreement": spread[b, :n]})
+            episodes.append({"actions": actions[b, :n], "frames": frames[b, : n + 1],
+                             "success": bool(step.info["success"][b]), "disagreement": spread[b, :n]})
     return episodes
 
 
@@ -245,7 +245,9 @@ def resample_report(wm_env, reset_ids, imagined, i_success, r_success, args) -> 
             "kept_by_all_draws": {"true": int(again[true].all(1).sum()), "false": int(again[false].all(1).sum())}}
 
 
-def evaluate_policy(policy_dir: Path, wm_env, real_env, reset_ids: list[int], args) -> tuple[dict, list, list]:
+def evaluate_policy(policy_dir: Path, wm_env, real_env, replay_env, reset_ids: list[int],
+                    args) -> tuple[dict, list, list]:
+    """``replay_env``: the real env the imagined actions replay in (it renders every step when they are saved)."""
     import torch
 
     from rlinf_wm.models.policy import load_policy
@@ -255,7 +257,7 @@ def evaluate_policy(policy_dir: Path, wm_env, real_env, reset_ids: list[int], ar
     t0 = time.perf_counter()
     imagined = imagined_episodes(wm_env, policy, reset_ids, args.seed, args.temperature)
     t1 = time.perf_counter()
-    replayed = replay(real_env, reset_ids, imagined, record=args.save_replays is not None)
+    replayed = replay(replay_env, reset_ids, imagined, record=args.save_replays is not None)
     t2 = time.perf_counter()
     closed_loop_env = ThroughTokenizer(real_env, wm_env.tokenizer) if args.real_through_tokenizer else real_env
     real = run_episodes(closed_loop_env, policy, reset_ids, seed=args.seed, deterministic=False, temperature=args.temperature)
@@ -338,12 +340,14 @@ def main() -> None:
     episodes = args.states * args.episodes_per_state
     real_cfg = dict(config["env"]["eval"])
     real_type = real_cfg.pop("env_type")
-    if args.save_replays is not None:
-        real_cfg["render_every_step"] = True  # a frame per step, as collected trajectories have
     with make_env(real_type, **{**real_cfg, "num_envs": 1}) as single:
         resets = [single.reset(ids=[s]) for s in range(args.states)]
     reset_frames, instruction = np.stack([r.images[0] for r in resets]), resets[0].instructions[0]
     real_env = make_env(real_type, **{**real_cfg, "num_envs": min(args.real_envs, episodes)})
+    replay_env = real_env
+    if args.save_replays is not None:  # a frame per step, as collected trajectories have
+        real_cfg["render_every_step"] = True
+        replay_env = make_env(real_type, **{**real_cfg, "num_envs": min(args.real_envs, episodes)})
     reset_ids = [s for s in range(args.states) for _ in range(args.episodes_per_state)]
     with tempfile.TemporaryDirectory() as tmp:
         # the world model starts from each state's real reset frame: the same scene on both sides
@@ -358,7 +362,7 @@ def main() -> None:
         wm_env = make_env(wm_cfg.pop("env_type"), **wm_cfg)
         reports = []
         for n, policy_dir in enumerate(args.policy):
-            report, imagined, replayed = evaluate_policy(policy_dir, wm_env, real_env, reset_ids, args)
+            report, imagined, replayed = evaluate_policy(policy_dir, wm_env, real_env, replay_env, reset_ids, args)
             reports.append(report)
             print(f"{policy_dir}: imagined {report['imagined_success']:.2f} replayed {report['replayed_success']:.2f} "
                   f"real {report['real_success']:.2f}; false imagined successes {report['false_imagined_successes']} "
@@ -377,6 +381,8 @@ def main() -> None:
                                         for i in false], 0)
                 iio.imwrite(args.save_frames / f"policy{n}_false_successes.png", image)
     real_env.close()
+    if replay_env is not real_env:
+        replay_env.close()
     print(json.dumps({"run_dir": str(args.run_dir), "temperature": args.temperature, "states": args.states,
                       "dtype": str(wm_env.dtype).removeprefix("torch."),
                       "episodes_per_state": args.episodes_per_state, "real_through_tokenizer": args.real_through_tokenizer,

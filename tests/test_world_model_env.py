@@ -648,7 +648,8 @@ def test_schema_rejects_bad_values():
         with pytest.raises(ConfigError, match=match):
             validate({**base, key: value}, WorldModelEnvConfig, "env.train")
     with pytest.raises(ConfigError, match="uncertainty_threshold: must be > 0"):
-        validate({**base, "ensemble_world_model_dirs": ["d"], "uncertainty_threshold": -1.0}, WorldModelEnvConfig, "env.train")
+        validate({**base, "ensemble_world_model_dirs": ["d"], "uncertainty_threshold": -1.0}, WorldModelEnvConfig,
+                 "env.train")
     ok = validate(base, WorldModelEnvConfig, "env.train")
     assert json.dumps(ok.env_kwargs())  # plain data, passable to a Ray actor
 

@@ -377,7 +377,8 @@ class WorldModelEnv(ChunkEnv):
         new = self.sampler.sample(self._counting_dit, x_cond, mask, scaled, noise=noise)[:, :, tc:]  # [n, C, P, h, w]
         halted = np.zeros(n, bool)
         if self.ensemble:
-            members = [self.sampler.sample(m, x_cond, mask, scaled, noise=noise)[:, :, tc:] for m in self._counting_members]
+            members = [self.sampler.sample(member, x_cond, mask, scaled, noise=noise)[:, :, tc:]
+                       for member in self._counting_members]
             spread = ensemble_disagreement(torch.stack([new, *members])).cpu().numpy()
             disagreement[rows] = spread
             if self.uncertainty_threshold is not None:
