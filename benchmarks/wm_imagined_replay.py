@@ -31,7 +31,7 @@ same rollout).
     .venv/bin/python benchmarks/wm_imagined_replay.py --run-dir outputs/drawer-open-v3/rl_grpo_wm \
         --policy outputs/drawer-open-v3/sft/model outputs/drawer-open-v3/rl_grpo_wm/final/model \
         [--states 50] [--episodes-per-state 1] [--temperature 4.0] [--resample N] [--save-frames DIR] [--threads 2]
-        [--dtype auto|float32|bfloat16] [--real-through-tokenizer] [--save-replays DIR] [--ensemble DIR ...]
+        [--dtype auto|float32|bfloat16] [--real-through-tokenizer] [--save-replays DIR] [--ensemble DIR ... [--disagreement mean|sample]]
 
 The world-model env is the RL run's ``env.train`` (its ``config.yaml``), the real env its ``env.eval``. Prints one
 JSON object as its last line.
@@ -318,6 +318,8 @@ def main() -> None:
     parser.add_argument("--ensemble", type=Path, nargs="+", default=None, metavar="DIR",
                         help="world models whose DiTs run beside the env's (ensemble_world_model_dirs): is their "
                              "disagreement high on the false imagined successes?")
+    parser.add_argument("--disagreement", choices=("mean", "sample"), default="mean",
+                        help="what the ensemble compares (the env's disagreement setting)")
     parser.add_argument("--real-through-tokenizer", action="store_true",
                         help="the real closed loop observes the world model tokenizer's reconstructions of its frames")
     args = parser.parse_args()
@@ -358,6 +360,7 @@ def main() -> None:
             wm_cfg["dtype"] = args.dtype
         if args.ensemble:
             wm_cfg["ensemble_world_model_dirs"] = [str(p) for p in args.ensemble]
+            wm_cfg["disagreement"] = args.disagreement
         wm_cfg["uncertainty_threshold"] = None  # measure the disagreement, never halt on it
         wm_env = make_env(wm_cfg.pop("env_type"), **wm_cfg)
         reports = []

@@ -125,6 +125,20 @@ def toy_batch(batch=2, frames=5, cond_frames=2, seed=0):
     return x_cond, mask, actions
 
 
+def test_predicted_mean_is_one_conditional_pass_at_the_first_flow_time():
+    x_cond, mask, actions = toy_batch()
+    noise = torch.randn(x_cond.shape, generator=torch.Generator().manual_seed(3))
+    model = CountingModel()
+    sampler = FlowSampler(num_steps=6, guidance=3.0, sigma_max=99.0)  # its guidance does not apply here
+    mean = sampler.predicted_mean(model, x_cond, mask, actions, noise)
+    assert model.calls == [2]  # one pass, the conditional branch only
+    s = 99.0 / 100.0  # flow time of sigma_max
+    x = torch.where(mask.expand_as(x_cond) > 0.5, x_cond, noise)
+    v = 0.5 * x + s * 0.1 + actions.mean(dim=(1, 2)).view(-1, 1, 1, 1, 1)
+    torch.testing.assert_close(mean[:, :, 2:], (x - s * v)[:, :, 2:])
+    torch.testing.assert_close(mean[:, :, :2], x_cond[:, :, :2])
+
+
 @pytest.mark.parametrize("solver", ["2ab", "euler", "unipc"])
 def test_guidance_zero_is_the_conditional_branch_with_one_forward_per_step(solver):
     x_cond, mask, actions = toy_batch()

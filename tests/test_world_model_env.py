@@ -329,15 +329,19 @@ def test_a_dit_trained_on_running_sums_gets_them_from_reset_or_the_branch_point(
         env.reset(ids=[0, 1])
 
 
-def test_an_ensemble_of_the_env_dit_with_itself_agrees_and_changes_nothing(wm_dir):
-    alone, paired = make(wm_dir), make(wm_dir, ensemble_world_model_dirs=[str(wm_dir)])
+@pytest.mark.parametrize("disagreement, extra_calls_per_chunk", [("mean", 2), ("sample", NUM_STEPS)])
+def test_an_ensemble_of_the_env_dit_with_itself_agrees_and_changes_nothing(wm_dir, disagreement, extra_calls_per_chunk):
+    alone = make(wm_dir)
+    paired = make(wm_dir, ensemble_world_model_dirs=[str(wm_dir)], disagreement=disagreement)
+    # mean: the env's trained DiT and the member's, one pass each; sample: the member's sampler run
+    assert len(paired.ensemble) == (2 if disagreement == "mean" else 1)
     expected = rollout(alone, [0, 1, 2, 0], seed=3)
     assert "disagreement" not in alone.chunk_step(actions(5)).info
     np.testing.assert_array_equal(rollout(paired, [0, 1, 2, 0], seed=3), expected)
     step = paired.chunk_step(actions(5))
     np.testing.assert_array_equal(step.info["disagreement"], np.zeros(B, np.float32))
     assert "halted" not in step.info  # no threshold: disagreement is only reported
-    assert paired.timings.dit_calls == 2 * alone.timings.dit_calls  # every chunk twice
+    assert paired.timings.dit_calls == alone.timings.dit_calls + 3 * extra_calls_per_chunk
 
 
 def test_ensemble_disagreement_is_the_largest_rms_difference_of_two_members():
@@ -363,9 +367,10 @@ def member_dir(wm_dir, tmp_path_factory) -> Path:
     return member
 
 
-def test_the_env_goes_on_with_its_own_dits_chunks_beside_a_disagreeing_member(wm_dir, member_dir):
+@pytest.mark.parametrize("disagreement", ["mean", "sample"])
+def test_the_env_goes_on_with_its_own_dits_chunks_beside_a_disagreeing_member(wm_dir, member_dir, disagreement):
     expected = rollout(make(wm_dir), [0, 1, 2, 0], seed=3, chunks=3)
-    env = make(wm_dir, ensemble_world_model_dirs=[str(member_dir)])
+    env = make(wm_dir, ensemble_world_model_dirs=[str(member_dir)], disagreement=disagreement)
     np.testing.assert_array_equal(rollout(env, [0, 1, 2, 0], seed=3, chunks=3), expected)
     assert (env.chunk_step(actions(3)).info["disagreement"] > 0).all()
 
@@ -419,6 +424,8 @@ def test_ensemble_settings_are_checked(wm_dir, tmp_path):
 
     with pytest.raises(ValueError, match="uncertainty_threshold needs ensemble_world_model_dirs"):
         make(wm_dir, uncertainty_threshold=1.0)
+    with pytest.raises(ValueError, match="disagreement must be one of"):
+        make(wm_dir, ensemble_world_model_dirs=[str(wm_dir)], disagreement="median")
     with pytest.raises(ValueError, match="uncertainty_threshold must be > 0"):
         make(wm_dir, ensemble_world_model_dirs=[str(wm_dir)], uncertainty_threshold=0.0)
     with pytest.raises(FileNotFoundError, match="ensemble_world_model_dirs: .*nowhere"):
@@ -436,8 +443,10 @@ def test_ensemble_settings_are_checked(wm_dir, tmp_path):
     settings["distilled_sampler"] = {**settings["sampler"], "num_steps": 1}
     (student / "world_model.json").write_text(json.dumps(settings))
     with pytest.raises(ValueError, match="no distilled DiT"):
-        make(student, distilled=True, ensemble_world_model_dirs=[str(wm_dir)])
-    assert len(make(student, distilled=True, ensemble_world_model_dirs=[str(student)]).ensemble) == 1
+        make(student, distilled=True, ensemble_world_model_dirs=[str(wm_dir)], disagreement="sample")
+    assert len(make(student, distilled=True, ensemble_world_model_dirs=[str(student)], disagreement="sample").ensemble) == 1
+    # the means come from the trained DiTs, which every world model has
+    assert len(make(student, distilled=True, ensemble_world_model_dirs=[str(wm_dir)]).ensemble) == 2
 
 
 def test_offload_round_trip(wm_dir):
@@ -643,6 +652,7 @@ def test_schema_rejects_bad_values():
         ("chunk_size", 0, "chunk_size"),
         ("dtype", "float64x", "dtype"),
         ("success_consecutive", 0, "success_consecutive"),
+        ("disagreement", "median", "disagreement"),
         ("uncertainty_threshold", 0.5, "needs ensemble_world_model_dirs"),
     ]:
         with pytest.raises(ConfigError, match=match):

@@ -72,6 +72,7 @@ class WorldModelEnvConfig:
     success_consecutive: int = 1
     ensemble_world_model_dirs: list[str] = field(default_factory=list)  # their DiTs' disagreement is reported
     uncertainty_threshold: float | None = None  # disagreement that ends an episode as a failure (MOReL's halt)
+    disagreement: Literal["mean", "sample"] = "mean"  # what the members' predictions are (WorldModelEnv)
     reencode_context: bool | None = None  # None: on for per-frame tokenizers (WorldModelEnv)
     device: str = "cpu"
     dtype: str = "auto"  # auto: bfloat16 where the hardware computes it natively (rlinf_wm.utils.precision)

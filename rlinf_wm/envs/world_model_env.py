@@ -11,9 +11,11 @@ One ``chunk_step`` over ``B`` envs:
 3. The reward model scores the decoded frames; success terminates the env (``success_once``: reward 1 at that
    step; ``relative``: each scored frame earns the change in success probability since the previous one, so an
    episode's return is ``p_final - p_reset``). ``max_episode_steps`` truncates.
-4. With an ensemble (``ensemble_world_model_dirs``: the DiTs of more world models trained on the same windows),
-   every member generates the same chunk from the same context, actions and noise; the env goes on with its own
-   DiT's chunk and reports the members' disagreement (the largest RMS difference of two members' new latents).
+4. With an ensemble (``ensemble_world_model_dirs``: more world models trained on the same windows), the env goes
+   on with its own DiT's chunk and reports the members' disagreement: the largest RMS difference between two
+   members' predictions of the chunk's latents. ``disagreement: mean`` (default) compares the trained DiTs'
+   conditional means (one pass each at pure noise, :meth:`FlowSampler.predicted_mean`), with the env's world
+   model as a member; ``sample`` compares the chunks each member's sampler generates from the same noise.
    Above ``uncertainty_threshold`` the episode ends there as a failure, whatever its frames score: MOReL's
    "unknown state" halt (Kidambi et al., 2020), which denies the policy a success where the models disagree, the
    states a single DiT's false successes come from.
@@ -51,6 +53,7 @@ from rlinf_wm.utils.precision import resolve_dtype
 
 REWARD_TYPES = ("success_once", "relative")
 REWARD_FRAMES = ("last", "all")
+DISAGREEMENTS = ("mean", "sample")
 
 
 def ensemble_disagreement(predictions: torch.Tensor) -> torch.Tensor:
@@ -93,6 +96,7 @@ class WorldModelEnv(ChunkEnv):
         ensemble_world_model_dirs: more world models trained on the same windows and action statistics (e.g.
             with another ``train.dit.seed``); their DiTs (the student when the env runs the student) run with the
             env's sampler. Their disagreement is ``info["disagreement"]``.
+        disagreement: ``mean`` or ``sample``, what the members' predictions are (module docstring).
         uncertainty_threshold: an env whose chunk disagreement exceeds this ends there as a failure
             (terminated, no success; ``relative`` rewards score it as probability 0; ``info["halted"]``).
             ``None``: never (disagreement is only reported).
@@ -133,6 +137,7 @@ class WorldModelEnv(ChunkEnv):
         success_consecutive: int = 1,
         ensemble_world_model_dirs: list[str] | None = None,
         uncertainty_threshold: float | None = None,
+        disagreement: Literal["mean", "sample"] = "mean",
         reencode_context: bool | None = None,
         device: str = "cpu",
         dtype: str = "auto",
@@ -149,6 +154,8 @@ class WorldModelEnv(ChunkEnv):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if uncertainty_threshold is not None and not ensemble_world_model_dirs:
             raise ValueError("uncertainty_threshold needs ensemble_world_model_dirs: disagreement is between DiTs")
+        if disagreement not in DISAGREEMENTS:
+            raise ValueError(f"disagreement must be one of {DISAGREEMENTS}, got {disagreement!r}")
         if uncertainty_threshold is not None and uncertainty_threshold <= 0:
             raise ValueError(f"uncertainty_threshold must be > 0, got {uncertainty_threshold}")
         compute_dtype = resolve_dtype(dtype, device)
@@ -178,7 +185,11 @@ class WorldModelEnv(ChunkEnv):
         self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
         self.success_consecutive = int(success_consecutive)
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
-        self.ensemble = load_dit_ensemble(list(ensemble_world_model_dirs or []), parts)
+        members = list(ensemble_world_model_dirs or [])
+        self.disagreement = disagreement
+        if disagreement == "mean" and members:  # the env's own trained DiT is a member too
+            members = [str(parts.world_model_dir), *members]
+        self.ensemble = load_dit_ensemble(members, parts, trained_dits=disagreement == "mean")
         self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
         per_frame_tokenizer = self.tokenizer.temporal_compression == 1
         self.reencode_context = per_frame_tokenizer if reencode_context is None else bool(reencode_context)
@@ -377,9 +388,13 @@ class WorldModelEnv(ChunkEnv):
         new = self.sampler.sample(self._counting_dit, x_cond, mask, scaled, noise=noise)[:, :, tc:]  # [n, C, P, h, w]
         halted = np.zeros(n, bool)
         if self.ensemble:
-            members = [self.sampler.sample(member, x_cond, mask, scaled, noise=noise)[:, :, tc:]
-                       for member in self._counting_members]
-            spread = ensemble_disagreement(torch.stack([new, *members])).cpu().numpy()
+            if self.disagreement == "mean":
+                predictions = [self.sampler.predicted_mean(member, x_cond, mask, scaled, noise)[:, :, tc:]
+                               for member in self._counting_members]
+            else:
+                predictions = [new] + [self.sampler.sample(member, x_cond, mask, scaled, noise=noise)[:, :, tc:]
+                                       for member in self._counting_members]
+            spread = ensemble_disagreement(torch.stack(predictions)).cpu().numpy()
             disagreement[rows] = spread
             if self.uncertainty_threshold is not None:
                 halted = spread > self.uncertainty_threshold

@@ -197,13 +197,14 @@ def check_parts(parts: WorldModelParts) -> None:
 ENSEMBLE_KEYS = (*WINDOW_KEYS, "chunk_size", "latent_shape", "temporal_compression", "action_dim")
 
 
-def load_dit_ensemble(member_dirs: list[str], parts: WorldModelParts) -> list[ActionDiT]:
-    """The DiTs of more world models trained on the same windows (e.g. another ``train.dit.seed``): from each
-    ``world_model_dir`` the same variant the env runs (the student when it runs the student). One error per
-    directory naming every setting that differs from the env's world model."""
+def load_dit_ensemble(member_dirs: list[str], parts: WorldModelParts, trained_dits: bool = False) -> list[ActionDiT]:
+    """The DiTs of world models trained on the same windows (e.g. another ``train.dit.seed``): from each
+    ``world_model_dir`` the same variant the env runs (the student when it runs the student), or with
+    ``trained_dits`` the trained DiT (never the student). One error per directory naming every setting that
+    differs from the env's world model."""
     reference = parts.world_model_dir / WORLD_MODEL_FILE
     trained = read_json(reference) if reference.is_file() else {}
-    variant = "distilled_dit" if parts.distilled else "dit"
+    variant = "distilled_dit" if parts.distilled and not trained_dits else "dit"
     members = []
     for member_dir in map(Path, member_dirs):
         settings_file = member_dir / WORLD_MODEL_FILE

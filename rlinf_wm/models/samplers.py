@@ -203,6 +203,28 @@ class FlowSampler:
         return v_cond + guidance * (v_cond - v_uncond)
 
     @torch.no_grad()
+    def predicted_mean(
+        self,
+        model: VelocityModel,
+        x_cond: torch.Tensor,
+        condition_mask: torch.Tensor,
+        actions: torch.Tensor,
+        noise: torch.Tensor,
+    ) -> torch.Tensor:
+        """One conditional DiT pass at the schedule's first flow time: the data prediction ``x - s v`` there.
+
+        Near pure noise the input says almost nothing about ``x0``, so this is the model's estimate of
+        ``E[x0 | conditioning frames, actions]``: where two models trained on the same data differ in it, their
+        data did not pin the outcome down (epistemic), unlike the spread of samples, which the data allows.
+        Conditioning frames equal ``x_cond``'s.
+        """
+        given = condition_mask.to(x_cond.dtype).expand_as(x_cond) > 0.5
+        x = torch.where(given, x_cond, noise)
+        s = float(self.sigmas(1)[0])
+        denoised = x - s * self.guided_velocity(model, x, s, condition_mask.to(x_cond.dtype), actions, 0.0)
+        return torch.where(given, x_cond, denoised)
+
+    @torch.no_grad()
     def sample(
         self,
         model: VelocityModel,
