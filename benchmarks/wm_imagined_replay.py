@@ -209,6 +209,7 @@ def disagreement_report(imagined: list[dict], i_success: np.ndarray, r_success: 
         return {}
     largest = np.array([float(np.nanmax(e["disagreement"])) for e in imagined])
     chunks = np.concatenate([e["disagreement"] for e in imagined])
+    at_last = np.array([float(e["disagreement"][-1]) for e in imagined])  # a success's chunk is its last
     true, false = i_success & r_success, i_success & ~r_success
     halts = {}
     for q in (50, 75, 90, 95, 99):
@@ -223,6 +224,8 @@ def disagreement_report(imagined: list[dict], i_success: np.ndarray, r_success: 
                          "failures": rate(largest[~i_success]) if (~i_success).any() else None},
         # the largest disagreement as a detector of false among imagined successes (0.5: no better than chance)
         "auc_false_vs_true_successes": auc(largest[false], largest[true]),
+        # the disagreement of the success chunk itself: would a rule that only checks successes tell them apart?
+        "auc_at_success_chunk": auc(at_last[false], at_last[true]),
         "halted_at_chunk_quantile": halts,
     }}
 

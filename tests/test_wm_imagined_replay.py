@@ -195,6 +195,7 @@ def test_disagreement_report_counts_what_each_threshold_would_halt():
     r_success = np.array([True, True, False, False, False])
     report = replay_benchmark.disagreement_report(imagined, i_success, r_success)["disagreement"]
     assert report["auc_false_vs_true_successes"] == 1.0
+    assert report["auc_at_success_chunk"] == 1.0  # last chunks: true 0.2, 0.1; false 0.9, 0.6
     assert report["largest_mean"]["false_successes"] == pytest.approx(0.75)
     p50 = report["halted_at_chunk_quantile"]["p50"]  # median of the 10 chunks: 0.2; largest <= it: episodes 0, 1, 4
     assert p50["threshold"] == pytest.approx(0.2)
