@@ -795,3 +795,36 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
         run_stage(replace(cfg, train=replace(cfg.train, reward_generated_episodes=2)), "generate")
     assert run_stage(cfg, "distill")["distill"]["status"] == "ran"
     assert "distilled_sampler" in world_model_settings(cfg, Layout(wm), None)
+
+
+def test_dit_training_episodes_are_a_seeded_share_in_order():
+    from rlinf_wm.config.world_model_config import DiTTrainConfig
+    from rlinf_wm.runners.world_model_pipeline import dit_training_episodes
+
+    train_idx = list(range(3, 23))
+    assert dit_training_episodes(train_idx, DiTTrainConfig()) == train_idx
+    half = dit_training_episodes(train_idx, DiTTrainConfig(episode_fraction=0.5, seed=2))
+    assert len(half) == 10 and half == sorted(half) and set(half) <= set(train_idx)
+    assert half == dit_training_episodes(train_idx, DiTTrainConfig(episode_fraction=0.5, seed=2))
+    assert half != dit_training_episodes(train_idx, DiTTrainConfig(episode_fraction=0.5, seed=3))
+    assert len(dit_training_episodes(train_idx[:1], DiTTrainConfig(episode_fraction=0.1))) == 1
+
+
+def test_a_dit_on_a_share_of_the_episodes_trains_on_fewer_and_its_share_makes_the_stage_stale(trained, tmp_path,
+                                                                                               dataset):
+    import shutil
+
+    from rlinf_wm.runners.world_model_pipeline import run_stage
+
+    cfg, _ = trained
+    member = replace(cfg, world_model_dir=str(tmp_path / "member"))
+    shutil.copytree(cfg.world_model_dir, member.world_model_dir)
+    full = json.loads((Path(cfg.world_model_dir) / "dit" / "metrics.json").read_text())["train_episodes"]
+    half = replace(member, train=replace(member.train, dit=replace(member.train.dit, episode_fraction=0.5)))
+    assert run_stage(half, "dit")["dit"]["status"] == "ran"
+    trained_on = json.loads((Path(member.world_model_dir) / "dit" / "metrics.json").read_text())["train_episodes"]
+    assert trained_on == round(full / 2)
+    assert run_stage(half, "dit")["dit"]["status"] == "cached"
+    assert run_stage(member, "dit")["dit"]["status"] == "ran"  # back to every episode: stale
+    with pytest.raises(ConfigError, match=r"^train\.dit\.episode_fraction: must be in \(0, 1\]"):
+        compose_config(tiny_overrides(dataset) + ["train.dit.episode_fraction=0"])

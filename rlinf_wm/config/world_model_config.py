@@ -146,6 +146,8 @@ class DiTTrainConfig:
     keep_checkpoints: int = 2
     max_minutes: float | None = None  # stop early (finishing cleanly) after this long; null = no limit
     seed: int = 0
+    # < 1: train on this share of the training episodes, drawn with `seed` (an ensemble member on other data)
+    episode_fraction: float = 1.0
     num_threads: int = 0  # torch threads; 0 = torch's default
     precision: str = "auto"  # as train.tokenizer.precision (TokenizerTrainConfig)
     # torch.compile the DiT's forward (rlinf_wm.utils.compilation): auto = where a compiler is installed; the
@@ -172,6 +174,7 @@ class DiTTrainConfig:
         require(0.0 <= self.action_dropout < 1.0, at("action_dropout"), f"must be in [0, 1), got {self.action_dropout}")
         require(self.cond_noise_std >= 0, at("cond_noise_std"), f"must be >= 0, got {self.cond_noise_std}")
         require(self.max_minutes is None or self.max_minutes > 0, at("max_minutes"), "must be > 0 or null")
+        require(0 < self.episode_fraction <= 1, at("episode_fraction"), f"must be in (0, 1], got {self.episode_fraction}")
 
 
 @dataclass

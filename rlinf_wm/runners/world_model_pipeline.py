@@ -49,6 +49,16 @@ from rlinf_wm.utils.io import read_json, write_json_atomic
 logger = logging.getLogger(__name__)
 
 
+def dit_training_episodes(train_idx: list[int], cfg) -> list[int]:
+    """The share ``cfg.episode_fraction`` of the training episodes (drawn with ``cfg.seed``, kept in order) the DiT
+    trains on: all of them by default; fewer give an ensemble member fit to other data."""
+    if cfg.episode_fraction >= 1:
+        return list(train_idx)
+    count = max(1, round(cfg.episode_fraction * len(train_idx)))
+    picked = np.random.default_rng(cfg.seed).choice(len(train_idx), count, replace=False)
+    return [train_idx[i] for i in sorted(picked)]
+
+
 def heldout_indices(num_episodes: int, holdout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
     """(train, held-out) episode indices: exactly the split ``split_episodes`` makes of the episode list."""
     from rlinf_wm.runners.train_tokenizer import split_episodes
@@ -242,6 +252,7 @@ def run_stage(
             raise ValueError(f"refine_from: {refined.statistics} differs from {layout.statistics} (another data_dir?): "
                              "the refined DiT's action inputs were normalised with other statistics")
         train_idx, held_idx = heldout_indices(len(latent_episodes), cfg.holdout_fraction, cfg.seed)
+        train_idx = dit_training_episodes(train_idx, cfg.train.dit)
         inputs = DiTActionInputs(statistics, cfg.train.dit.action_scaler, cfg.train.dit.action_integral_scale)
         model_cfg = cfg.dit.resolved(cfg.tokenizer, inputs.dim)
         metrics = train_dit(
@@ -330,7 +341,9 @@ def run_stage(
         elif name == "encode":
             run(name, layout.initial_states, [tokenizer_weights, *data_files], None, encode_stage)
         elif name == "dit":
-            run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage, refine)
+            fraction = cfg.train.dit.episode_fraction  # recorded only when set: older outputs stay current
+            subset = {"episode_fraction": fraction, "seed": cfg.train.dit.seed} if fraction < 1 else {}
+            run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage, {**refine, **subset})
         elif name == "distill":
             run(name, layout.distilled_dit_run / "metrics.json", [layout.dit_model / "model.safetensors"],
                 layout.distilled_dit_run, distill_stage)
