@@ -231,7 +231,7 @@ def evaluate_world_model(
         sources = ", ".join([cfg.data_dir, *cfg.extra_data_dirs]) if episodes is None else "the given episodes"
         raise ValueError(f"{layout.latents} holds {len(latent_episodes)} episodes that are not the "
                          f"{len(all_episodes)} of {sources} in order: rerun the encode stage (force=true)")
-    _, held_idx = heldout_indices(len(all_episodes), cfg.holdout_fraction, cfg.seed)
+    _, held_idx = heldout_indices(len(all_episodes), cfg)
     held = [all_episodes[i] for i in held_idx]
     held_latents = [latent_episodes[i] for i in held_idx]
     plans = plan_rollouts(held, horizon_frames, compression, ecfg.start_stride, ecfg.success_aligned_starts,

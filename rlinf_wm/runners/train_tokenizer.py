@@ -54,6 +54,23 @@ def split_episodes(episodes: Sequence[Episode], holdout_fraction: float, seed: i
     return train, [ep for i, ep in enumerate(episodes) if i in held]
 
 
+def split_indices(num_episodes: int, holdout_fraction: float, seed: int,
+                  num_source: int = 0) -> tuple[list[int], list[int]]:
+    """(train, held-out) indices of ``num_episodes`` episodes, as :func:`split_episodes` splits them.
+
+    ``num_source``: the first episodes are those of a world model this one refines (``refine_from``). They keep
+    the split it made of them, and the episodes after them are split on their own, so a refit never holds out an
+    episode its source trained on (one permutation of the larger count would). Each part keeps the prefix property.
+    """
+    indices = list(range(num_episodes))
+    if not 0 < num_source < num_episodes:
+        return split_episodes(indices, holdout_fraction, seed)
+    source_train, source_held = split_episodes(indices[:num_source], holdout_fraction, seed)
+    new = indices[num_source:]
+    new_train, new_held = split_episodes(new, holdout_fraction, seed + 1) if len(new) > 1 else (new, [])
+    return source_train + new_train, source_held + new_held
+
+
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:
     """LR multiplier: linear warm-up, then cosine decay to ``min_ratio``."""
     if step < warmup:

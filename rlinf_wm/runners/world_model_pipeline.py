@@ -59,12 +59,32 @@ def dit_training_episodes(train_idx: list[int], cfg) -> list[int]:
     return [train_idx[i] for i in sorted(picked)]
 
 
-def heldout_indices(num_episodes: int, holdout_fraction: float, seed: int) -> tuple[list[int], list[int]]:
-    """(train, held-out) episode indices: exactly the split ``split_episodes`` makes of the episode list."""
-    from rlinf_wm.runners.train_tokenizer import split_episodes
+def heldout_indices(num_episodes: int, cfg: WorldModelConfig) -> tuple[list[int], list[int]]:
+    """(train, held-out) episode indices of the world model's data: ``split_episodes``' split of the episode list,
+    or under ``refine_from`` the source's split of its episodes extended to the new ones (``split_indices``)."""
+    from rlinf_wm.runners.train_tokenizer import split_indices
 
-    train, held = split_episodes(list(range(num_episodes)), holdout_fraction, seed)
-    return list(train), list(held)
+    return split_indices(num_episodes, cfg.holdout_fraction, cfg.seed, source_episode_count(cfg))
+
+
+def source_episode_count(cfg: WorldModelConfig) -> int:
+    """How many leading training episodes are the ``refine_from`` world model's own (0 without one): its training
+    files must come first, in its order (``extra_data_dirs`` appended after its own)."""
+    if not cfg.refine_from:
+        return 0
+    record = Layout(Path(cfg.refine_from)).training_data
+    if not record.is_file():
+        logger.warning("refine_from: %s is missing; the held-out split is drawn anew and may hold out episodes the "
+                       "refined DiT trained on", record)
+        return 0
+    source = read_json(record)
+    ours = [Path(p).resolve() for p in training_data_files(cfg)]
+    theirs = [Path(p).resolve() for p in source["files"]]
+    if ours[: len(theirs)] != theirs:
+        logger.warning("refine_from: the training files do not start with %s's, in its order; the held-out split is "
+                       "drawn anew and may hold out episodes the refined DiT trained on", record)
+        return 0
+    return int(source["episodes"])
 
 
 def training_data_files(cfg: WorldModelConfig) -> list[Path]:
@@ -130,7 +150,7 @@ def _latent_windows(cfg: WorldModelConfig, layout: Layout, trained: dict, statis
     from rlinf_wm.runners.train_dit import LatentWindows
 
     episodes, attrs = load_encoded_dataset(layout.latents)
-    train_idx, held_idx = heldout_indices(len(episodes), cfg.holdout_fraction, cfg.seed)
+    train_idx, held_idx = heldout_indices(len(episodes), cfg)
     inputs = DiTActionInputs(statistics, trained["action_scaler"], trained["action_integral_scale"])
 
     def windows(indices):
@@ -251,7 +271,7 @@ def run_stage(
         if refined is not None and read_json(refined.statistics) != read_json(layout.statistics):
             raise ValueError(f"refine_from: {refined.statistics} differs from {layout.statistics} (another data_dir?): "
                              "the refined DiT's action inputs were normalised with other statistics")
-        train_idx, held_idx = heldout_indices(len(latent_episodes), cfg.holdout_fraction, cfg.seed)
+        train_idx, held_idx = heldout_indices(len(latent_episodes), cfg)
         train_idx = dit_training_episodes(train_idx, cfg.train.dit)
         inputs = DiTActionInputs(statistics, cfg.train.dit.action_scaler, cfg.train.dit.action_integral_scale)
         model_cfg = cfg.dit.resolved(cfg.tokenizer, inputs.dim)
@@ -328,7 +348,8 @@ def run_stage(
         chunk_size = world_model_settings(cfg, layout, None)["chunk_size"]  # the env scores each chunk's last frame
         metrics = train_reward_model(cfg.train.reward, cfg.data_dir, layout.reward_run, cfg.reward_model,
                                      episodes=data.get(), tokenizer=tokenizer, tokenizer_reconstruction_prob=prob,
-                                     generated=generated, chunk_size=chunk_size, progress=progress)
+                                     generated=generated, chunk_size=chunk_size, progress=progress,
+                                     num_source_episodes=source_episode_count(cfg))
         return {k: metrics[k] for k in ("heldout_accuracy", "heldout_auc", "heldout_generated_false_success_rate")
                 if k in metrics}
 
