@@ -17,8 +17,8 @@ One ``chunk_step`` over ``B`` envs:
    conditional means (one pass each at pure noise, :meth:`FlowSampler.predicted_mean`), with the env's world
    model as a member; ``sample`` compares the chunks each member's sampler generates from the same noise.
    Above ``uncertainty_threshold`` the episode ends there as a failure, whatever its frames score: MOReL's
-   "unknown state" halt (Kidambi et al., 2020), which denies the policy a success where the models disagree, the
-   states a single DiT's false successes come from.
+   "unknown state" halt (Kidambi et al., 2020), which denies the policy successes where the models disagree. (On
+   drawer-open two DiT seeds agree on GRPO's false successes as much as on its true ones: docs/results.md.)
 5. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
    or, with ``reencode_context`` (the default for per-frame tokenizers), they are decoded and encoded again, which
    keeps long autoregressive rollouts on the tokenizer's manifold.
