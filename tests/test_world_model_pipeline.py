@@ -642,7 +642,7 @@ def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, da
     from safetensors.torch import load_file
 
     from rlinf_wm.runners.train_dit import _initial_dit
-    from rlinf_wm.runners.world_model_pipeline import heldout_indices, run_stage, source_episode_count
+    from rlinf_wm.runners.world_model_pipeline import heldout_indices, run_stage, split_segments, training_data_files
 
     cfg, _ = trained
     source = Path(cfg.world_model_dir)
@@ -657,10 +657,15 @@ def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, da
     assert report["tokenizer"]["copied_from"] == str(source / "tokenizer")
     assert report["encode"]["episodes"] == 15
     # the source's 12 episodes keep its held-out split: the refit never holds out one its DiT trained on
-    assert source_episode_count(refine) == 12
+    assert json.loads((target / "training_data.json").read_text())["split_segments"] == [12]
     assert set(heldout_indices(15, refine)[1]) & set(range(12)) == set(heldout_indices(12, cfg)[1])
-    assert source_episode_count(replace(refine, extra_data_dirs=[str(extra), str(dataset / "data")])) == 12
-    assert source_episode_count(replace(refine, data_dir=str(extra), extra_data_dirs=[])) == 0  # not its files
+    # a refit of the refit keeps both splits (the quickstart's --rounds)
+    again = replace(refine, world_model_dir=str(tmp_path / "refined_twice"), refine_from=str(target),
+                    extra_data_dirs=[str(extra), str(extra)])
+    assert split_segments(again, training_data_files(again)) == [12, 15]
+    with pytest.raises(ValueError, match=r"refine_from: the training files must start with the 1 files"):
+        swapped = replace(refine, data_dir=str(extra), extra_data_dirs=[str(dataset / "data")])
+        split_segments(swapped, training_data_files(swapped))
     weights = "model/model.safetensors"
     assert (target / "tokenizer" / weights).read_bytes() == (source / "tokenizer" / weights).read_bytes()
     # a new file time: the stages reading the tokenizer see it as new (refine_from set on an existing directory)
@@ -839,12 +844,16 @@ def test_a_refits_split_keeps_its_sources_split_and_splits_the_new_episodes_apar
     from rlinf_wm.runners.train_tokenizer import split_episodes, split_indices
 
     source_train, source_held = split_episodes(list(range(40)), 0.1, 0)
-    train, held = split_indices(60, 0.1, 0, num_source=40)
+    train, held = split_indices(60, 0.1, 0, segments=[40])
     assert set(held) & set(range(40)) == set(source_held)  # the source's training episodes are never held out
     assert train[: len(source_train)] == source_train and len(held) == len(source_held) + 2
     assert sorted(train + held) == list(range(60)) and not set(train) & set(held)
     # prefix property per part: the reward model's larger held-out set contains the DiT's
-    assert set(held) <= set(split_indices(60, 0.2, 0, num_source=40)[1])
+    assert set(held) <= set(split_indices(60, 0.2, 0, segments=[40])[1])
     plain = split_episodes(list(range(60)), 0.1, 0)
-    assert split_indices(60, 0.1, 0) == plain and split_indices(60, 0.1, 0, num_source=60) == plain
+    assert split_indices(60, 0.1, 0) == plain and split_indices(60, 0.1, 0, segments=[60]) == plain
     assert set(plain[1]) & set(source_train)  # what one permutation of the larger count did: the leak
+    # a refit of the refit: both earlier splits are kept
+    assert set(split_indices(80, 0.1, 0, segments=[40, 60])[1]) & set(range(60)) == set(held)
+    with pytest.raises(ValueError, match="must increase"):
+        split_indices(80, 0.1, 0, segments=[60, 40])

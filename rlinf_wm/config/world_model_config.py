@@ -16,7 +16,9 @@ its training, the sampler and the evaluation. Layout of a composed config::
 One split for everything: episodes are held out with ``split_episodes(episodes, fraction, seed)``, whose held-out
 set for a fraction is a prefix of the one for a larger fraction (same seed). So the DiT and evaluation hold out
 ``holdout_fraction`` of the episodes, and the tokenizer and reward model, which must use the same seed and at
-least that fraction, never train on an episode the evaluation scores.
+least that fraction, never train on an episode the evaluation scores. A refit (``refine_from``) keeps this split
+for its source's episodes and splits the new ones apart (``split_indices``; ``training_data.json`` records the
+segments), so it never holds out an episode the DiT it continues trained on.
 """
 
 from __future__ import annotations

@@ -221,8 +221,9 @@ class FlowSampler:
         given = condition_mask.to(x_cond.dtype).expand_as(x_cond) > 0.5
         x = torch.where(given, x_cond, noise)
         s = float(self.sigmas(1)[0])
-        denoised = x - s * self.guided_velocity(model, x, s, condition_mask.to(x_cond.dtype), actions, 0.0)
-        return torch.where(given, x_cond, denoised)
+        velocity = self.guided_velocity(model, x, s, condition_mask.to(x_cond.dtype), actions, 0.0)
+        denoised = x.float() - s * velocity.float()  # in float32: x and s v nearly cancel
+        return torch.where(given, x_cond, denoised.to(x_cond.dtype))
 
     @torch.no_grad()
     def sample(

@@ -109,13 +109,13 @@ def train_reward_model(
     generated: Sequence[Episode] = (),
     chunk_size: int = 1,
     progress: bool = True,
-    num_source_episodes: int = 0,
+    split_segments: Sequence[int] = (),
 ) -> dict:
     """Train (or resume) the reward model; returns the metrics also written to ``metrics.json``.
 
     ``chunk_size``: actions per world-model step; the env scores the last frame of each chunk, so held-out replays
     are judged, and the threshold calibrated, by that rule (with ``cfg.calibrate_success_consecutive``).
-    ``num_source_episodes``: the leading episodes of a refined world model keep its split (``split_indices``).
+    ``split_segments``: the world model's refit segments, split apart as every stage splits them (``split_indices``).
     """
     model_cfg = model_cfg or RewardModelConfig()
     model_cfg.check("model")
@@ -132,7 +132,7 @@ def train_reward_model(
     shift_generator = torch.Generator().manual_seed(cfg.seed)
 
     episodes = list(episodes) if episodes is not None else load_episodes(data_dir)
-    train_idx, held_idx = split_indices(len(episodes), cfg.holdout_fraction, cfg.seed, num_source_episodes)
+    train_idx, held_idx = split_indices(len(episodes), cfg.holdout_fraction, cfg.seed, split_segments)
     train_eps, held_eps = [episodes[i] for i in train_idx], [episodes[i] for i in held_idx]
     held_set = set(held_idx)
     for ep in generated:

@@ -55,20 +55,25 @@ def split_episodes(episodes: Sequence[Episode], holdout_fraction: float, seed: i
 
 
 def split_indices(num_episodes: int, holdout_fraction: float, seed: int,
-                  num_source: int = 0) -> tuple[list[int], list[int]]:
+                  segments: Sequence[int] = ()) -> tuple[list[int], list[int]]:
     """(train, held-out) indices of ``num_episodes`` episodes, as :func:`split_episodes` splits them.
 
-    ``num_source``: the first episodes are those of a world model this one refines (``refine_from``). They keep
-    the split it made of them, and the episodes after them are split on their own, so a refit never holds out an
-    episode its source trained on (one permutation of the larger count would). Each part keeps the prefix property.
+    ``segments``: the episode counts at which a refit (``refine_from``) appended new episodes, in order. Segment k
+    (from ``segments[k - 1]``, or 0, to the next) is split on its own with ``seed + k``, so each refit keeps the
+    split its source made (segment 0 is the first world model's data, split as ``split_episodes`` splits it) and
+    never holds out an episode its source trained on, which one permutation of the larger count would. Each
+    segment keeps the prefix property.
     """
-    indices = list(range(num_episodes))
-    if not 0 < num_source < num_episodes:
-        return split_episodes(indices, holdout_fraction, seed)
-    source_train, source_held = split_episodes(indices[:num_source], holdout_fraction, seed)
-    new = indices[num_source:]
-    new_train, new_held = split_episodes(new, holdout_fraction, seed + 1) if len(new) > 1 else (new, [])
-    return source_train + new_train, source_held + new_held
+    bounds = [0, *[int(b) for b in segments if 0 < int(b) < num_episodes], num_episodes]
+    if bounds != sorted(bounds):
+        raise ValueError(f"split segments must increase, got {list(segments)}")
+    train, held = [], []
+    for k, (begin, end) in enumerate(zip(bounds[:-1], bounds[1:])):
+        part = list(range(begin, end))
+        part_train, part_held = split_episodes(part, holdout_fraction, seed + k) if len(part) > 1 else (part, [])
+        train += part_train
+        held += part_held
+    return train, held
 
 
 def warmup_cosine(step: int, total: int, warmup: int, min_ratio: float) -> float:

@@ -60,31 +60,36 @@ def dit_training_episodes(train_idx: list[int], cfg) -> list[int]:
 
 
 def heldout_indices(num_episodes: int, cfg: WorldModelConfig) -> tuple[list[int], list[int]]:
-    """(train, held-out) episode indices of the world model's data: ``split_episodes``' split of the episode list,
-    or under ``refine_from`` the source's split of its episodes extended to the new ones (``split_indices``)."""
+    """(train, held-out) episode indices of the world model's data, as every stage and the evaluation split it: by
+    the split segments its ``training_data.json`` records (refits, :func:`split_segments`; none: one split)."""
     from rlinf_wm.runners.train_tokenizer import split_indices
 
-    return split_indices(num_episodes, cfg.holdout_fraction, cfg.seed, source_episode_count(cfg))
+    return split_indices(num_episodes, cfg.holdout_fraction, cfg.seed, recorded_split_segments(cfg.world_model_dir))
 
 
-def source_episode_count(cfg: WorldModelConfig) -> int:
-    """How many leading training episodes are the ``refine_from`` world model's own (0 without one): its training
-    files must come first, in its order (``extra_data_dirs`` appended after its own)."""
+def recorded_split_segments(world_model_dir: str | Path) -> list[int]:
+    """The split segments ``training_data.json`` records (none when it does not: a world model of older code)."""
+    record = Layout(Path(world_model_dir)).training_data
+    return list(read_json(record).get("split_segments", [])) if record.is_file() else []
+
+
+def split_segments(cfg: WorldModelConfig, data_files: list[Path]) -> list[int]:
+    """The split segments of a world model about to be encoded from ``data_files``: none for a first world model;
+    under ``refine_from``, the source's plus its episode count, so the source's episodes keep its split. The source's
+    training files must come first, in its order (new data in ``extra_data_dirs`` after them)."""
     if not cfg.refine_from:
-        return 0
+        return []
     record = Layout(Path(cfg.refine_from)).training_data
     if not record.is_file():
-        logger.warning("refine_from: %s is missing; the held-out split is drawn anew and may hold out episodes the "
-                       "refined DiT trained on", record)
-        return 0
+        raise FileNotFoundError(f"refine_from: {record} is missing: which episodes the refined DiT trained on is "
+                                "unknown (encode that world model again)")
     source = read_json(record)
-    ours = [Path(p).resolve() for p in training_data_files(cfg)]
-    theirs = [Path(p).resolve() for p in source["files"]]
-    if ours[: len(theirs)] != theirs:
-        logger.warning("refine_from: the training files do not start with %s's, in its order; the held-out split is "
-                       "drawn anew and may hold out episodes the refined DiT trained on", record)
-        return 0
-    return int(source["episodes"])
+    theirs = [Path(p) for p in source["files"]]
+    if not theirs or [p.resolve() for p in data_files[: len(theirs)]] != theirs:
+        raise ValueError(f"refine_from: the training files must start with the {len(theirs)} files {record} lists, in "
+                         "its order (new data in extra_data_dirs after them): otherwise the refit would hold out "
+                         "episodes the refined DiT trained on")
+    return [*source.get("split_segments", []), int(source["episodes"])]
 
 
 def training_data_files(cfg: WorldModelConfig) -> list[Path]:
@@ -245,6 +250,7 @@ def run_stage(
         from rlinf_wm.data.latents import encode_dataset
 
         _check_tokenizer_matches(cfg, layout)
+        segments = split_segments(cfg, data_files)
         tokenizer = _load_tokenizer(layout)
         episodes_list = data.get()
         copy_statistics(cfg.data_dir, layout, data)
@@ -253,7 +259,8 @@ def run_stage(
         kinds = Counter(str(ep.attrs.get("kind", "unknown")) for ep in episodes_list)
         # What the world model learned from, in real env steps: what a same-data baseline may spend.
         write_json_atomic(layout.training_data, {
-            "files": [str(p) for p in data_files], "episodes": len(episodes_list),
+            "files": [str(p.resolve()) for p in data_files], "episodes": len(episodes_list),
+            "split_segments": segments,
             "env_steps": int(sum(ep.length for ep in episodes_list)), "episodes_by_kind": dict(sorted(kinds.items())),
         })
         return {"episodes": len(episodes_list)}
@@ -349,7 +356,7 @@ def run_stage(
         metrics = train_reward_model(cfg.train.reward, cfg.data_dir, layout.reward_run, cfg.reward_model,
                                      episodes=data.get(), tokenizer=tokenizer, tokenizer_reconstruction_prob=prob,
                                      generated=generated, chunk_size=chunk_size, progress=progress,
-                                     num_source_episodes=source_episode_count(cfg))
+                                     split_segments=recorded_split_segments(layout.root))
         return {k: metrics[k] for k in ("heldout_accuracy", "heldout_auc", "heldout_generated_false_success_rate")
                 if k in metrics}
 
