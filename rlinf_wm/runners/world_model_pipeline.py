@@ -84,7 +84,7 @@ def split_segments(cfg: WorldModelConfig, data_files: list[Path]) -> list[int]:
         raise FileNotFoundError(f"refine_from: {record} is missing: which episodes the refined DiT trained on is "
                                 "unknown (encode that world model again)")
     source = read_json(record)
-    theirs = [Path(p) for p in source["files"]]
+    theirs = [Path(p).resolve() for p in source["files"]]  # older records may hold relative paths
     if not theirs or [p.resolve() for p in data_files[: len(theirs)]] != theirs:
         raise ValueError(f"refine_from: the training files must start with the {len(theirs)} files {record} lists, in "
                          "its order (new data in extra_data_dirs after them): otherwise the refit would hold out "
