@@ -191,7 +191,6 @@ def check_parts(parts: WorldModelParts) -> None:
         raise ValueError(f"world model {parts.world_model_dir} is inconsistent: " + "; ".join(problems))
 
 
-
 # world_model.json settings every ensemble member must share with the env's world model: what its inputs and
 # outputs mean (the DiT-side WINDOW_KEYS, the chunk, the latent space) and the action normalisation
 ENSEMBLE_KEYS = (*WINDOW_KEYS, "chunk_size", "latent_shape", "temporal_compression", "action_dim")

@@ -37,7 +37,7 @@ from typing import Sequence
 import h5py
 import numpy as np
 
-from rlinf_wm.config.world_model_config import STAGES, WorldModelConfig
+from rlinf_wm.config.world_model_config import STAGES, DiTTrainConfig, WorldModelConfig
 from rlinf_wm.data.statistics import ActionStatistics
 from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.data.world_model_layout import (
@@ -49,7 +49,7 @@ from rlinf_wm.utils.io import read_json, write_json_atomic
 logger = logging.getLogger(__name__)
 
 
-def dit_training_episodes(train_idx: list[int], cfg) -> list[int]:
+def dit_training_episodes(train_idx: list[int], cfg: DiTTrainConfig) -> list[int]:
     """The share ``cfg.episode_fraction`` of the training episodes (drawn with ``cfg.seed``, kept in order) the DiT
     trains on: all of them by default; fewer give an ensemble member fit to other data."""
     if cfg.episode_fraction >= 1:
