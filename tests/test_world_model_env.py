@@ -345,7 +345,7 @@ def test_an_ensemble_of_the_env_dit_with_itself_agrees_and_changes_nothing(wm_di
 
 
 def test_ensemble_disagreement_is_the_largest_rms_difference_of_two_members():
-    from rlinf_wm.envs.world_model_env import ensemble_disagreement
+    from rlinf_wm.envs.world_model_ensemble import ensemble_disagreement
 
     predictions = torch.zeros(3, 2, 4, 1, 2, 2)
     predictions[1, 0] = 1.0  # row 0: member 1 is 1 away from members 0 and 2

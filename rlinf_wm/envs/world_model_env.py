@@ -11,13 +11,9 @@ One ``chunk_step`` over ``B`` envs:
 3. The reward model scores the decoded frames; success terminates the env (``success_once``: reward 1 at that
    step; ``relative``: each scored frame earns the change in success probability since the previous one, so an
    episode's return is ``p_final - p_reset``). ``max_episode_steps`` truncates.
-4. With an ensemble (``ensemble_world_model_dirs``: more world models trained on the same windows), the env goes
-   on with its own DiT's chunk and reports the members' disagreement: the largest RMS difference between two
-   members' predictions of the chunk's latents. ``disagreement: mean`` (default) compares the trained DiTs'
-   conditional means (one pass each at pure noise, :meth:`FlowSampler.predicted_mean`), with the env's world
-   model as a member; ``sample`` compares the chunks each member's sampler generates from the same noise.
-   Above ``uncertainty_threshold`` the episode ends there as a failure, whatever its frames score: MOReL's
-   "unknown state" halt (Kidambi et al., 2020), which denies the policy successes where the models disagree. (On
+4. With an ensemble (``ensemble_world_model_dirs``, :mod:`rlinf_wm.envs.world_model_ensemble`) the env goes on with
+   its own DiT's chunk and reports the members' disagreement on it. Above ``uncertainty_threshold`` the episode ends
+   there as a failure, whatever its frames score: MOReL's "unknown state" halt (Kidambi et al., 2020). (On
    drawer-open two DiT seeds agree on GRPO's false successes as much as on its true ones: docs/results.md.)
 5. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
    or, with ``reencode_context`` (the default for per-frame tokenizers), they are decoded and encoded again, which
@@ -44,8 +40,9 @@ import torch
 
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
+from rlinf_wm.envs.world_model_ensemble import DiTEnsemble
 from rlinf_wm.envs.world_model_frames import WorldModelFrames
-from rlinf_wm.envs.world_model_parts import load_dit_ensemble, load_world_model_parts
+from rlinf_wm.envs.world_model_parts import load_world_model_parts
 from rlinf_wm.envs.world_model_placement import ModelPlacement
 from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
 from rlinf_wm.utils.compilation import resolve_compile
@@ -53,17 +50,6 @@ from rlinf_wm.utils.precision import resolve_dtype
 
 REWARD_TYPES = ("success_once", "relative")
 REWARD_FRAMES = ("last", "all")
-DISAGREEMENTS = ("mean", "sample")
-
-
-def ensemble_disagreement(predictions: torch.Tensor) -> torch.Tensor:
-    """float ``[n]``: the largest RMS difference between two members' predictions ``[M, n, ...]`` of each row."""
-    flat = predictions.flatten(2).float()
-    largest = flat.new_zeros(flat.shape[1])
-    for i in range(len(flat)):
-        for j in range(i + 1, len(flat)):
-            largest = torch.maximum(largest, (flat[i] - flat[j]).pow(2).mean(-1).sqrt())
-    return largest
 
 
 @register_env("world_model")
@@ -154,8 +140,6 @@ class WorldModelEnv(ChunkEnv):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if uncertainty_threshold is not None and not ensemble_world_model_dirs:
             raise ValueError("uncertainty_threshold needs ensemble_world_model_dirs: disagreement is between DiTs")
-        if disagreement not in DISAGREEMENTS:
-            raise ValueError(f"disagreement must be one of {DISAGREEMENTS}, got {disagreement!r}")
         if uncertainty_threshold is not None and uncertainty_threshold <= 0:
             raise ValueError(f"uncertainty_threshold must be > 0, got {uncertainty_threshold}")
         compute_dtype = resolve_dtype(dtype, device)
@@ -185,11 +169,6 @@ class WorldModelEnv(ChunkEnv):
         self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
         self.success_consecutive = int(success_consecutive)
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
-        members = list(ensemble_world_model_dirs or [])
-        self.disagreement = disagreement
-        if disagreement == "mean" and members:  # the env's own trained DiT is a member too
-            members = [str(parts.world_model_dir), *members]
-        self.ensemble = load_dit_ensemble(members, parts, trained_dits=disagreement == "mean")
         self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
         per_frame_tokenizer = self.tokenizer.temporal_compression == 1
         self.reencode_context = per_frame_tokenizer if reencode_context is None else bool(reencode_context)
@@ -198,13 +177,13 @@ class WorldModelEnv(ChunkEnv):
                              f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")
 
         self.timings = StepTimings()
-        for dit in (self.dit, *self.ensemble):
+        self.ensemble = DiTEnsemble(list(ensemble_world_model_dirs or []), parts, disagreement, self.timings)
+        for dit in (self.dit, *self.ensemble.dits):
             dit.compile_forward = compiled
         self._counting_dit = CountingModel(self.dit, self.timings)
-        self._counting_members = [CountingModel(member, self.timings) for member in self.ensemble]
         self._frames = WorldModelFrames(self.tokenizer, self.reward_model, self.initial_states, self.num_cond_latent_frames,
                                         self.chunk_size, self.device, self.dtype, self.timings, compiled)
-        self._placement = ModelPlacement(self.tokenizer, (self.dit, *self.ensemble), self.reward_model, self.device,
+        self._placement = ModelPlacement(self.tokenizer, (self.dit, *self.ensemble.dits), self.reward_model, self.device,
                                          self.dtype)
 
         b = self.num_envs
@@ -388,13 +367,7 @@ class WorldModelEnv(ChunkEnv):
         new = self.sampler.sample(self._counting_dit, x_cond, mask, scaled, noise=noise)[:, :, tc:]  # [n, C, P, h, w]
         halted = np.zeros(n, bool)
         if self.ensemble:
-            if self.disagreement == "mean":
-                predictions = [self.sampler.predicted_mean(member, x_cond, mask, scaled, noise)[:, :, tc:]
-                               for member in self._counting_members]
-            else:
-                predictions = [new] + [self.sampler.sample(member, x_cond, mask, scaled, noise=noise)[:, :, tc:]
-                                       for member in self._counting_members]
-            spread = ensemble_disagreement(torch.stack(predictions)).cpu().numpy()
+            spread = self.ensemble.spread(self.sampler, new, x_cond, mask, scaled, noise, tc)
             disagreement[rows] = spread
             if self.uncertainty_threshold is not None:
                 halted = spread > self.uncertainty_threshold

@@ -16,7 +16,7 @@ from typing import Any
 from rlinf_wm.data.action_inputs import DiTActionInputs
 from rlinf_wm.data.initial_states import InitialStates
 from rlinf_wm.data.statistics import ActionStatistics
-from rlinf_wm.data.world_model_layout import INITIAL_STATES_FILE, STATISTICS_FILE, WINDOW_KEYS, WORLD_MODEL_FILE, Layout
+from rlinf_wm.data.world_model_layout import INITIAL_STATES_FILE, STATISTICS_FILE, WORLD_MODEL_FILE, Layout
 from rlinf_wm.models.dit import ActionDiT
 from rlinf_wm.models.reward_model import RewardModel
 from rlinf_wm.models.samplers import FlowSampler
@@ -190,36 +190,3 @@ def check_parts(parts: WorldModelParts) -> None:
     if problems:
         raise ValueError(f"world model {parts.world_model_dir} is inconsistent: " + "; ".join(problems))
 
-
-# world_model.json settings every ensemble member must share with the env's world model: what its inputs and
-# outputs mean (the DiT-side WINDOW_KEYS, the chunk, the latent space) and the action normalisation
-ENSEMBLE_KEYS = (*WINDOW_KEYS, "chunk_size", "latent_shape", "temporal_compression", "action_dim")
-
-
-def load_dit_ensemble(member_dirs: list[str], parts: WorldModelParts, trained_dits: bool = False) -> list[ActionDiT]:
-    """The DiTs of world models trained on the same windows (e.g. another ``train.dit.seed``): from each
-    ``world_model_dir`` the same variant the env runs (the student when it runs the student), or with
-    ``trained_dits`` the trained DiT (never the student). One error per directory naming every setting that
-    differs from the env's world model."""
-    reference = parts.world_model_dir / WORLD_MODEL_FILE
-    trained = read_json(reference) if reference.is_file() else {}
-    variant = "distilled_dit" if parts.distilled and not trained_dits else "dit"
-    members = []
-    for member_dir in map(Path, member_dirs):
-        settings_file = member_dir / WORLD_MODEL_FILE
-        if not settings_file.is_file():
-            raise FileNotFoundError(f"ensemble_world_model_dirs: {settings_file} does not exist (a world_model_dir "
-                                    "that world_model_pipeline trained)")
-        settings = read_json(settings_file)
-        problems = [f"{key}={settings.get(key)} but {reference} has {trained.get(key)}"
-                    for key in ENSEMBLE_KEYS if settings.get(key) != trained.get(key)]
-        paths = {**DEFAULT_PATHS, **settings.get("paths", {})}
-        if variant not in paths:
-            problems.append("no distilled DiT (the env runs the student): run stage=distill there")
-        elif ActionStatistics.load(member_dir / paths["dataset_statistics"]).to_dict() != parts.stats.to_dict():
-            problems.append(f"its {paths['dataset_statistics']} differs from the env's action statistics")
-        if problems:
-            raise ValueError(f"ensemble_world_model_dirs: {member_dir} does not fit the env's world model: "
-                             + "; ".join(problems))
-        members.append(load_model(ActionDiT, member_dir / paths[variant]).eval())
-    return members
