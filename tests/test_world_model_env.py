@@ -335,6 +335,8 @@ def test_an_ensemble_of_the_env_dit_with_itself_agrees_and_changes_nothing(wm_di
     paired = make(wm_dir, ensemble_world_model_dirs=[str(wm_dir)], disagreement=disagreement)
     # mean: the env's trained DiT and the member's, one pass each; sample: the member's sampler run
     assert len(paired.ensemble) == (2 if disagreement == "mean" else 1)
+    # mean shares the env's own trained DiT instead of loading it again: one DiT more, not two
+    assert len(paired.ensemble.dits) == 1 and paired.ensemble.dits[0] is not paired.dit
     expected = rollout(alone, [0, 1, 2, 0], seed=3)
     assert "disagreement" not in alone.chunk_step(actions(5)).info
     np.testing.assert_array_equal(rollout(paired, [0, 1, 2, 0], seed=3), expected)

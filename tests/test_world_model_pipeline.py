@@ -836,6 +836,10 @@ def test_a_dit_on_a_share_of_the_episodes_trains_on_fewer_and_its_share_makes_th
     assert trained_on == round(full / 2)
     assert run_stage(half, "dit")["dit"]["status"] == "cached"
     assert run_stage(member, "dit")["dit"]["status"] == "ran"  # back to every episode: stale
+    # so does another held-out split (the episodes left for training change)
+    assert run_stage(replace(member, holdout_fraction=0.05), "dit")["dit"]["status"] == "ran"
+    assert run_stage(member, "dit")["dit"]["status"] == "ran"
+    assert run_stage(member, "dit")["dit"]["status"] == "cached"
     with pytest.raises(ConfigError, match=r"^train\.dit\.episode_fraction: must be in \(0, 1\]"):
         compose_config(tiny_overrides(dataset) + ["train.dit.episode_fraction=0"])
 

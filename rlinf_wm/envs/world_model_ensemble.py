@@ -74,14 +74,19 @@ class DiTEnsemble:
         if disagreement not in DISAGREEMENTS:
             raise ValueError(f"disagreement must be one of {DISAGREEMENTS}, got {disagreement!r}")
         self.disagreement = disagreement
-        members = list(member_dirs)
+        members, own = list(member_dirs), []
         if disagreement == "mean" and members:  # the env's own trained DiT is a member too
-            members = [str(parts.world_model_dir), *members]
+            if parts.distilled:  # the env runs its student: load the trained DiT beside it
+                members = [str(parts.world_model_dir), *members]
+            else:  # the env runs the trained DiT: share it
+                own = [parts.dit]
+        # the DiTs loaded here, for the env to place and compile with its own
         self.dits = load_dit_ensemble(members, parts, trained_dits=disagreement == "mean")
-        self._counting = [CountingModel(dit, timings) for dit in self.dits]
+        self._counting = [CountingModel(dit, timings) for dit in (*own, *self.dits)]
 
     def __len__(self) -> int:
-        return len(self.dits)
+        """How many DiTs take part in the disagreement (the env's own trained DiT included in ``mean``)."""
+        return len(self._counting)
 
     def spread(self, sampler: FlowSampler, generated: torch.Tensor, x_cond: torch.Tensor, mask: torch.Tensor,
                actions: torch.Tensor, noise: torch.Tensor, num_cond: int) -> np.ndarray:

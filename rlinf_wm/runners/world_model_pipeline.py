@@ -369,9 +369,14 @@ def run_stage(
         elif name == "encode":
             run(name, layout.initial_states, [tokenizer_weights, *data_files], None, encode_stage)
         elif name == "dit":
-            fraction = cfg.train.dit.episode_fraction  # recorded only when set: older outputs stay current
+            # the episodes it trains on, recorded only when not the defaults: older outputs stay current
+            fraction = cfg.train.dit.episode_fraction
             subset = {"episode_fraction": fraction, "seed": cfg.train.dit.seed} if fraction < 1 else {}
-            run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage, {**refine, **subset})
+            split = ({"holdout_fraction": cfg.holdout_fraction, "split_seed": cfg.seed}
+                     if (cfg.holdout_fraction, cfg.seed) != (WorldModelConfig.holdout_fraction, WorldModelConfig.seed)
+                     else {})
+            run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage,
+                {**refine, **subset, **split})
         elif name == "distill":
             run(name, layout.distilled_dit_run / "metrics.json", [layout.dit_model / "model.safetensors"],
                 layout.distilled_dit_run, distill_stage)
