@@ -73,6 +73,7 @@ class WorldModelEnvConfig:
     ensemble_world_model_dirs: list[str] = field(default_factory=list)  # their DiTs' disagreement is reported
     uncertainty_threshold: float | None = None  # disagreement that ends an episode as a failure (MOReL's halt)
     disagreement: Literal["mean", "sample"] = "mean"  # what the members' predictions are (WorldModelEnv)
+    state_model_path: str | None = None  # success also needs the state model's object at the goal (WorldModelEnv)
     reencode_context: bool | None = None  # None: on for per-frame tokenizers (WorldModelEnv)
     device: str = "cpu"
     dtype: str = "auto"  # auto: bfloat16 where the hardware computes it natively (rlinf_wm.utils.precision)

@@ -15,7 +15,11 @@ One ``chunk_step`` over ``B`` envs:
    its own DiT's chunk and reports the members' disagreement on it. Above ``uncertainty_threshold`` the episode ends
    there as a failure, whatever its frames score: MOReL's "unknown state" halt (Kidambi et al., 2020). (On
    drawer-open two DiT seeds agree on GRPO's false successes as much as on its true ones: docs/results.md.)
-5. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
+5. With a state model (``state_model_path``) a success the reward model sees in the frames counts only once the
+   state model, run open loop on the same actions, also brings the object to the goal: a second opinion from
+   another model class on the same data, which tells GRPO's false imagined successes from its true ones where a
+   second DiT does not (docs/results.md).
+6. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
    or, with ``reencode_context`` (the default for per-frame tokenizers), they are decoded and encoded again, which
    keeps long autoregressive rollouts on the tokenizer's manifold.
 
@@ -41,6 +45,7 @@ import torch
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
 from rlinf_wm.envs.world_model_ensemble import DiTEnsemble
+from rlinf_wm.models.state_dynamics import StateSuccessTracker
 from rlinf_wm.envs.world_model_frames import WorldModelFrames
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
 from rlinf_wm.envs.world_model_placement import ModelPlacement
@@ -86,6 +91,9 @@ class WorldModelEnv(ChunkEnv):
         uncertainty_threshold: an env whose chunk disagreement exceeds this ends there as a failure
             (terminated, no success; ``relative`` rewards score it as probability 0; ``info["halted"]``).
             ``None``: never (disagreement is only reported).
+        state_model_path: a state model (:mod:`rlinf_wm.models.state_dynamics`, ``train_state_model``) run open
+            loop beside the DiT from each env's recorded reset state; success then also needs its object to reach
+            the goal (``info["state_distance"]``: its smallest object-to-goal distance so far). ``None``: frames only.
         reencode_context: decode the new conditioning frames and encode them again instead of sliding the
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
@@ -124,6 +132,7 @@ class WorldModelEnv(ChunkEnv):
         ensemble_world_model_dirs: list[str] | None = None,
         uncertainty_threshold: float | None = None,
         disagreement: Literal["mean", "sample"] = "mean",
+        state_model_path: str | None = None,
         reencode_context: bool | None = None,
         device: str = "cpu",
         dtype: str = "auto",
@@ -177,6 +186,9 @@ class WorldModelEnv(ChunkEnv):
                              f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")
 
         self.timings = StepTimings()
+        self.state_model_path = state_model_path
+        self._state_success = None if state_model_path is None else StateSuccessTracker.for_initial_states(
+            state_model_path, self.initial_states, int(num_envs))
         self.ensemble = DiTEnsemble(list(ensemble_world_model_dirs or []), parts, disagreement, self.timings)
         for dit in (self.dit, *self.ensemble.dits):
             dit.compile_forward = compiled
@@ -302,6 +314,8 @@ class WorldModelEnv(ChunkEnv):
         self._success[rows] = False
         self._halted[rows] = False
         self._streak[rows] = 0
+        if self._state_success is not None:
+            self._state_success.reset(rows, self.initial_states.reset_ids[ids])
 
     def chunk_step(self, actions) -> ChunkStep:
         self._require_ready("chunk_step")
@@ -339,6 +353,8 @@ class WorldModelEnv(ChunkEnv):
             info["disagreement"] = disagreement  # of each env stepped now (NaN otherwise)
         if self.uncertainty_threshold is not None:
             info["halted"] = self._halted.copy()
+        if self._state_success is not None:  # the state model's smallest object-to-goal distance so far
+            info["state_distance"] = self._state_success.distance.copy()
         return ChunkStep(self._obs(), rewards, terminated, truncated, info)
 
     # ------------------------------------------------------------------ internals
@@ -375,6 +391,8 @@ class WorldModelEnv(ChunkEnv):
 
         # Steps of this chunk each env executes (fewer only when max_episode_steps ends it early).
         ends = np.minimum(k, self.max_episode_steps - self._steps[rows])
+        if self._state_success is not None:
+            self._state_success.advance(rows, actions, ends)
         scored, wanted = self._frames.steps_to_decode(ends, self.reward_frames == "all", self.reencode_context)
         decoded = self._frames.decode(context, new, wanted)
 
@@ -430,7 +448,8 @@ class WorldModelEnv(ChunkEnv):
                 rewards[row, j] = prob - previous
             previous = prob
             self._streak[row] = self._streak[row] + 1 if prob >= self.reward_threshold else 0
-            if self._streak[row] >= self.success_consecutive:
+            confirmed = self._state_success is None or self._state_success.reached[row]
+            if self._streak[row] >= self.success_consecutive and confirmed:
                 last_step = j
                 if self.reward_type == "success_once":
                     rewards[row, j] = 1.0

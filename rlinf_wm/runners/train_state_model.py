@@ -1,0 +1,196 @@
+"""Train the state model (:mod:`rlinf_wm.models.state_dynamics`) on a world model's training episodes.
+
+    python -m rlinf_wm.runners.train_state_model --world-model-dir outputs/drawer-open-v3/world_model \
+        [--out DIR] [--members 3] [--horizon 16] [--steps 3000]
+
+The episodes are those of ``training_data.json`` (the world model's own data). Episodes recorded without
+``obs/robot_state`` (a policy's evaluation episodes) get their states by replaying their actions in the real
+simulator from their reset id (``task_id``; the env their file's ``env_args`` name, which must be deterministic per
+reset id, as Meta-World is). A seeded ``--holdout`` share of the episodes is kept out of training; on it the
+success distance is calibrated (the threshold on the smallest predicted object-to-goal distance with the best
+balanced accuracy against the real outcomes) and the AUC reported. Writes ``DIR/model`` (``save_pretrained``,
+atomically) and ``DIR/metrics.json``; ``DIR`` defaults to ``<world_model_dir>/state_model``.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import h5py
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from rlinf_wm.models.state_dynamics import StateDynamics
+from rlinf_wm.utils.checkpoint import save_model_atomic
+from rlinf_wm.utils.io import read_json, write_json_atomic
+
+logger = logging.getLogger(__name__)
+
+
+@dataclass
+class StateEpisode:
+    states: np.ndarray  # float32 [T, S]: the state before each action
+    actions: np.ndarray  # float32 [T, A]
+    success: bool
+    reset_id: int  # -1: unknown
+
+
+def replayed_states(env, reset_id: int, actions: np.ndarray) -> np.ndarray:
+    """The state before each action, replayed one step at a time in ``env`` (``include_states``)."""
+    states = [env.reset(ids=[reset_id]).states[0]]
+    for action in actions[:-1]:
+        states.append(env.chunk_step(action[None, None]).obs.states[0])
+    return np.asarray(states, np.float32)
+
+
+def read_state_episodes(files: list[str], progress: bool = True) -> list[StateEpisode]:
+    from rlinf_wm.envs.registry import make_env
+
+    episodes, envs = [], {}
+    for path in files:
+        with h5py.File(path, "r") as f:
+            env_cfg = json.loads(f["data"].attrs.get("env_args", "{}")).get("env", {})
+            for name, demo in tqdm(list(f["data"].items()), desc=Path(path).name, disable=not progress, leave=False):
+                actions, reset_id = demo["actions"][:], int(demo.attrs.get("task_id", -1))
+                if "robot_state" in demo["obs"]:
+                    states = demo["obs/robot_state"][:]
+                else:
+                    if reset_id < 0 or "env_type" not in env_cfg:
+                        raise ValueError(f"{path}: {name} has no obs/robot_state and no reset id (task_id) and "
+                                         "env_args to replay it from")
+                    key = json.dumps(env_cfg, sort_keys=True)
+                    if key not in envs:
+                        kwargs = {k: v for k, v in env_cfg.items() if k not in ("env_type", "num_envs")}
+                        envs[key] = make_env(env_cfg["env_type"], **{**kwargs, "include_states": True,
+                                                                      "render_every_step": False})
+                    states = replayed_states(envs[key], reset_id, actions)
+                episodes.append(StateEpisode(states, actions, bool(demo.attrs["success"]), reset_id))
+    for env in envs.values():
+        env.close()
+    return episodes
+
+
+def fit(model: StateDynamics, episodes: list[StateEpisode], horizon: int, steps: int, batch: int, seed: int,
+        progress: bool = True) -> float:
+    """Normalisation from the data, then ``steps`` Adam steps on ``horizon``-step windows unrolled on the model's
+    own predictions (each member its own bootstrap of windows). Returns the last loss."""
+    dims = model.tracked_dims
+    x = np.concatenate([e.states[:-1, dims] for e in episodes])
+    delta = np.concatenate([e.states[1:, dims] - e.states[:-1, dims] for e in episodes])
+    goals = np.concatenate([e.states[:-1, model.goal_dims] for e in episodes])
+    actions = np.concatenate([e.actions[:-1] for e in episodes])
+    features = model.features(torch.tensor(x), torch.tensor(goals), torch.tensor(actions))
+    model.feature_mean.copy_(features.mean(0))
+    model.feature_std.copy_(features.std(0) + 1e-6)
+    model.delta_mean.copy_(torch.tensor(delta.mean(0)))
+    model.delta_std.copy_(torch.tensor(delta.std(0) + 1e-6))
+    scale = torch.tensor(x.std(0) + 1e-6)
+    starts = [(e, t) for e, ep in enumerate(episodes) for t in range(len(ep.states) - horizon)]
+    if not starts:
+        raise ValueError(f"no episode is longer than horizon={horizon} steps")
+    rng = np.random.default_rng(seed)
+    optimizer = torch.optim.Adam(model.parameters(), 1e-3)
+    schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
+    members, loss = len(model.nets), torch.zeros(())
+    for _ in tqdm(range(steps), desc="state model", disable=not progress):
+        picks = [[starts[i] for i in rng.integers(0, len(starts), batch)] for _ in range(members)]
+        seq = torch.tensor(np.stack([[episodes[e].states[t : t + horizon + 1] for e, t in p] for p in picks]))
+        act = torch.tensor(np.stack([[episodes[e].actions[t : t + horizon] for e, t in p] for p in picks]))
+        state, loss = seq[:, :, 0, dims], 0.0
+        for k in range(horizon):
+            state = model.step(state, seq[:, :, k, model.goal_dims], act[:, :, k])
+            loss = loss + (((state - seq[:, :, k + 1, dims]) / scale) ** 2).mean() / horizon
+        optimizer.zero_grad()
+        loss.backward()
+        optimizer.step()
+        schedule.step()
+    return float(loss.detach())
+
+
+def auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
+    if len(positives) == 0 or len(negatives) == 0:
+        return None
+    return float((positives[:, None] > negatives[None]).mean() + 0.5 * (positives[:, None] == negatives[None]).mean())
+
+
+def closest_approaches(model: StateDynamics, cases: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+    """The smallest predicted object-to-goal distance of each (initial state [S], actions [T, A]) pair."""
+    return np.array([float(model.closest_approach(torch.tensor(s0)[None], torch.tensor(a)[None])[0])
+                     for s0, a in cases])
+
+
+def calibrate(distance: np.ndarray, success: np.ndarray) -> tuple[float, float]:
+    """The threshold on ``distance`` with the best balanced accuracy (the smallest among ties) and that accuracy."""
+    if success.all() or not success.any():
+        raise ValueError(f"calibration needs held-out successes and failures, got {int(success.sum())} of "
+                         f"{len(success)} successful")
+    best = (-1.0, 0.0)
+    for threshold in np.unique(distance):
+        called = distance <= threshold
+        accuracy = 0.5 * (called[success].mean() + (~called[~success]).mean())
+        if accuracy > best[0]:
+            best = (accuracy, float(threshold))
+    return best[1], best[0]
+
+
+def train_state_model(world_model_dir: str | Path, out_dir: str | Path | None = None, members: int = 3,
+                      horizon: int = 16, steps: int = 3000, batch: int = 128, holdout: float = 0.1, seed: int = 0,
+                      progress: bool = True) -> dict:
+    world_model_dir = Path(world_model_dir)
+    out_dir = Path(out_dir) if out_dir is not None else world_model_dir / "state_model"
+    started = time.perf_counter()
+    torch.manual_seed(seed)
+    files = read_json(world_model_dir / "training_data.json")["files"]
+    episodes = read_state_episodes(files, progress)
+    order = np.random.default_rng(seed).permutation(len(episodes))
+    held_count = max(1, int(round(holdout * len(episodes))))
+    held, train = [episodes[i] for i in order[:held_count]], [episodes[i] for i in order[held_count:]]
+    state_dim, action_dim = episodes[0].states.shape[1], episodes[0].actions.shape[1]
+    resets = {e.reset_id: e.states[0] for e in episodes if e.reset_id >= 0}
+    settings = {"state_dim": state_dim, "action_dim": action_dim, "members": members,
+                "num_reset_states": max(resets, default=-1) + 1}
+    model = StateDynamics(**settings)
+    for reset_id, state in resets.items():
+        model.reset_states[reset_id] = torch.tensor(state)
+        model.reset_known[reset_id] = True
+    loss = fit(model, train, horizon, steps, batch, seed, progress)
+    model.eval()
+    distance = closest_approaches(model, [(e.states[0], e.actions) for e in held])
+    success = np.array([e.success for e in held])
+    success_distance, accuracy = calibrate(distance, success)
+    calibrated = StateDynamics(**settings, success_distance=success_distance)  # saved in its config.json
+    calibrated.load_state_dict(model.state_dict())
+    save_model_atomic(calibrated, out_dir / "model")
+    metrics = {"train_episodes": len(train), "heldout_episodes": len(held), "heldout_successes": int(success.sum()),
+               "members": members, "horizon": horizon, "steps": steps, "final_loss": loss,
+               "heldout_auc": auc(-distance[success], -distance[~success]),
+               "success_distance": success_distance, "heldout_balanced_accuracy": accuracy,
+               "reset_states": len(resets), "seconds": round(time.perf_counter() - started, 1)}
+    write_json_atomic(out_dir / "metrics.json", metrics)
+    return metrics
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    parser.add_argument("--world-model-dir", required=True)
+    parser.add_argument("--out", default=None, help="default: <world_model_dir>/state_model")
+    parser.add_argument("--members", type=int, default=3)
+    parser.add_argument("--horizon", type=int, default=16)
+    parser.add_argument("--steps", type=int, default=3000)
+    parser.add_argument("--batch", type=int, default=128)
+    parser.add_argument("--holdout", type=float, default=0.1)
+    parser.add_argument("--seed", type=int, default=0)
+    args = parser.parse_args(argv)
+    logging.basicConfig(level=logging.INFO)
+    print(json.dumps(train_state_model(args.world_model_dir, args.out, args.members, args.horizon, args.steps,
+                                       args.batch, args.holdout, args.seed)))
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,148 @@
+"""The state model: training on a toy drawer, calibration, save/load, and its veto on a world-model env's success."""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+from world_model_fixtures import CHUNK, make_world_model
+
+from rlinf_wm.data.trajectories import Episode, write_episodes
+from rlinf_wm.envs.world_model_env import WorldModelEnv
+from rlinf_wm.models.state_dynamics import StateDynamics, StateSuccessTracker
+from rlinf_wm.runners.train_state_model import calibrate, train_state_model
+from rlinf_wm.utils.checkpoint import load_model, save_model_atomic
+
+GOAL_OFFSET = -0.1  # the goal lies 10 cm along -y from the object's start, as drawer-open's does
+
+
+def constant_model(object_step_y: float, reset_ids=(10, 11, 12), success_distance: float = 0.035) -> StateDynamics:
+    """A model whose object moves ``object_step_y`` along y every step, whatever the action, from (0, 0, 0)."""
+    model = StateDynamics(members=2, hidden=8, num_reset_states=max(reset_ids) + 1, success_distance=success_distance)
+    for net in model.nets:
+        torch.nn.init.zeros_(net[-1].weight)
+        torch.nn.init.zeros_(net[-1].bias)
+    model.delta_mean[5] = object_step_y  # tracked dims: hand xyz, gripper, object xyz
+    state = torch.zeros(39)
+    state[37] = GOAL_OFFSET
+    for reset_id in reset_ids:
+        model.reset_states[reset_id] = state
+        model.reset_known[reset_id] = True
+    return model
+
+
+def toy_drawer_episode(rng: np.random.Generator, reset_id: int, reach: bool, steps: int = 40) -> Episode:
+    """A hand that moves 2 cm per unit action; the object follows the hand along y while the hand is within 4 cm
+    of it. Reaching episodes go to the object and pull it to the goal; the others wander."""
+    start = np.random.default_rng(100 + reset_id)  # a reset id fixes the scene, as Meta-World's do
+    state = np.zeros(39, np.float32)
+    state[:3] = start.uniform(-0.1, 0.1, 3)
+    state[4:7] = start.uniform(-0.05, 0.05, 3)
+    state[36:39] = state[4:7] + [0, GOAL_OFFSET, 0]
+    states, actions, success = [], [], False
+    for _ in range(steps):
+        states.append(state.copy())
+        if reach:
+            to_object = state[4:7] - state[:3]
+            action = np.clip(to_object / 0.02, -1, 1) if np.linalg.norm(to_object) > 0.01 else np.array([0, -1, 0])
+            action = np.append(action + rng.normal(0, 0.1, 3), 0.0)
+        else:
+            action = rng.uniform(-1, 1, 4)
+        action = np.clip(action, -1, 1).astype(np.float32)
+        moved = state[:3] + 0.02 * action[:3]
+        if np.linalg.norm(state[:3] - state[4:7]) < 0.04:
+            state[5] += moved[1] - state[1]
+        state[:3] = moved
+        actions.append(action)
+        success |= bool(np.linalg.norm(state[4:7] - state[36:39]) <= 0.03)
+    frames = np.zeros((steps, 4, 4, 3), np.uint8)
+    return Episode(frames=frames, actions=np.stack(actions), rewards=np.zeros(steps, np.float32),
+                   dones=np.zeros(steps, bool), success=success, instruction="open the drawer", task="toy",
+                   states=np.stack(states), attrs={"task_id": reset_id})
+
+
+def test_a_trained_state_model_tells_pulled_drawers_from_missed_ones_and_reloads(tmp_path):
+    rng = np.random.default_rng(0)
+    episodes = [toy_drawer_episode(rng, i % 5, reach=i % 3 != 0) for i in range(80)]
+    assert 10 < sum(e.success for e in episodes) < 70  # both outcomes occur
+    data = write_episodes(tmp_path / "data.hdf5", episodes)
+    wm = tmp_path / "world_model"
+    wm.mkdir()
+    (wm / "training_data.json").write_text(json.dumps({"files": [str(data)]}))
+    metrics = train_state_model(wm, members=2, horizon=4, steps=600, batch=64, holdout=0.25, progress=False)
+    assert metrics["heldout_auc"] >= 0.85, metrics  # an untrained model: ~0.5
+    assert metrics["reset_states"] == 5
+    model = load_model(StateDynamics, wm / "state_model" / "model")
+    assert model.success_distance == pytest.approx(metrics["success_distance"])
+    # the recorded reset states come back, and an untrained model is far worse at the same episodes
+    np.testing.assert_allclose(model.reset_state(np.array([3]))[0].numpy(), episodes[3].states[0])
+    untrained = StateDynamics(members=2, num_reset_states=5)
+    start, acts = torch.tensor(episodes[0].states[:1]), torch.tensor(episodes[0].actions[None])
+    final = torch.tensor(episodes[0].states[-1, model.tracked_dims])
+    errors = []
+    for candidate in (model, untrained):
+        x, goal = candidate.start(start)
+        with torch.no_grad():
+            for t in range(acts.shape[1] - 1):
+                x = candidate.step(x, goal, acts[:, t])
+        errors.append(float((x.mean(0)[0] - final).norm()))
+    assert errors[0] < 0.3 * errors[1], errors
+
+
+def test_calibration_picks_the_separating_distance_and_needs_both_outcomes():
+    distance = np.array([0.01, 0.02, 0.04, 0.05, 0.06])
+    threshold, accuracy = calibrate(distance, np.array([True, True, True, False, False]))
+    assert threshold == 0.04 and accuracy == 1.0
+    with pytest.raises(ValueError, match="successes and failures"):
+        calibrate(distance, np.ones(5, bool))
+
+
+def test_the_tracker_runs_each_env_its_own_steps_and_reports_reaching():
+    tracker = StateSuccessTracker(constant_model(-0.01), num_envs=3)
+    tracker.reset(np.arange(3), np.array([10, 11, 12]))
+    tracker.advance(np.array([0, 2]), np.zeros((2, 4, 4), np.float32), np.array([4, 2]))
+    np.testing.assert_allclose(tracker.distance, [0.06, np.inf, 0.08], atol=1e-6)
+    tracker.advance(np.array([0]), np.zeros((1, 4, 4), np.float32), np.array([4]))
+    assert tracker.reached.tolist() == [True, False, False]
+    with pytest.raises(ValueError, match=r"reset ids \[7\]"):
+        tracker.reset(np.array([1]), np.array([7]))
+
+
+@pytest.fixture(scope="module")
+def wm_dir(tmp_path_factory) -> Path:
+    return make_world_model(tmp_path_factory.mktemp("wm"))
+
+
+def saved(model: StateDynamics, path: Path) -> str:
+    return str(save_model_atomic(model, path))
+
+
+def first_success_chunk(env: WorldModelEnv, chunks: int = 4) -> int | None:
+    env.reset(ids=[0, 1], seed=0)
+    for chunk in range(chunks):
+        step = env.chunk_step(np.zeros((2, CHUNK, 4), np.float32))
+        if step.info["success"].all():
+            return chunk
+    return None
+
+
+def test_a_state_model_vetoes_successes_until_its_object_reaches_the_goal(wm_dir, tmp_path):
+    common = {"world_model_dir": str(wm_dir), "num_envs": 2, "reward_threshold": 0.0, "dtype": "float32"}
+    assert first_success_chunk(WorldModelEnv(**common)) == 0  # every frame passes the reward model
+    still = WorldModelEnv(**common, state_model_path=saved(constant_model(0.0), tmp_path / "still"))
+    assert first_success_chunk(still) is None
+    still.reset(ids=[0, 1], seed=0)
+    np.testing.assert_allclose(still.chunk_step(np.zeros((2, CHUNK, 4), np.float32)).info["state_distance"],
+                               [0.1, 0.1], atol=1e-6)
+    # the object reaches 3.5 cm of the goal after 7 steps: success in the chunk that runs step 7
+    reaching = WorldModelEnv(**common, state_model_path=saved(constant_model(-0.01), tmp_path / "reaching"))
+    assert first_success_chunk(reaching) == (7 - 1) // CHUNK
+
+
+def test_a_state_model_must_know_every_initial_states_reset(wm_dir, tmp_path):
+    path = saved(constant_model(0.0, reset_ids=(10, 11)), tmp_path / "partial")
+    with pytest.raises(ValueError, match=r"state_model_path .*reset ids \[12\]"):
+        WorldModelEnv(world_model_dir=str(wm_dir), num_envs=2, dtype="float32", state_model_path=path)
