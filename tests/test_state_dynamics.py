@@ -69,13 +69,12 @@ def test_a_trained_state_model_tells_pulled_drawers_from_missed_ones_and_reloads
     episodes = [toy_drawer_episode(rng, i % 5, reach=i % 3 != 0) for i in range(80)]
     assert 10 < sum(e.success for e in episodes) < 70  # both outcomes occur
     data = write_episodes(tmp_path / "data.hdf5", episodes)
-    wm = tmp_path / "world_model"
-    wm.mkdir()
-    (wm / "training_data.json").write_text(json.dumps({"files": [str(data)]}))
-    metrics = train_state_model(wm, members=2, horizon=4, steps=600, batch=64, holdout=0.25, progress=False)
+    out = tmp_path / "state_model"
+    metrics = train_state_model([str(data)], out, members=2, horizon=4, steps=600, batch=64, holdout=0.25,
+                                progress=False)
     assert metrics["heldout_auc"] >= 0.85, metrics  # an untrained model: ~0.5
     assert metrics["reset_states"] == 5
-    model = load_model(StateDynamics, wm / "state_model" / "model")
+    model = load_model(StateDynamics, out / "model")
     assert model.success_distance == pytest.approx(metrics["success_distance"])
     # the recorded reset states come back, and an untrained model is far worse at the same episodes
     np.testing.assert_allclose(model.reset_state(np.array([3]))[0].numpy(), episodes[3].states[0])
@@ -90,6 +89,28 @@ def test_a_trained_state_model_tells_pulled_drawers_from_missed_ones_and_reloads
                 x = candidate.step(x, goal, acts[:, t])
         errors.append(float((x.mean(0)[0] - final).norm()))
     assert errors[0] < 0.3 * errors[1], errors
+
+
+def test_the_pipeline_stage_trains_it_on_the_data_and_caches_it(tmp_path):
+    from test_world_model_pipeline import compose_config
+
+    from rlinf_wm.runners.world_model_pipeline import run_stage
+
+    rng = np.random.default_rng(1)
+    write_episodes(tmp_path / "data" / "shard_00000.hdf5",
+                   [toy_drawer_episode(rng, i % 5, reach=i % 3 != 0) for i in range(30)])
+    cfg = compose_config([f"artifacts_dir={tmp_path}", "progress=false", "train.state.steps=5",
+                          "train.state.horizon=4", "train.state.members=2", "train.state.holdout_fraction=0.3"])
+    assert run_stage(cfg, "state")["state"]["status"] == "ran"
+    metrics = json.loads((tmp_path / "world_model" / "state_model" / "metrics.json").read_text())
+    assert metrics["train_episodes"] == 21 and metrics["members"] == 2
+    assert load_model(StateDynamics, tmp_path / "world_model" / "state_model" / "model").reset_known.sum() == 5
+    assert run_stage(cfg, "state")["state"]["status"] == "cached"
+    longer = compose_config([f"artifacts_dir={tmp_path}", "progress=false", "train.state.steps=6",
+                             "train.state.horizon=4", "train.state.members=2", "train.state.holdout_fraction=0.3"])
+    assert run_stage(longer, "state")["state"]["status"] == "ran"  # other settings: stale
+    with pytest.raises(ValueError, match="train.state.steps > 0"):
+        run_stage(compose_config([f"artifacts_dir={tmp_path}", "train.state.steps=0"]), "state")
 
 
 def test_calibration_picks_the_separating_distance_and_needs_both_outcomes():
@@ -140,6 +161,15 @@ def test_a_state_model_vetoes_successes_until_its_object_reaches_the_goal(wm_dir
     # the object reaches 3.5 cm of the goal after 7 steps: success in the chunk that runs step 7
     reaching = WorldModelEnv(**common, state_model_path=saved(constant_model(-0.01), tmp_path / "reaching"))
     assert first_success_chunk(reaching) == (7 - 1) // CHUNK
+
+
+def test_auto_runs_the_world_models_own_state_model_when_it_has_one(tmp_path):
+    root = make_world_model(tmp_path / "wm")
+    common = {"world_model_dir": str(root), "num_envs": 2, "reward_threshold": 0.0, "dtype": "float32",
+              "state_model_path": "auto"}
+    assert first_success_chunk(WorldModelEnv(**common)) == 0  # none trained: frames only
+    saved(constant_model(0.0), root / "state_model" / "model")
+    assert first_success_chunk(WorldModelEnv(**common)) is None
 
 
 def test_a_state_model_must_know_every_initial_states_reset(wm_dir, tmp_path):

@@ -37,7 +37,7 @@ from rlinf_wm.config.world_model_schema import (
 )
 from rlinf_wm.utils.precision import TRAIN_PRECISIONS
 
-STAGES = ("tokenizer", "encode", "dit", "distill", "generate", "reward", "all")
+STAGES = ("tokenizer", "encode", "dit", "distill", "generate", "reward", "state", "all")
 
 
 def _at(path: str):
@@ -238,11 +238,31 @@ class SamplerConfig:
 
 
 @dataclass
+class StateModelTrainConfig:
+    """The state model beside the DiT (``train_state_model``, stage ``state``); ``steps: 0`` trains none."""
+
+    steps: int = 0
+    members: int = 3  # MLPs of the ensemble, each on its own bootstrap of windows
+    horizon: int = 16  # steps each training window is unrolled on the model's own predictions
+    batch_size: int = 128
+    holdout_fraction: float = 0.1  # episodes the success distance is calibrated on
+
+    def check(self, path: str) -> None:
+        at = _at(path)
+        require(self.steps >= 0, at("steps"), f"must be >= 0 (0: no state model), got {self.steps}")
+        for name in ("members", "horizon", "batch_size"):
+            require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
+        require(0.0 < self.holdout_fraction < 1.0, at("holdout_fraction"),
+                f"must be in (0, 1), got {self.holdout_fraction}")
+
+
+@dataclass
 class TrainSection:
     tokenizer: TokenizerTrainConfig = field(default_factory=TokenizerTrainConfig)
     reward: RewardTrainConfig = field(default_factory=RewardTrainConfig)
     dit: DiTTrainConfig = field(default_factory=DiTTrainConfig)
     distill: DistillConfig = field(default_factory=DistillConfig)
+    state: StateModelTrainConfig = field(default_factory=StateModelTrainConfig)
     # probability that a reward-model training frame is replaced by its tokenizer reconstruction (the blur of
     # generated frames); 0 trains on real frames only
     reward_reconstruction_prob: float = 0.5

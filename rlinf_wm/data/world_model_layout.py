@@ -81,6 +81,14 @@ class Layout:
         return self.reward_run / "model"
 
     @property
+    def state_model_run(self) -> Path:
+        return self.root / "state_model"
+
+    @property
+    def state_model(self) -> Path:
+        return self.state_model_run / "model"
+
+    @property
     def training_data(self) -> Path:
         return self.root / TRAINING_DATA_FILE
 

@@ -42,14 +42,15 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
+from rlinf_wm.data.world_model_layout import Layout
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
 from rlinf_wm.envs.world_model_ensemble import DiTEnsemble
-from rlinf_wm.models.state_dynamics import StateSuccessTracker
 from rlinf_wm.envs.world_model_frames import WorldModelFrames
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
 from rlinf_wm.envs.world_model_placement import ModelPlacement
 from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
+from rlinf_wm.models.state_dynamics import StateSuccessTracker
 from rlinf_wm.utils.compilation import resolve_compile
 from rlinf_wm.utils.precision import resolve_dtype
 
@@ -93,7 +94,9 @@ class WorldModelEnv(ChunkEnv):
             ``None``: never (disagreement is only reported).
         state_model_path: a state model (:mod:`rlinf_wm.models.state_dynamics`, ``train_state_model``) run open
             loop beside the DiT from each env's recorded reset state; success then also needs its object to reach
-            the goal (``info["state_distance"]``: its smallest object-to-goal distance so far). ``None``: frames only.
+            the goal (``info["state_distance"]``: its smallest object-to-goal distance so far). It decides success
+            and termination; ``relative`` rewards still follow the frames' probabilities. ``auto``: the world
+            model's own (``<world_model_dir>/state_model/model``) when it has one; ``None``: frames only.
         reencode_context: decode the new conditioning frames and encode them again instead of sliding the
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
@@ -186,7 +189,9 @@ class WorldModelEnv(ChunkEnv):
                              f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")
 
         self.timings = StepTimings()
-        self.state_model_path = state_model_path
+        if state_model_path == "auto":  # the world model's own, when its pipeline trained one (stage state)
+            own = Layout(self.world_model_dir).state_model
+            state_model_path = str(own) if (own / "model.safetensors").is_file() else None
         self._state_success = None if state_model_path is None else StateSuccessTracker.for_initial_states(
             state_model_path, self.initial_states, int(num_envs))
         self.ensemble = DiTEnsemble(list(ensemble_world_model_dirs or []), parts, disagreement, self.timings)

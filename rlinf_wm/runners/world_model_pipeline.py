@@ -214,13 +214,16 @@ def run_stage(
     data_files = [] if episodes is not None else training_data_files(cfg)
     use_generated = cfg.train.reward_generated_episodes > 0
     use_student = cfg.train.distill.steps > 0
+    use_state_model = cfg.train.state.steps > 0
     if stage == "all":
         selected = ("tokenizer", "encode", "dit", *(("distill",) if use_student else ()),
-                    *(("generate",) if use_generated else ()), "reward")
+                    *(("generate",) if use_generated else ()), "reward", *(("state",) if use_state_model else ()))
     elif stage == "generate" and not use_generated:
         raise ValueError("stage=generate needs train.reward_generated_episodes > 0")
     elif stage == "distill" and not use_student:
         raise ValueError("stage=distill needs train.distill.steps > 0")
+    elif stage == "state" and not use_state_model:
+        raise ValueError("stage=state needs train.state.steps > 0")
     else:
         selected = (stage,)
     stages = StageCache(layout.root / TIMINGS_FILE, layout.root / STAGE_SETTINGS_FILE, cfg.force)
@@ -360,6 +363,17 @@ def run_stage(
         return {k: metrics[k] for k in ("heldout_accuracy", "heldout_auc", "heldout_generated_false_success_rate")
                 if k in metrics}
 
+    def state_stage():
+        from rlinf_wm.runners.train_state_model import train_state_model
+
+        if episodes is not None:
+            raise ValueError("stage=state reads the training files (with their states): give data_dir, not episodes")
+        state = cfg.train.state
+        metrics = train_state_model([str(f) for f in data_files], layout.state_model_run, members=state.members,
+                                    horizon=state.horizon, steps=state.steps, batch=state.batch_size,
+                                    holdout=state.holdout_fraction, seed=cfg.seed, progress=progress)
+        return {k: metrics[k] for k in ("heldout_auc", "success_distance")}
+
     tokenizer_weights = layout.tokenizer_model / "model.safetensors"
     cond_frames = num_cond_frames(cfg.train.dit.num_cond_latent_frames, cfg.tokenizer.temporal_compression)
     refine = {"refine_from": cfg.refine_from}
@@ -391,6 +405,10 @@ def run_stage(
             inputs += [layout.generated_episodes] if use_generated else []
             run(name, layout.reward_run / "metrics.json", inputs, layout.reward_run, reward_stage,
                 {"generated_episodes": use_generated})
+
+        elif name == "state":
+            run(name, layout.state_model_run / "metrics.json", data_files, layout.state_model_run, state_stage,
+                {**dataclasses.asdict(cfg.train.state), "seed": cfg.seed})
 
     statistics = ActionStatistics.load(layout.statistics) if layout.statistics.is_file() else None
     settings = world_model_settings(cfg, layout, statistics)
