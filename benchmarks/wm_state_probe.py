@@ -32,7 +32,8 @@ import numpy as np  # noqa: E402
 import torch  # noqa: E402
 
 from rlinf_wm.models.state_dynamics import StateDynamics  # noqa: E402
-from rlinf_wm.runners.train_state_model import auc, closest_approaches  # noqa: E402
+from rlinf_wm.runners.reward_scoring import roc_auc  # noqa: E402
+from rlinf_wm.runners.train_state_model import closest_approaches  # noqa: E402
 from rlinf_wm.utils.checkpoint import load_model  # noqa: E402
 
 
@@ -44,7 +45,7 @@ def score(model: StateDynamics, path: Path, episodes_per_state: int) -> dict:
     starts = model.reset_state(np.arange(count) // episodes_per_state).numpy()
     distance = closest_approaches(model, list(zip(starts, actions)))
     called = distance <= model.success_distance
-    return {"episodes": count, "real_successes": int(real.sum()), "auc": auc(-distance[real], -distance[~real]),
+    return {"episodes": count, "real_successes": int(real.sum()), "auc": roc_auc(real, -distance),
             "called_success_real_success": int((called & real).sum()),
             "called_success_real_failure": int((called & ~real).sum())}
 

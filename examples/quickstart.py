@@ -61,12 +61,15 @@ class TaskConfigs:
     # a collection of near misses that fail (collect_<prefix>_near_misses) joins the world model's data: the
     # counterexamples to the false successes GRPO exploits (Meta-World's scripted experts aim them)
     near_misses: bool = False
+    # the world-model config's state model (train.state), which the env runs, is kept; the other tasks train none
+    # (train.state.steps=0): its success rule, the object at the goal, is drawer-open's and not every task's
+    state_model: bool = False
 
 
 TASKS = {
     # The Gaussian-head base is nearly deterministic at 1 (docs/results.md, 2026-12-02)
     "drawer-open-v3": TaskConfigs("metaworld_drawer_open", smoke_eval_envs=4, temperature=4.0, reward_replays=100,
-                                  near_misses=True),
+                                  near_misses=True, state_model=True),
     "libero_spatial": TaskConfigs("libero_spatial", smoke_eval_envs=1, deterministic_episodes=10),  # needs the libero extra
 }
 
@@ -99,7 +102,7 @@ def task_configs(task: str) -> TaskConfigs:
     from rlinf_wm.envs.metaworld_env import available_tasks
 
     if task in available_tasks():
-        return replace(TASKS["drawer-open-v3"], retarget_env=True)
+        return replace(TASKS["drawer-open-v3"], retarget_env=True, state_model=False)
     raise SystemExit(f"quickstart: no configs for task {task!r}; known: {sorted(TASKS)} and every Meta-World task "
                      f"({', '.join(available_tasks())})")
 
@@ -125,6 +128,8 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
     if configs.reward_replays:
         replays = [f"train.reward_generated_episodes={configs.reward_replays}", "train.reward_generated_kinds=[policy]"]
         smoke_replays = ["train.reward_generated_episodes=2"]
+    state_model = [] if configs.state_model else ["train.state.steps=0"]
+    smoke_state = ["++train.state.steps=2", "++train.state.horizon=4"] if configs.state_model else []
 
     def python_script(script: str) -> list[str]:
         return [python, script, "--config-name"]
@@ -147,13 +152,13 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
         return Stage(
             name, python_script("examples/world_model/train_world_model.py"), f"world_model_{prefix}",
             ["stage=all", *common, f"world_model_dir={out}", f"extra_data_dirs=[{','.join(map(str, rollouts.values()))}]",
-             *replays, *refine],
+             *replays, *state_model, *refine],
             out, out / "world_model.json",
             ["++train.tokenizer.steps=4", "++train.tokenizer.batch_size=4", "++train.reward.steps=4",
              "++train.reward.batch_size=8", "++train.dit.steps=4", "++train.dit.batch_size=4", "progress=false",
              "++train.dit.compile=false", "++train.distill.steps=2", "++train.distill.num_pairs=4",
              "++train.distill.pair_batch_size=4", "++train.distill.batch_size=4", "++train.distill.heldout_pairs=2",
-             "++train.distill.compile=false", *smoke_replays],  # compiling would take longer than the 4 steps
+             "++train.distill.compile=false", *smoke_replays, *smoke_state],  # compiling: longer than the 4 steps
             needs=("collect", *rollouts, *needs),
         )
 

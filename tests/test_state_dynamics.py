@@ -10,6 +10,7 @@ import pytest
 import torch
 from world_model_fixtures import CHUNK, make_world_model
 
+from rlinf_wm.data.initial_states import InitialStates
 from rlinf_wm.data.trajectories import Episode, write_episodes
 from rlinf_wm.envs.world_model_env import WorldModelEnv
 from rlinf_wm.models.state_dynamics import StateDynamics, StateSuccessTracker
@@ -159,8 +160,15 @@ def test_a_state_model_vetoes_successes_until_its_object_reaches_the_goal(wm_dir
     np.testing.assert_allclose(still.chunk_step(np.zeros((2, CHUNK, 4), np.float32)).info["state_distance"],
                                [0.1, 0.1], atol=1e-6)
     # the object reaches 3.5 cm of the goal after 7 steps: success in the chunk that runs step 7
-    reaching = WorldModelEnv(**common, state_model_path=saved(constant_model(-0.01), tmp_path / "reaching"))
-    assert first_success_chunk(reaching) == (7 - 1) // CHUNK
+    reaching = saved(constant_model(-0.01), tmp_path / "reaching")
+    assert first_success_chunk(WorldModelEnv(**common, state_model_path=reaching)) == (7 - 1) // CHUNK
+    # scoring every frame, the success is at the step the object arrives (step 8: 2 cm from the goal, the second
+    # step of its chunk), not at the chunk's first frame that the reward model passes
+    later = saved(constant_model(-0.01, success_distance=0.025), tmp_path / "later")
+    every_frame = WorldModelEnv(**common, state_model_path=later, reward_frames="all")
+    assert first_success_chunk(every_frame) == (8 - 1) // CHUNK
+    step = every_frame.chunk_step(np.zeros((2, CHUNK, 4), np.float32))  # finished envs keep their counts
+    assert step.info["episode_length"].tolist() == [8, 8]
 
 
 def test_auto_runs_the_world_models_own_state_model_when_it_has_one(tmp_path):
@@ -169,7 +177,19 @@ def test_auto_runs_the_world_models_own_state_model_when_it_has_one(tmp_path):
               "state_model_path": "auto"}
     assert first_success_chunk(WorldModelEnv(**common)) == 0  # none trained: frames only
     saved(constant_model(0.0), root / "state_model" / "model")
+    assert first_success_chunk(WorldModelEnv(**common)) == 0  # on disk, but world_model.json does not name it
+    settings = json.loads((root / "world_model.json").read_text())
+    settings["paths"]["state_model"] = "state_model/model"
+    (root / "world_model.json").write_text(json.dumps(settings))
     assert first_success_chunk(WorldModelEnv(**common)) is None
+    # states inside episodes have no recorded state to start the model from: auto runs without it
+    stock = InitialStates.load(root / "initial_states.hdf5")
+    InitialStates(frames=stock.frames, instructions=stock.instructions, reset_ids=stock.reset_ids,
+                  start_steps=[2] * len(stock)).save(tmp_path / "branched.hdf5")
+    assert first_success_chunk(WorldModelEnv(**common, initial_states_path=str(tmp_path / "branched.hdf5"))) == 0
+    with pytest.raises(ValueError, match="state_model_path .*start_steps > 0"):
+        WorldModelEnv(**{**common, "state_model_path": str(root / "state_model" / "model")},
+                      initial_states_path=str(tmp_path / "branched.hdf5"))
 
 
 def test_a_state_model_must_know_every_initial_states_reset(wm_dir, tmp_path):

@@ -136,6 +136,7 @@ def tiny_overrides(root: Path) -> list[str]:
         "train.dit.eval_every=4",
         "sampler.num_steps=2",
         "train.distill.steps=0",  # the one test of the student trains its own (test_distill_stage_...)
+        "train.state.steps=0",  # the square has no simulator state (tests/test_state_dynamics.py trains one)
         # evaluation: 3 chunks of 2 frames
         "eval.num_chunks=3",
         "eval.horizons=[2,6]",

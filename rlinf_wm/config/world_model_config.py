@@ -10,6 +10,7 @@ its training, the sampler and the evaluation. Layout of a composed config::
     dit:           DiTConfig            (model/wm_dit_*.yaml)
     train.tokenizer / train.reward / train.dit         how each part is trained
     train.distill                                      the optional few-step student of the DiT
+    train.state                                        the optional state model beside it (stage state)
     sampler:       SamplerConfig        (defaults written to world_model.json for the env)
     eval:          EvalConfig
 
@@ -242,7 +243,7 @@ class StateModelTrainConfig:
     """The state model beside the DiT (``train_state_model``, stage ``state``); ``steps: 0`` trains none."""
 
     steps: int = 0
-    members: int = 3  # MLPs of the ensemble, each on its own bootstrap of windows
+    members: int = 3  # MLPs of the ensemble, each on its own random draws of windows
     horizon: int = 16  # steps each training window is unrolled on the model's own predictions
     batch_size: int = 128
     holdout_fraction: float = 0.1  # episodes the success distance is calibrated on

@@ -122,6 +122,8 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
     # than the DiT's weights is a stale student of an earlier DiT and is not offered
     distilled, teacher = layout.distilled_dit_run / "metrics.json", layout.dit_model / "model.safetensors"
     has_student = distilled.is_file() and (not teacher.is_file() or distilled.stat().st_mtime >= teacher.stat().st_mtime)
+    # the state model (stage state), which the env runs with state_model_path: auto; only while the config trains one
+    has_state_model = cfg.train.state.steps > 0 and (layout.state_model_run / "metrics.json").is_file()
     return {
         "format_version": WORLD_MODEL_FORMAT_VERSION,
         "task": cfg.task,
@@ -133,6 +135,7 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
             "initial_states": INITIAL_STATES_FILE,
             "latents": LATENTS_FILE,
             **({"distilled_dit": str(layout.distilled_dit_model.relative_to(layout.root))} if has_student else {}),
+            **({"state_model": str(layout.state_model.relative_to(layout.root))} if has_state_model else {}),
         },
         "image_size": cfg.tokenizer.image_size,
         "latent_shape": [cfg.tokenizer.latent_channels, latent_size, latent_size],

@@ -42,7 +42,6 @@ from typing import Any, Literal
 import numpy as np
 import torch
 
-from rlinf_wm.data.world_model_layout import Layout
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
 from rlinf_wm.envs.world_model_ensemble import DiTEnsemble
@@ -50,7 +49,7 @@ from rlinf_wm.envs.world_model_frames import WorldModelFrames
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
 from rlinf_wm.envs.world_model_placement import ModelPlacement
 from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
-from rlinf_wm.models.state_dynamics import StateSuccessTracker
+from rlinf_wm.models.state_dynamics import StateSuccessTracker, own_state_model
 from rlinf_wm.utils.compilation import resolve_compile
 from rlinf_wm.utils.precision import resolve_dtype
 
@@ -96,7 +95,8 @@ class WorldModelEnv(ChunkEnv):
             loop beside the DiT from each env's recorded reset state; success then also needs its object to reach
             the goal (``info["state_distance"]``: its smallest object-to-goal distance so far). It decides success
             and termination; ``relative`` rewards still follow the frames' probabilities. ``auto``: the world
-            model's own (``<world_model_dir>/state_model/model``) when it has one; ``None``: frames only.
+            model's own when its ``world_model.json`` names one (stage ``state``) and the initial states are
+            episode starts; ``None``: frames only.
         reencode_context: decode the new conditioning frames and encode them again instead of sliding the
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
@@ -189,11 +189,10 @@ class WorldModelEnv(ChunkEnv):
                              f"{self.tokenizer.kind} with temporal compression {self.tokenizer.temporal_compression}")
 
         self.timings = StepTimings()
-        if state_model_path == "auto":  # the world model's own, when its pipeline trained one (stage state)
-            own = Layout(self.world_model_dir).state_model
-            state_model_path = str(own) if (own / "model.safetensors").is_file() else None
+        if state_model_path == "auto":
+            state_model_path = own_state_model(self.world_model_dir, self.initial_states)
         self._state_success = None if state_model_path is None else StateSuccessTracker.for_initial_states(
-            state_model_path, self.initial_states, int(num_envs))
+            state_model_path, self.initial_states, int(num_envs), self.action_dim)
         self.ensemble = DiTEnsemble(list(ensemble_world_model_dirs or []), parts, disagreement, self.timings)
         for dit in (self.dit, *self.ensemble.dits):
             dit.compile_forward = compiled
@@ -396,8 +395,8 @@ class WorldModelEnv(ChunkEnv):
 
         # Steps of this chunk each env executes (fewer only when max_episode_steps ends it early).
         ends = np.minimum(k, self.max_episode_steps - self._steps[rows])
-        if self._state_success is not None:
-            self._state_success.advance(rows, actions, ends)
+        # the state model's verdict by each step (None: no state model, the frames decide)
+        state_reached = None if self._state_success is None else self._state_success.advance(rows, actions, ends)
         scored, wanted = self._frames.steps_to_decode(ends, self.reward_frames == "all", self.reencode_context)
         decoded = self._frames.decode(context, new, wanted)
 
@@ -429,7 +428,8 @@ class WorldModelEnv(ChunkEnv):
                     rewards[row, last_step] = -self._last_prob[row]
                     self._last_prob[row] = 0.0
             else:
-                last_step = self._settle(row, by_row[i], int(ends[i]), rewards, terminated)
+                last_step = self._settle(row, by_row[i], int(ends[i]), rewards, terminated,
+                                         None if state_reached is None else state_reached[i])
                 scored_probs[row] = self._last_prob[row]
             self._steps[row] += last_step + 1
             self.timings.env_steps += last_step + 1
@@ -441,11 +441,13 @@ class WorldModelEnv(ChunkEnv):
                 seen = list(self._history[row]) + [decoded[i].get(t) for t in range(last_step + 1)]
                 self._history[row] = np.stack(seen[-(nf - 1):])
 
-    def _settle(self, row: int, probs: list[tuple[int, float]], end: int, rewards, terminated) -> int:
+    def _settle(self, row: int, probs: list[tuple[int, float]], end: int, rewards, terminated,
+                state_reached: np.ndarray | None) -> int:
         """Rewards and success of one env from its scored ``(step, probability)`` pairs of this chunk, in order.
 
         Success needs ``success_consecutive`` scored frames in a row at or above the threshold (the streak may
-        span chunks). Returns the last step of the chunk the env executes: its success step, else ``end - 1``.
+        span chunks) and, with a state model, its object at the goal by that step (``state_reached[step]``).
+        Returns the last step of the chunk the env executes: its success step, else ``end - 1``.
         """
         last_step, previous = end - 1, self._last_prob[row]
         for j, prob in probs:
@@ -453,7 +455,7 @@ class WorldModelEnv(ChunkEnv):
                 rewards[row, j] = prob - previous
             previous = prob
             self._streak[row] = self._streak[row] + 1 if prob >= self.reward_threshold else 0
-            confirmed = self._state_success is None or self._state_success.reached[row]
+            confirmed = state_reached is None or state_reached[j]
             if self._streak[row] >= self.success_consecutive and confirmed:
                 last_step = j
                 if self.reward_type == "success_once":

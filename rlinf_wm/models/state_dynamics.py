@@ -16,10 +16,18 @@ dims such as the gripper), ``object_dims`` (object xyz), ``goal_dims`` (goal xyz
 
 from __future__ import annotations
 
+import logging
+from pathlib import Path
+
 import numpy as np
 import torch
 from huggingface_hub import PyTorchModelHubMixin
 from torch import nn
+
+from rlinf_wm.data.world_model_layout import WORLD_MODEL_FILE
+from rlinf_wm.utils.io import read_json
+
+logger = logging.getLogger(__name__)
 
 
 class StateDynamics(nn.Module, PyTorchModelHubMixin):
@@ -112,18 +120,20 @@ class StateSuccessTracker:
     """Per env, the state model run beside the world model from the env's reset: has the object reached the goal?"""
 
     @classmethod
-    def for_initial_states(cls, path: str, initial_states, num_envs: int) -> "StateSuccessTracker":
-        """The state model at ``path`` (a ``save_pretrained`` directory), checked to know the real state of every
-        initial state's reset id (a world-model env's ``state_model_path``)."""
+    def for_initial_states(cls, path: str, initial_states, num_envs: int, action_dim: int) -> "StateSuccessTracker":
+        """The state model at ``path`` (a ``save_pretrained`` directory), checked to take the env's actions and to
+        know the real state of every initial state's reset id (a world-model env's ``state_model_path``)."""
         from rlinf_wm.utils.checkpoint import load_model
 
-        model = load_model(StateDynamics, path)
-        if (initial_states.start_steps > 0).any():
-            raise ValueError(f"state_model_path {path}: the state model starts from reset states, but some initial "
-                             "states start inside an episode (start_steps > 0)")
         try:
+            model = load_model(StateDynamics, path)
+            if model.action_dim != action_dim:
+                raise ValueError(f"it takes {model.action_dim}-dim actions, the env's are {action_dim}-dim")
+            if (initial_states.start_steps > 0).any():
+                raise ValueError("it starts from reset states, but some initial states start inside an episode "
+                                 "(start_steps > 0): set state_model_path=null")
             model.reset_state(initial_states.reset_ids)
-        except ValueError as error:
+        except (ValueError, RuntimeError, FileNotFoundError) as error:
             raise ValueError(f"state_model_path {path}: {error}") from error
         return cls(model, num_envs)
 
@@ -140,15 +150,34 @@ class StateSuccessTracker:
         self.reached[rows], self.distance[rows] = False, np.inf
 
     @torch.no_grad()
-    def advance(self, rows: np.ndarray, actions: np.ndarray, steps: np.ndarray) -> None:
-        """Run ``steps[i]`` of ``actions[i]`` (``[n, K, A]``) for env ``rows[i]``."""
+    def advance(self, rows: np.ndarray, actions: np.ndarray, steps: np.ndarray) -> np.ndarray:
+        """Run ``steps[i]`` of ``actions[i]`` (``[n, K, A]``) for env ``rows[i]``; returns bool ``[n, K]``: has
+        the object reached the goal by each step (a step not run repeats the last one run)."""
         x, goal = self._x[:, rows], self._goal[rows]
         acts = torch.as_tensor(actions, dtype=torch.float32)
         best = torch.as_tensor(self.distance[rows])
-        for t in range(int(steps.max(initial=0))):
-            moving = torch.as_tensor(t < steps)
-            x = torch.where(moving[None, :, None], self.model.step(x, goal, acts[:, t]), x)
-            best = torch.where(moving, torch.minimum(best, self.model.object_distance(x, goal)), best)
+        by_step = np.zeros(actions.shape[:2], bool)
+        for t in range(actions.shape[1]):
+            if t < int(steps.max(initial=0)):
+                moving = torch.as_tensor(t < steps)
+                x = torch.where(moving[None, :, None], self.model.step(x, goal, acts[:, t]), x)
+                best = torch.where(moving, torch.minimum(best, self.model.object_distance(x, goal)), best)
+            by_step[:, t] = best.numpy() <= self.model.success_distance
         self._x[:, rows] = x
         self.distance[rows] = best.numpy()
-        self.reached[rows] = self.distance[rows] <= self.model.success_distance
+        self.reached[rows] = by_step[:, -1]
+        return by_step
+
+
+def own_state_model(world_model_dir: str | Path, initial_states) -> str | None:
+    """``state_model_path: auto``: the state model a world model's ``world_model.json`` names (its pipeline trained
+    one, stage ``state``), unless the initial states start inside episodes, where it has no state to start from."""
+    settings = Path(world_model_dir) / WORLD_MODEL_FILE
+    relative = read_json(settings).get("paths", {}).get("state_model") if settings.is_file() else None
+    if relative is None:
+        return None
+    if (initial_states.start_steps > 0).any():
+        logger.warning("state_model_path auto: initial states inside episodes (start_steps > 0) "
+                                            "have no recorded state; running without the state model")
+        return None
+    return str(Path(world_model_dir) / relative)

@@ -4,7 +4,7 @@ The world-model pipeline's stage ``state`` (``train.state.steps > 0``) runs it; 
 trained world model's ``training_data.json``:
 
     python -m rlinf_wm.runners.train_state_model --world-model-dir outputs/drawer-open-v3/world_model \
-        [--out DIR] [--members 3] [--horizon 16] [--steps 3000]
+        --out DIR [--members 3] [--horizon 16] [--steps 3000]
 
 Episodes recorded without ``obs/robot_state`` (a policy's evaluation episodes) get their states by replaying their
 actions in the real simulator from their reset id (``task_id``; the env their file's ``env_args`` name, which must
@@ -12,7 +12,7 @@ be deterministic per reset id, as Meta-World is). A seeded ``--holdout`` share o
 training (its own split: the model is no part of the world model's evaluation); on it the success distance is
 calibrated (the threshold on the smallest predicted object-to-goal distance with the best balanced accuracy against
 the real outcomes) and the AUC reported. Writes ``DIR/model`` (``save_pretrained``, atomically) and
-``DIR/metrics.json``; ``DIR`` defaults to ``<world_model_dir>/state_model``.
+``DIR/metrics.json``.
 """
 
 from __future__ import annotations
@@ -30,6 +30,7 @@ import torch
 from tqdm.auto import tqdm
 
 from rlinf_wm.models.state_dynamics import StateDynamics
+from rlinf_wm.runners.reward_scoring import roc_auc
 from rlinf_wm.utils.checkpoint import save_model_atomic
 from rlinf_wm.utils.io import read_json, write_json_atomic
 
@@ -53,9 +54,20 @@ def replayed_states(env, reset_id: int, actions: np.ndarray) -> np.ndarray:
 
 
 def read_state_episodes(files: list[str], progress: bool = True) -> list[StateEpisode]:
+    episodes, envs = [], {}
+    try:
+        _read_into(episodes, envs, files, progress)
+    finally:
+        for env in envs.values():
+            env.close()
+    if not episodes:
+        raise ValueError(f"no episodes in {files}")
+    return episodes
+
+
+def _read_into(episodes: list[StateEpisode], envs: dict, files: list[str], progress: bool) -> None:
     from rlinf_wm.envs.registry import make_env
 
-    episodes, envs = [], {}
     for path in files:
         with h5py.File(path, "r") as f:
             env_cfg = json.loads(f["data"].attrs.get("env_args", "{}")).get("env", {})
@@ -74,15 +86,12 @@ def read_state_episodes(files: list[str], progress: bool = True) -> list[StateEp
                                                                       "render_every_step": False})
                     states = replayed_states(envs[key], reset_id, actions)
                 episodes.append(StateEpisode(states, actions, bool(demo.attrs["success"]), reset_id))
-    for env in envs.values():
-        env.close()
-    return episodes
 
 
 def fit(model: StateDynamics, episodes: list[StateEpisode], horizon: int, steps: int, batch: int, seed: int,
         progress: bool = True) -> float:
     """Normalisation from the data, then ``steps`` Adam steps on ``horizon``-step windows unrolled on the model's
-    own predictions (each member its own bootstrap of windows). Returns the last loss."""
+    own predictions (each member its own random draws of windows). Returns the last loss."""
     dims = model.tracked_dims
     x = np.concatenate([e.states[:-1, dims] for e in episodes])
     delta = np.concatenate([e.states[1:, dims] - e.states[:-1, dims] for e in episodes])
@@ -96,7 +105,7 @@ def fit(model: StateDynamics, episodes: list[StateEpisode], horizon: int, steps:
     scale = torch.tensor(x.std(0) + 1e-6)
     starts = [(e, t) for e, ep in enumerate(episodes) for t in range(len(ep.states) - horizon)]
     if not starts:
-        raise ValueError(f"no episode is longer than horizon={horizon} steps")
+        raise ValueError(f"no training episode is longer than horizon={horizon} steps (train.state.horizon)")
     rng = np.random.default_rng(seed)
     optimizer = torch.optim.Adam(model.parameters(), 1e-3)
     schedule = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, steps)
@@ -114,12 +123,6 @@ def fit(model: StateDynamics, episodes: list[StateEpisode], horizon: int, steps:
         optimizer.step()
         schedule.step()
     return float(loss.detach())
-
-
-def auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
-    if len(positives) == 0 or len(negatives) == 0:
-        return None
-    return float((positives[:, None] > negatives[None]).mean() + 0.5 * (positives[:, None] == negatives[None]).mean())
 
 
 def closest_approaches(model: StateDynamics, cases: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
@@ -151,9 +154,15 @@ def train_state_model(files: list[str], out_dir: str | Path, members: int = 3, h
     episodes = read_state_episodes(files, progress)
     order = np.random.default_rng(seed).permutation(len(episodes))
     held_count = max(1, int(round(holdout * len(episodes))))
+    if held_count >= len(episodes):
+        raise ValueError(f"{len(episodes)} episodes: holding out {held_count} leaves none to train on")
     held, train = [episodes[i] for i in order[:held_count]], [episodes[i] for i in order[held_count:]]
     state_dim, action_dim = episodes[0].states.shape[1], episodes[0].actions.shape[1]
-    resets = {e.reset_id: e.states[0] for e in episodes if e.reset_id >= 0}
+    resets = {}
+    for e in episodes:  # a reset id is one scene: its episodes must start from one state
+        if e.reset_id >= 0 and not np.allclose(resets.setdefault(e.reset_id, e.states[0]), e.states[0], atol=1e-4):
+            raise ValueError(f"episodes of reset id {e.reset_id} start from different states: are {files} of "
+                             "one task?")
     settings = {"state_dim": state_dim, "action_dim": action_dim, "members": members,
                 "num_reset_states": max(resets, default=-1) + 1}
     model = StateDynamics(**settings)
@@ -173,9 +182,10 @@ def train_state_model(files: list[str], out_dir: str | Path, members: int = 3, h
     calibrated = StateDynamics(**settings, success_distance=success_distance)  # saved in its config.json
     calibrated.load_state_dict(model.state_dict())
     save_model_atomic(calibrated, out_dir / "model")
+    auc = roc_auc(success, -distance)  # NaN when the held-out episodes are of one outcome
     metrics = {"train_episodes": len(train), "heldout_episodes": len(held), "heldout_successes": int(success.sum()),
                "members": members, "horizon": horizon, "steps": steps, "final_loss": loss,
-               "heldout_auc": auc(-distance[success], -distance[~success]),
+               "heldout_auc": None if np.isnan(auc) else auc,
                "success_distance": success_distance, "heldout_balanced_accuracy": accuracy,
                "reset_states": len(resets), "seconds": round(time.perf_counter() - started, 1)}
     write_json_atomic(out_dir / "metrics.json", metrics)
@@ -185,7 +195,8 @@ def train_state_model(files: list[str], out_dir: str | Path, members: int = 3, h
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--world-model-dir", required=True)
-    parser.add_argument("--out", default=None, help="default: <world_model_dir>/state_model")
+    parser.add_argument("--out", required=True, help="a directory (the pipeline's stage state owns "
+                        "<world_model_dir>/state_model)")
     parser.add_argument("--members", type=int, default=3)
     parser.add_argument("--horizon", type=int, default=16)
     parser.add_argument("--steps", type=int, default=3000)
@@ -194,11 +205,10 @@ def main(argv: list[str] | None = None) -> None:
     parser.add_argument("--seed", type=int, default=0)
     args = parser.parse_args(argv)
     logging.basicConfig(level=logging.INFO)
-    world_model_dir = Path(args.world_model_dir)
-    files = read_json(world_model_dir / "training_data.json")["files"]
-    out = args.out if args.out is not None else world_model_dir / "state_model"
-    print(json.dumps(train_state_model(files, out, args.members, args.horizon, args.steps, args.batch, args.holdout,
-                                       args.seed)))
+    files = read_json(Path(args.world_model_dir) / "training_data.json")["files"]
+    metrics = train_state_model(files, args.out, args.members, args.horizon, args.steps, args.batch, args.holdout,
+                                args.seed)
+    print(json.dumps(metrics))
 
 
 if __name__ == "__main__":

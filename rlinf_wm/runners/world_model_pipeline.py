@@ -226,6 +226,9 @@ def run_stage(
         raise ValueError("stage=state needs train.state.steps > 0")
     else:
         selected = (stage,)
+    if "state" in selected and episodes is not None:
+        raise ValueError("stage state reads the training files (with their states): give data_dir, not episodes "
+                         "(or train.state.steps=0)")
     stages = StageCache(layout.root / TIMINGS_FILE, layout.root / STAGE_SETTINGS_FILE, cfg.force)
     run = stages.run
 
@@ -366,8 +369,6 @@ def run_stage(
     def state_stage():
         from rlinf_wm.runners.train_state_model import train_state_model
 
-        if episodes is not None:
-            raise ValueError("stage=state reads the training files (with their states): give data_dir, not episodes")
         state = cfg.train.state
         metrics = train_state_model([str(f) for f in data_files], layout.state_model_run, members=state.members,
                                     horizon=state.horizon, steps=state.steps, batch=state.batch_size,
