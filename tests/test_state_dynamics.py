@@ -100,9 +100,9 @@ def test_the_pipeline_stage_trains_it_on_the_data_and_caches_it(tmp_path):
     rng = np.random.default_rng(1)
     write_episodes(tmp_path / "data" / "shard_00000.hdf5",
                    [toy_drawer_episode(rng, i % 5, reach=i % 3 != 0) for i in range(30)])
-    cfg = compose_config([f"artifacts_dir={tmp_path}", "progress=false", "train.state.steps=5",
+    cfg = compose_config([f"artifacts_dir={tmp_path}", "progress=false", "stage=state", "train.state.steps=5",
                           "train.state.horizon=4", "train.state.members=2", "train.state.holdout_fraction=0.3"])
-    assert run_stage(cfg, "state")["state"]["status"] == "ran"
+    assert run_stage(cfg)["state"]["status"] == "ran"
     metrics = json.loads((tmp_path / "world_model" / "state_model" / "metrics.json").read_text())
     assert metrics["train_episodes"] == 21 and metrics["members"] == 2
     assert load_model(StateDynamics, tmp_path / "world_model" / "state_model" / "model").reset_known.sum() == 5

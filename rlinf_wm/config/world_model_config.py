@@ -347,7 +347,7 @@ class WorldModelConfig:
     train: TrainSection = field(default_factory=TrainSection)
     sampler: SamplerConfig = field(default_factory=SamplerConfig)
     eval: EvalConfig = field(default_factory=EvalConfig)
-    stage: Literal["tokenizer", "encode", "dit", "distill", "generate", "reward", "all"] = "all"
+    stage: Literal["tokenizer", "encode", "dit", "distill", "generate", "reward", "state", "all"] = "all"
     force: bool = False  # re-run stages whose outputs exist
     seed: int = 0
     holdout_fraction: float = 0.1  # episodes held out from DiT training and scored by the evaluation
