@@ -86,6 +86,9 @@ class Stage:
     env: dict[str, str] = field(default_factory=dict)
     also_needs: Path | None = None  # an output that only some settings write (a cached stage without it reruns)
     needs: tuple[str, ...] = ()  # the stages whose outputs it reads: a rebuilt one makes it stale
+    # it records its parts' settings and inputs and reruns only the stale ones (the world-model pipeline): a changed
+    # setting or input reruns it on its output, which only --force empties
+    caches_itself: bool = False
 
     @property
     def command(self) -> list[str]:
@@ -159,7 +162,7 @@ def build_stages(task: str, artifacts: Path, rounds: int = 1) -> list[Stage]:
              "++train.dit.compile=false", "++train.distill.steps=2", "++train.distill.num_pairs=4",
              "++train.distill.pair_batch_size=4", "++train.distill.batch_size=4", "++train.distill.heldout_pairs=2",
              "++train.distill.compile=false", *smoke_replays, *smoke_state],  # compiling: longer than the 4 steps
-            needs=("collect", *rollouts, *needs),
+            needs=("collect", *rollouts, *needs), caches_itself=True,
         )
 
     def grpo(name: str, out: Path, world_model_dir: Path, policy: list[str], needs: tuple[str, str]) -> Stage:
@@ -351,7 +354,7 @@ def run_stages(stages: list[Stage], force: set[str], log_dir: Path, env: dict) -
         # an interrupted run resumes only with its settings and inputs and unforced; anything else starts afresh
         resumes = (not stage.done() and record is not None and record["config"] == current["config"]
                    and record["inputs"] == current["inputs"] and stage.name not in force)
-        if not resumes:
+        if not resumes and (stage.name in force or not stage.caches_itself):
             shutil.rmtree(stage.output_dir, ignore_errors=True)
         write_json_atomic(record_path(stage), {**current, "complete": False})
         wall_times[stage.name] = run_stage(stage, log_dir, env)

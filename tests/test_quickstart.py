@@ -2,6 +2,7 @@ import json
 import os
 import subprocess
 import sys
+from dataclasses import replace
 from pathlib import Path
 
 import pytest
@@ -225,6 +226,31 @@ def test_quickstart_reruns_a_stage_made_with_other_settings_and_every_stage_afte
     interrupt_sft()
     assert run(stages(6, 8), force=["collect"])[0] == ["collect", "sft"]
     assert not (tmp_path / "sft" / "partial.txt").exists()
+
+
+def test_a_stage_that_caches_its_parts_reruns_on_its_output_and_only_force_empties_it(tmp_path, capsys):
+    """The world-model pipeline reruns only its stale parts: the quickstart must not delete them (it once deleted an
+    hour of training for a change to one part's settings)."""
+    quickstart = load_quickstart()
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    runs = tmp_path / "runs.log"
+
+    def run(sft_steps, force=()):
+        runs.write_text("")
+        stage = fake_stage(quickstart, tmp_path, "sft", [f"sft.max_steps={sft_steps}"])
+        quickstart.run_stages([replace(stage, caches_itself=True)], set(force), log_dir, dict(os.environ))
+        return runs.read_text().split(), capsys.readouterr().out
+
+    assert run(5)[0] == ["sft"]
+    (tmp_path / "sft" / "trained_part.txt").write_text("an hour of training")
+    ran, out = run(6)
+    assert ran == ["sft"] and "sft.max_steps: 5 -> 6" in out
+    assert (tmp_path / "sft" / "trained_part.txt").exists()
+    assert run(6)[0] == []
+    assert run(6, force=["sft"])[0] == ["sft"] and not (tmp_path / "sft" / "trained_part.txt").exists()
+    stages = {s.name: s for s in quickstart.build_stages("drawer-open-v3", tmp_path, rounds=2)}
+    assert {name for name, s in stages.items() if s.caches_itself} == {"world_model", "world_model_r2"}
 
 
 def test_quickstart_stages_read_only_earlier_stages_and_the_world_model_every_data_source(tmp_path):

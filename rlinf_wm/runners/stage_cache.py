@@ -3,6 +3,8 @@ made with the same settings; an interrupted run resumes, a finished or stale one
 
 from __future__ import annotations
 
+import dataclasses
+import json
 import logging
 import resource
 import shutil
@@ -25,6 +27,24 @@ def _cpu_seconds() -> float:
 
 def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else float("inf")
+
+
+# config keys that change how a run is logged, checkpointed or scheduled, not what it makes
+BOOKKEEPING_KEYS = frozenset({"log_every", "eval_every", "sample_every", "sample_steps", "checkpoint_every",
+                              "keep_checkpoints", "num_threads", "compile"})
+
+
+def output_settings(**sections) -> dict:
+    """A stage's settings to record: its config sections (dataclasses or plain values) as they read back from JSON,
+    without :data:`BOOKKEEPING_KEYS`."""
+    def plain(value):
+        if dataclasses.is_dataclass(value):
+            value = dataclasses.asdict(value)
+        if isinstance(value, dict):
+            return {k: plain(v) for k, v in value.items() if k not in BOOKKEEPING_KEYS}
+        return value
+
+    return json.loads(json.dumps({name: plain(value) for name, value in sections.items()}))
 
 
 def start_fresh(run_dir: Path) -> None:

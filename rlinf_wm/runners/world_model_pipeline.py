@@ -43,7 +43,7 @@ from rlinf_wm.data.trajectories import Episode
 from rlinf_wm.data.world_model_layout import (
     STAGE_SETTINGS_FILE, STATISTICS_FILE, TIMINGS_FILE, Layout, num_cond_frames, world_model_settings,
 )
-from rlinf_wm.runners.stage_cache import StageCache
+from rlinf_wm.runners.stage_cache import StageCache, output_settings
 from rlinf_wm.utils.io import read_json, write_json_atomic
 
 logger = logging.getLogger(__name__)
@@ -97,6 +97,15 @@ def training_data_files(cfg: WorldModelConfig) -> list[Path]:
     from rlinf_wm.data.trajectories import find_trajectory_files
 
     return [path for root in (cfg.data_dir, *cfg.extra_data_dirs) for path in find_trajectory_files(root)]
+
+
+def relative_data_files(cfg: WorldModelConfig) -> list[list[str]]:
+    """Per data directory (``data_dir``, then each ``extra_data_dirs``), its trajectory files relative to it: which
+    files were encoded, independent of where the directories are."""
+    from rlinf_wm.data.trajectories import find_trajectory_files
+
+    roots = (cfg.data_dir, *cfg.extra_data_dirs)
+    return [[str(path.relative_to(root)) for path in find_trajectory_files(root)] for root in roots]
 
 
 def load_training_episodes(cfg: WorldModelConfig) -> list[Episode]:
@@ -377,24 +386,26 @@ def run_stage(
 
     tokenizer_weights = layout.tokenizer_model / "model.safetensors"
     cond_frames = num_cond_frames(cfg.train.dit.num_cond_latent_frames, cfg.tokenizer.temporal_compression)
-    refine = {"refine_from": cfg.refine_from}
+    # each stage's record: every setting that decides its output (the input files' times are checked beside it)
+    split = {"holdout_fraction": cfg.holdout_fraction, "split_seed": cfg.seed}
+    tokenizer_settings = (output_settings(refine_from=cfg.refine_from) if refined is not None else
+                          output_settings(refine_from=None, model=cfg.tokenizer, train=cfg.train.tokenizer))
     for name in selected:
-        if name == "tokenizer":
-            run(name, layout.tokenizer_run / "metrics.json", [], layout.tokenizer_run, tokenizer_stage, refine)
+        if name == "tokenizer":  # a refit copies the source's; more data in extra_data_dirs keeps it
+            inputs = ([refined.tokenizer_model / "model.safetensors"] if refined is not None
+                      else [f for f in data_files if f.is_relative_to(cfg.data_dir)])
+            run(name, layout.tokenizer_run / "metrics.json", inputs, layout.tokenizer_run, tokenizer_stage,
+                tokenizer_settings)
         elif name == "encode":
-            run(name, layout.initial_states, [tokenizer_weights, *data_files], None, encode_stage)
+            run(name, layout.initial_states, [tokenizer_weights, *data_files], None, encode_stage,
+                output_settings(files=relative_data_files(cfg) if episodes is None else [], cond_frames=cond_frames,
+                                refine_from=cfg.refine_from))
         elif name == "dit":
-            # the episodes it trains on, recorded only when not the defaults: older outputs stay current
-            fraction = cfg.train.dit.episode_fraction
-            subset = {"episode_fraction": fraction, "seed": cfg.train.dit.seed} if fraction < 1 else {}
-            split = ({"holdout_fraction": cfg.holdout_fraction, "split_seed": cfg.seed}
-                     if (cfg.holdout_fraction, cfg.seed) != (WorldModelConfig.holdout_fraction, WorldModelConfig.seed)
-                     else {})
             run(name, layout.dit_run / "metrics.json", [layout.latents], layout.dit_run, dit_stage,
-                {**refine, **subset, **split})
+                output_settings(refine_from=cfg.refine_from, model=cfg.dit, train=cfg.train.dit, **split))
         elif name == "distill":
             run(name, layout.distilled_dit_run / "metrics.json", [layout.dit_model / "model.safetensors"],
-                layout.distilled_dit_run, distill_stage)
+                layout.distilled_dit_run, distill_stage, output_settings(train=cfg.train.distill, **split))
         elif name == "generate":
             replayed_by = layout.distilled_dit_model if use_student else layout.dit_model
             run(name, layout.generated_episodes, [replayed_by / "model.safetensors", *data_files], None,
@@ -405,11 +416,11 @@ def run_stage(
             inputs = ([tokenizer_weights] if cfg.train.reward_reconstruction_prob > 0 else []) + data_files
             inputs += [layout.generated_episodes] if use_generated else []
             run(name, layout.reward_run / "metrics.json", inputs, layout.reward_run, reward_stage,
-                {"generated_episodes": use_generated})
-
+                output_settings(generated_episodes=use_generated, model=cfg.reward_model, train=cfg.train.reward,
+                                reconstruction_prob=cfg.train.reward_reconstruction_prob))
         elif name == "state":
             run(name, layout.state_model_run / "metrics.json", data_files, layout.state_model_run, state_stage,
-                {**dataclasses.asdict(cfg.train.state), "seed": cfg.seed})
+                output_settings(**dataclasses.asdict(cfg.train.state), seed=cfg.seed))
 
     statistics = ActionStatistics.load(layout.statistics) if layout.statistics.is_file() else None
     settings = world_model_settings(cfg, layout, statistics)
