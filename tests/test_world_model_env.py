@@ -416,7 +416,7 @@ def test_disagreement_above_the_threshold_ends_the_episode_as_a_failure(wm_dir, 
 
 def test_a_halt_with_relative_rewards_returns_what_a_failure_returns(wm_dir, member_dir):
     env, halted = halting_env(wm_dir, member_dir, reward_type="relative")
-    reset_probs = env._last_prob.copy()
+    reset_probs = env._rule.last_prob.copy()
     step = env.chunk_step(actions())
     np.testing.assert_allclose(step.rewards.sum(1)[halted], -reset_probs[halted])  # scored as probability 0
 
@@ -714,3 +714,21 @@ def test_steps_to_decode_cover_the_scored_frames_their_history_and_the_new_conte
     scored, wanted = WorldModelFrames.steps_to_decode(frames, ends, score_every_step=True, reencode_context=True)
     assert scored == [[0, 1, 2, 3], [0, 1]]
     assert wanted == [[0, 1, 2, 3], [0, 1, 2, 3]]  # re-encoding needs the chunk's last 2 frames for every env
+
+
+def test_success_rule_waits_for_the_state_model_and_scores_a_halt_as_probability_zero():
+    from rlinf_wm.envs.world_model_success import SuccessRule
+
+    rule = SuccessRule(2, "relative", threshold=0.5, consecutive=1)
+    rule.reset(np.arange(2), reset_probs=[0.2, 0.3])
+    rewards, terminated = np.zeros((2, 4), np.float32), np.zeros((2, 4), bool)
+    # env 0: the frames succeed at step 1, the state model's object only reaches the goal at step 3
+    last = rule.settle(0, [(1, 0.8), (3, 0.9)], 4, rewards, terminated, np.array([False, False, False, True]))
+    assert last == 3 and rule.success[0] and terminated[0].tolist() == [False, False, False, True]
+    np.testing.assert_allclose(rewards[0], [0.0, 0.6, 0.0, 0.1])  # the return is p_final - p_reset
+    rule.halt(1, 2, rewards, terminated)
+    assert rule.halted[1] and not rule.success[1] and terminated[1].tolist() == [False, False, True, True]
+    np.testing.assert_allclose(rewards[1], [0.0, 0.0, -0.3, 0.0])
+    assert rule.ended.all()
+    with pytest.raises(ValueError, match="success_consecutive"):
+        SuccessRule(1, "success_once", 0.5, consecutive=0)

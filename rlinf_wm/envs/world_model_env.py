@@ -10,7 +10,8 @@ One ``chunk_step`` over ``B`` envs:
    success is found at the exact step.
 3. The reward model scores the decoded frames; success terminates the env (``success_once``: reward 1 at that
    step; ``relative``: each scored frame earns the change in success probability since the previous one, so an
-   episode's return is ``p_final - p_reset``). ``max_episode_steps`` truncates.
+   episode's return is ``p_final - p_reset``; :mod:`rlinf_wm.envs.world_model_success`). ``max_episode_steps``
+   truncates.
 4. With an ensemble (``ensemble_world_model_dirs``, :mod:`rlinf_wm.envs.world_model_ensemble`) the env goes on with
    its own DiT's chunk and reports the members' disagreement on it. Above ``uncertainty_threshold`` the episode ends
    there as a failure, whatever its frames score: MOReL's "unknown state" halt (Kidambi et al., 2020). (On
@@ -48,12 +49,12 @@ from rlinf_wm.envs.world_model_ensemble import DiTEnsemble
 from rlinf_wm.envs.world_model_frames import WorldModelFrames
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
 from rlinf_wm.envs.world_model_placement import ModelPlacement
+from rlinf_wm.envs.world_model_success import SuccessRule
 from rlinf_wm.envs.world_model_timing import CountingModel, StepTimings
 from rlinf_wm.models.state_dynamics import StateSuccessTracker, own_state_model
 from rlinf_wm.utils.compilation import resolve_compile
 from rlinf_wm.utils.precision import resolve_dtype
 
-REWARD_TYPES = ("success_once", "relative")
 REWARD_FRAMES = ("last", "all")
 
 
@@ -142,12 +143,9 @@ class WorldModelEnv(ChunkEnv):
         compile: bool | str = False,
         seed: int = 0,
     ) -> None:
-        if reward_type not in REWARD_TYPES:
-            raise ValueError(f"reward_type must be one of {REWARD_TYPES}, got {reward_type!r}")
         if reward_frames not in REWARD_FRAMES:
             raise ValueError(f"reward_frames must be one of {REWARD_FRAMES}, got {reward_frames!r}")
-        for name, value in (("num_envs", num_envs), ("batch_size", batch_size), ("max_episode_steps", max_episode_steps),
-                            ("success_consecutive", success_consecutive)):
+        for name, value in (("num_envs", num_envs), ("batch_size", batch_size), ("max_episode_steps", max_episode_steps)):
             if int(value) < 1:
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if uncertainty_threshold is not None and not ensemble_world_model_dirs:
@@ -178,8 +176,8 @@ class WorldModelEnv(ChunkEnv):
         self.device = torch.device(device)
         self.dtype = compute_dtype
         self.seed = int(seed)
-        self.reward_threshold = float(self.reward_model.threshold if reward_threshold is None else reward_threshold)
-        self.success_consecutive = int(success_consecutive)
+        self._rule = SuccessRule(self.num_envs, reward_type, self.reward_model.threshold if reward_threshold is None
+                                 else reward_threshold, success_consecutive)
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
         self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
         per_frame_tokenizer = self.tokenizer.temporal_compression == 1
@@ -212,10 +210,6 @@ class WorldModelEnv(ChunkEnv):
         self._steps = np.zeros(b, np.int64)
         self._action_sums = np.zeros((b, self.action_dim), np.float64)  # running sums, if the DiT takes them
         self._done = np.ones(b, bool)
-        self._success = np.zeros(b, bool)
-        self._halted = np.zeros(b, bool)  # ended by the ensemble's disagreement
-        self._streak = np.zeros(b, np.int64)  # scored frames in a row at or above the threshold
-        self._last_prob = np.zeros(b, np.float32)
         self._seed_streams(self.seed)
 
     # ------------------------------------------------------------------ setup
@@ -224,6 +218,18 @@ class WorldModelEnv(ChunkEnv):
         # One noise stream per env, independent of the others (np SeedSequence spawns well-mixed child seeds).
         children = np.random.SeedSequence(seed).spawn(self.num_envs)
         self._generators = [torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0] >> 1)) for c in children]
+
+    @property
+    def reward_threshold(self) -> float:
+        return self._rule.threshold
+
+    @reward_threshold.setter
+    def reward_threshold(self, value: float) -> None:  # benchmarks rescore one rollout under several thresholds
+        self._rule.threshold = float(value)
+
+    @property
+    def success_consecutive(self) -> int:
+        return self._rule.consecutive
 
     @property
     def num_initial_states(self) -> int:
@@ -298,8 +304,8 @@ class WorldModelEnv(ChunkEnv):
                 self._context = latents
             else:
                 self._context[torch.from_numpy(rows).to(self.device)] = latents
-            if self.reward_type == "relative":
-                self._last_prob[rows] = [self._frames.initial_prob(int(i)) for i in ids]
+            reset_probs = [self._frames.initial_prob(int(i)) for i in ids] if self.reward_type == "relative" else None
+        self._rule.reset(rows, reset_probs)
         frames = self.initial_states.frames[ids]  # [n, F, H, W, 3]
         self._images[rows] = frames[:, -1]
         if self._history.shape[1]:
@@ -315,9 +321,6 @@ class WorldModelEnv(ChunkEnv):
         if self.action_inputs.integral_scale > 0:
             self._action_sums[rows] = self.initial_states.action_sums_of(ids, self.action_dim)
         self._done[rows] = False
-        self._success[rows] = False
-        self._halted[rows] = False
-        self._streak[rows] = 0
         if self._state_success is not None:
             self._state_success.reset(rows, self.initial_states.reset_ids[ids])
 
@@ -334,7 +337,7 @@ class WorldModelEnv(ChunkEnv):
         terminated = np.zeros((self.num_envs, k), bool)
         truncated = np.zeros((self.num_envs, k), bool)
         # Envs finished before this chunk keep their flags, get no reward and cost nothing.
-        ended_by_env = self._success | self._halted  # terminated; the others were truncated
+        ended_by_env = self._rule.ended  # terminated; the others were truncated
         terminated[self._done & ended_by_env] = True
         truncated[self._done & ~ended_by_env] = True
         active = np.flatnonzero(~self._done)
@@ -347,7 +350,7 @@ class WorldModelEnv(ChunkEnv):
         if len(active):
             self.timings.chunks += 1
         info = {
-            "success": self._success.copy(),
+            "success": self._rule.success.copy(),
             "episode_length": self._steps.copy(),
             "reset_ids": self._reset_ids.copy(),
             "success_prob": scored_probs,  # last scored probability of each env stepped now (NaN otherwise)
@@ -356,7 +359,7 @@ class WorldModelEnv(ChunkEnv):
         if self.ensemble:
             info["disagreement"] = disagreement  # of each env stepped now (NaN otherwise)
         if self.uncertainty_threshold is not None:
-            info["halted"] = self._halted.copy()
+            info["halted"] = self._rule.halted.copy()
         if self._state_success is not None:  # the state model's smallest object-to-goal distance so far
             info["state_distance"] = self._state_success.distance.copy()
         return ChunkStep(self._obs(), rewards, terminated, truncated, info)
@@ -420,17 +423,14 @@ class WorldModelEnv(ChunkEnv):
         for (i, j), prob in zip(owners, probs.tolist()):
             by_row.setdefault(i, []).append((j, prob))
         for i, row in enumerate(rows.tolist()):
-            if halted[i]:  # ends here, a failure whatever its frames scored
+            if halted[i]:
                 last_step = int(ends[i]) - 1
-                terminated[row, last_step:] = True
-                self._halted[row] = self._done[row] = True
-                if self.reward_type == "relative":  # scored as probability 0: the return of a failure
-                    rewards[row, last_step] = -self._last_prob[row]
-                    self._last_prob[row] = 0.0
+                self._rule.halt(row, last_step, rewards, terminated)
             else:
-                last_step = self._settle(row, by_row[i], int(ends[i]), rewards, terminated,
-                                         None if state_reached is None else state_reached[i])
-                scored_probs[row] = self._last_prob[row]
+                last_step = self._rule.settle(row, by_row[i], int(ends[i]), rewards, terminated,
+                                              None if state_reached is None else state_reached[i])
+                scored_probs[row] = self._rule.last_prob[row]
+            self._done[row] |= self._rule.ended[row]
             self._steps[row] += last_step + 1
             self.timings.env_steps += last_step + 1
             if not self._done[row] and self._steps[row] >= self.max_episode_steps:
@@ -440,28 +440,3 @@ class WorldModelEnv(ChunkEnv):
             if nf > 1:
                 seen = list(self._history[row]) + [decoded[i].get(t) for t in range(last_step + 1)]
                 self._history[row] = np.stack(seen[-(nf - 1):])
-
-    def _settle(self, row: int, probs: list[tuple[int, float]], end: int, rewards, terminated,
-                state_reached: np.ndarray | None) -> int:
-        """Rewards and success of one env from its scored ``(step, probability)`` pairs of this chunk, in order.
-
-        Success needs ``success_consecutive`` scored frames in a row at or above the threshold (the streak may
-        span chunks) and, with a state model, its object at the goal by that step (``state_reached[step]``).
-        Returns the last step of the chunk the env executes: its success step, else ``end - 1``.
-        """
-        last_step, previous = end - 1, self._last_prob[row]
-        for j, prob in probs:
-            if self.reward_type == "relative":
-                rewards[row, j] = prob - previous
-            previous = prob
-            self._streak[row] = self._streak[row] + 1 if prob >= self.reward_threshold else 0
-            confirmed = state_reached is None or state_reached[j]
-            if self._streak[row] >= self.success_consecutive and confirmed:
-                last_step = j
-                if self.reward_type == "success_once":
-                    rewards[row, j] = 1.0
-                terminated[row, j:] = True
-                self._success[row] = self._done[row] = True
-                break
-        self._last_prob[row] = previous
-        return last_step
