@@ -676,7 +676,8 @@ def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, da
     from safetensors.torch import load_file
 
     from rlinf_wm.runners.train_dit import _initial_dit
-    from rlinf_wm.runners.world_model_pipeline import heldout_indices, run_stage, split_segments, training_data_files
+    from rlinf_wm.runners.world_model_pipeline import run_stage, training_data_files
+    from rlinf_wm.runners.world_model_stages import heldout_indices, split_segments
 
     cfg, _ = trained
     source = Path(cfg.world_model_dir)
@@ -843,7 +844,7 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
 
 def test_dit_training_episodes_are_a_seeded_share_in_order():
     from rlinf_wm.config.world_model_config import DiTTrainConfig
-    from rlinf_wm.runners.world_model_pipeline import dit_training_episodes
+    from rlinf_wm.runners.world_model_stages import dit_training_episodes
 
     train_idx = list(range(3, 23))
     assert dit_training_episodes(train_idx, DiTTrainConfig()) == train_idx

@@ -189,7 +189,8 @@ def evaluate_world_model(
     from rlinf_wm.models.tokenizer import VideoTokenizer
     from rlinf_wm.data.action_inputs import DiTActionInputs
     from rlinf_wm.data.world_model_layout import Layout, load_world_model_settings
-    from rlinf_wm.runners.world_model_pipeline import heldout_indices, load_training_episodes
+    from rlinf_wm.runners.world_model_pipeline import load_training_episodes
+    from rlinf_wm.runners.world_model_stages import heldout_indices
     from rlinf_wm.utils.checkpoint import load_model
 
     ecfg = cfg.eval
