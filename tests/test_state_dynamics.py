@@ -133,6 +133,22 @@ def test_the_tracker_runs_each_env_its_own_steps_and_reports_reaching():
         tracker.reset(np.array([1]), np.array([7]))
 
 
+def test_with_all_members_the_object_must_reach_the_goal_in_every_members_prediction():
+    model = constant_model(-0.01)
+    torch.nn.init.constant_(model.nets[1][-1].bias[5:6], 0.005)  # member 1's object moves half as fast
+    trackers = {rule: StateSuccessTracker(model, num_envs=1, members=rule) for rule in ("mean", "all")}
+    for tracker in trackers.values():
+        tracker.reset(np.arange(1), np.array([10]))
+    # after 12 steps the object is 2 cm from the goal in member 0, 4 cm in member 1 (success within 3.5 cm)
+    reached = {rule: tracker.advance(np.array([0]), np.zeros((1, 13, 4), np.float32), np.array([13]))[0]
+               for rule, tracker in trackers.items()}
+    assert reached["mean"].tolist() == [False] * 8 + [True] * 5  # the mean distance 0.1 - 0.0075 t: from step 9
+    assert reached["all"].tolist() == [False] * 12 + [True]  # member 1's 0.1 - 0.005 t: from step 13
+    np.testing.assert_allclose(trackers["all"].distance, [0.035], atol=1e-6)
+    with pytest.raises(ValueError, match="state_model_members must be one of"):
+        StateSuccessTracker(model, num_envs=1, members="any")
+
+
 @pytest.fixture(scope="module")
 def wm_dir(tmp_path_factory) -> Path:
     return make_world_model(tmp_path_factory.mktemp("wm"))

@@ -74,6 +74,7 @@ class WorldModelEnvConfig:
     uncertainty_threshold: float | None = None  # disagreement that ends an episode as a failure (MOReL's halt)
     disagreement: Literal["mean", "sample"] = "mean"  # what the members' predictions are (WorldModelEnv)
     state_model_path: str | None = None  # success also needs the state model's object at the goal (WorldModelEnv)
+    state_model_members: Literal["mean", "all"] = "mean"  # mean: the members' mean distance; all: every member's
     reencode_context: bool | None = None  # None: on for per-frame tokenizers (WorldModelEnv)
     device: str = "cpu"
     dtype: str = "auto"  # auto: bfloat16 where the hardware computes it natively (rlinf_wm.utils.precision)

@@ -98,6 +98,8 @@ class WorldModelEnv(ChunkEnv):
             and termination; ``relative`` rewards still follow the frames' probabilities. ``auto``: the world
             model's own when its ``world_model.json`` names one (stage ``state``) and the initial states are
             episode starts; ``None``: frames only.
+        state_model_members: ``mean``: the state model's members' mean object-to-goal distance decides; ``all``:
+            every member must bring the object to the goal (stricter).
         reencode_context: decode the new conditioning frames and encode them again instead of sliding the
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
@@ -137,6 +139,7 @@ class WorldModelEnv(ChunkEnv):
         uncertainty_threshold: float | None = None,
         disagreement: Literal["mean", "sample"] = "mean",
         state_model_path: str | None = None,
+        state_model_members: Literal["mean", "all"] = "mean",
         reencode_context: bool | None = None,
         device: str = "cpu",
         dtype: str = "auto",
@@ -190,7 +193,7 @@ class WorldModelEnv(ChunkEnv):
         if state_model_path == "auto":
             state_model_path = own_state_model(self.world_model_dir, self.initial_states)
         self._state_success = None if state_model_path is None else StateSuccessTracker.for_initial_states(
-            state_model_path, self.initial_states, int(num_envs), self.action_dim)
+            state_model_path, self.initial_states, int(num_envs), self.action_dim, state_model_members)
         self.ensemble = DiTEnsemble(list(ensemble_world_model_dirs or []), parts, disagreement, self.timings)
         for dit in (self.dit, *self.ensemble.dits):
             dit.compile_forward = compiled

@@ -90,9 +90,11 @@ class StateDynamics(nn.Module, PyTorchModelHubMixin):
         return x.expand(len(self.nets), *x.shape).clone(), states[:, self.goal_dims].float()
 
     @staticmethod
-    def object_distance(x: torch.Tensor, goal: torch.Tensor) -> torch.Tensor:
-        """``[B]``: the ensemble's mean object-to-goal distance."""
-        return (x[..., -3:] - goal).norm(dim=-1).mean(0)
+    def object_distance(x: torch.Tensor, goal: torch.Tensor, members: str = "mean") -> torch.Tensor:
+        """``[B]``: the object-to-goal distance of the ensemble: its members' ``mean``, or the farthest member's
+        (``all``: every member must bring the object to the goal)."""
+        distances = (x[..., -3:] - goal).norm(dim=-1)
+        return distances.mean(0) if members == "mean" else distances.amax(0)
 
     @torch.no_grad()
     def closest_approach(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
@@ -116,11 +118,17 @@ class StateDynamics(nn.Module, PyTorchModelHubMixin):
         return self.reset_states[ids]
 
 
+MEMBER_RULES = ("mean", "all")
+
+
 class StateSuccessTracker:
-    """Per env, the state model run beside the world model from the env's reset: has the object reached the goal?"""
+    """Per env, the state model run beside the world model from the env's reset: has the object reached the goal?
+    ``members``: by the members' mean distance, or only when ``all`` of them put it there (pessimistic: a policy
+    must then fool every member, as MOReL's halt on disagreement asks of a DiT ensemble)."""
 
     @classmethod
-    def for_initial_states(cls, path: str, initial_states, num_envs: int, action_dim: int) -> "StateSuccessTracker":
+    def for_initial_states(cls, path: str, initial_states, num_envs: int, action_dim: int,
+                           members: str = "mean") -> "StateSuccessTracker":
         """The state model at ``path`` (a ``save_pretrained`` directory), checked to take the env's actions and to
         know the real state of every initial state's reset id (a world-model env's ``state_model_path``)."""
         from rlinf_wm.utils.checkpoint import load_model
@@ -135,10 +143,12 @@ class StateSuccessTracker:
             model.reset_state(initial_states.reset_ids)
         except (ValueError, RuntimeError, FileNotFoundError) as error:
             raise ValueError(f"state_model_path {path}: {error}") from error
-        return cls(model, num_envs)
+        return cls(model, num_envs, members)
 
-    def __init__(self, model: StateDynamics, num_envs: int) -> None:
-        self.model = model.eval()
+    def __init__(self, model: StateDynamics, num_envs: int, members: str = "mean") -> None:
+        if members not in MEMBER_RULES:
+            raise ValueError(f"state_model_members must be one of {MEMBER_RULES}, got {members!r}")
+        self.model, self.members = model.eval(), members
         self._x = torch.zeros(len(model.nets), num_envs, len(model.tracked_dims))
         self._goal = torch.zeros(num_envs, 3)
         self.reached = np.zeros(num_envs, bool)
@@ -161,7 +171,7 @@ class StateSuccessTracker:
             if t < int(steps.max(initial=0)):
                 moving = torch.as_tensor(t < steps)
                 x = torch.where(moving[None, :, None], self.model.step(x, goal, acts[:, t]), x)
-                best = torch.where(moving, torch.minimum(best, self.model.object_distance(x, goal)), best)
+                best = torch.where(moving, torch.minimum(best, self.model.object_distance(x, goal, self.members)), best)
             by_step[:, t] = best.numpy() <= self.model.success_distance
         self._x[:, rows] = x
         self.distance[rows] = best.numpy()
