@@ -37,13 +37,13 @@ from rlinf_wm.runners.train_state_model import closest_approaches  # noqa: E402
 from rlinf_wm.utils.checkpoint import load_model  # noqa: E402
 
 
-def score(model: StateDynamics, path: Path, episodes_per_state: int) -> dict:
+def score(model: StateDynamics, path: Path, episodes_per_state: int, members: str) -> dict:
     with h5py.File(path, "r") as f:
         count = len(f["data"])
         actions = [f[f"data/demo_{i}/actions"][:] for i in range(count)]
         real = np.array([bool(f[f"data/demo_{i}"].attrs["success"]) for i in range(count)])
     starts = model.reset_state(np.arange(count) // episodes_per_state).numpy()
-    distance = closest_approaches(model, list(zip(starts, actions)))
+    distance = closest_approaches(model, list(zip(starts, actions)), members)
     called = distance <= model.success_distance
     return {"episodes": count, "real_successes": int(real.sum()), "auc": roc_auc(real, -distance),
             "called_success_real_success": int((called & real).sum()),
@@ -55,16 +55,18 @@ def main() -> None:
     parser.add_argument("--state-model", type=Path, required=True)
     parser.add_argument("--replays", type=Path, required=True, help="wm_imagined_replay.py --save-replays DIR")
     parser.add_argument("--episodes-per-state", type=int, default=2)
+    parser.add_argument("--members", choices=("mean", "all"), default="mean",
+                        help="the env's state_model_members: the members' mean distance, or every member's")
     args = parser.parse_args()
     torch.set_num_threads(2)
     started = time.perf_counter()
     model = load_model(StateDynamics, args.state_model).eval()
-    report = {"state_model": str(args.state_model), "success_distance": model.success_distance}
+    report = {"state_model": str(args.state_model), "success_distance": model.success_distance, "members": args.members}
     files = sorted(args.replays.glob("policy*.hdf5"))
     if not files:
         raise FileNotFoundError(f"no policy*.hdf5 replays in {args.replays} (wm_imagined_replay.py --save-replays)")
     for path in files:
-        report[path.stem] = score(model, path, args.episodes_per_state)
+        report[path.stem] = score(model, path, args.episodes_per_state, args.members)
         print(path.stem, report[path.stem], flush=True)
     report["seconds"] = round(time.perf_counter() - started, 1)
     print(json.dumps(report))

@@ -145,6 +145,9 @@ def test_with_all_members_the_object_must_reach_the_goal_in_every_members_predic
     assert reached["mean"].tolist() == [False] * 8 + [True] * 5  # the mean distance 0.1 - 0.0075 t: from step 9
     assert reached["all"].tolist() == [False] * 12 + [True]  # member 1's 0.1 - 0.005 t: from step 13
     np.testing.assert_allclose(trackers["all"].distance, [0.035], atol=1e-6)
+    start, actions = model.reset_state(np.array([10])), torch.zeros(1, 13, 4)
+    np.testing.assert_allclose([float(model.closest_approach(start, actions, rule)) for rule in ("mean", "all")],
+                               [0.025, 0.035], atol=1e-6)  # mean: at step 10 (0 and 5 cm); all: at step 13
     with pytest.raises(ValueError, match="state_model_members must be one of"):
         StateSuccessTracker(model, num_envs=1, members="any")
 

@@ -97,13 +97,14 @@ class StateDynamics(nn.Module, PyTorchModelHubMixin):
         return distances.mean(0) if members == "mean" else distances.amax(0)
 
     @torch.no_grad()
-    def closest_approach(self, states: torch.Tensor, actions: torch.Tensor) -> torch.Tensor:
-        """``[B]``: the smallest predicted object-to-goal distance over actions ``[B, T, A]`` from ``states``."""
+    def closest_approach(self, states: torch.Tensor, actions: torch.Tensor, members: str = "mean") -> torch.Tensor:
+        """``[B]``: the smallest predicted object-to-goal distance over actions ``[B, T, A]`` from ``states``
+        (``members``: as :meth:`object_distance`)."""
         x, goal = self.start(states)
         best = torch.full((len(states),), float("inf"))
         for t in range(actions.shape[1]):
             x = self.step(x, goal, actions[:, t].float())
-            best = torch.minimum(best, self.object_distance(x, goal))
+            best = torch.minimum(best, self.object_distance(x, goal, members))
         return best
 
     def reset_state(self, reset_ids: np.ndarray) -> torch.Tensor:

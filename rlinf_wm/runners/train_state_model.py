@@ -125,9 +125,10 @@ def fit(model: StateDynamics, episodes: list[StateEpisode], horizon: int, steps:
     return float(loss.detach())
 
 
-def closest_approaches(model: StateDynamics, cases: list[tuple[np.ndarray, np.ndarray]]) -> np.ndarray:
+def closest_approaches(model: StateDynamics, cases: list[tuple[np.ndarray, np.ndarray]],
+                       members: str = "mean") -> np.ndarray:
     """The smallest predicted object-to-goal distance of each (initial state [S], actions [T, A]) pair."""
-    return np.array([float(model.closest_approach(torch.tensor(s0)[None], torch.tensor(a)[None])[0])
+    return np.array([float(model.closest_approach(torch.tensor(s0)[None], torch.tensor(a)[None], members)[0])
                      for s0, a in cases])
 
 
