@@ -253,6 +253,30 @@ def test_a_stage_that_caches_its_parts_reruns_on_its_output_and_only_force_empti
     assert {name for name, s in stages.items() if s.caches_itself} == {"world_model", "world_model_r2"}
 
 
+def test_a_stage_that_caches_itself_and_changed_nothing_leaves_its_readers_cached(tmp_path, capsys):
+    quickstart = load_quickstart()
+    log_dir = tmp_path / "logs"
+    log_dir.mkdir()
+    runs, content = tmp_path / "runs.log", tmp_path / "content.txt"
+
+    def run(steps):
+        runs.write_text("")
+        world_model = replace(fake_stage(quickstart, tmp_path, "sft", [f"sft.max_steps={steps}"]), caches_itself=True)
+        python, flag, script, marker = world_model.launcher  # its output: the content file's text
+        world_model.launcher = [python, flag, script + f"; marker.write_text(open({str(content)!r}).read())", marker]
+        reader = fake_stage(quickstart, tmp_path, "collect", [], needs=["sft"])
+        quickstart.run_stages([world_model, reader], set(), log_dir, dict(os.environ))
+        return runs.read_text().split(), capsys.readouterr().out
+
+    content.write_text("parts of run 1")
+    assert run(5)[0] == ["sft", "collect"]
+    ran, out = run(6)  # another setting, but every part current: the output is the same
+    assert ran == ["sft"] and "the stages reading it stay cached" in out
+    assert run(6)[0] == []
+    content.write_text("parts of run 2")
+    assert run(7)[0] == ["sft", "collect"]  # a part reran: its reader follows
+
+
 def test_quickstart_stages_read_only_earlier_stages_and_the_world_model_every_data_source(tmp_path):
     quickstart = load_quickstart()
     for task in ("drawer-open-v3", "libero_spatial"):

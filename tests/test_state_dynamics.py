@@ -188,6 +188,12 @@ def test_a_state_model_vetoes_successes_until_its_object_reaches_the_goal(wm_dir
     assert first_success_chunk(every_frame) == (8 - 1) // CHUNK
     step = every_frame.chunk_step(np.zeros((2, CHUNK, 4), np.float32))  # finished envs keep their counts
     assert step.info["episode_length"].tolist() == [8, 8]
+    # with all members: member 1's object moves half as fast and reaches 3.5 cm only after 13 steps
+    split = constant_model(-0.01)
+    torch.nn.init.constant_(split.nets[1][-1].bias[5:6], 0.005)
+    members = {"state_model_path": saved(split, tmp_path / "split"), "reward_frames": "all"}
+    assert first_success_chunk(WorldModelEnv(**common, **members, state_model_members="mean"), 5) == (9 - 1) // CHUNK
+    assert first_success_chunk(WorldModelEnv(**common, **members, state_model_members="all"), 8) == (13 - 1) // CHUNK
 
 
 def test_auto_runs_the_world_models_own_state_model_when_it_has_one(tmp_path):

@@ -242,6 +242,27 @@ def test_each_stage_reruns_when_a_setting_of_its_output_changes_and_not_for_book
     assert set(statuses(longer).values()) == {"cached"}
 
 
+def test_outputs_whose_record_holds_fewer_settings_stay_current_when_those_agree(trained, tmp_path):
+    """Older code recorded only some settings per stage: its outputs stay current (and get the full record) when the
+    recorded ones agree, and are stale when one of them differs."""
+    import shutil
+
+    from rlinf_wm.runners.world_model_pipeline import run_stage
+
+    cfg, _ = trained
+    copy = replace(cfg, world_model_dir=str(tmp_path / "world_model"))
+    shutil.copytree(cfg.world_model_dir, copy.world_model_dir)
+    settings_file = Path(copy.world_model_dir) / "stage_settings.json"
+    full = json.loads(settings_file.read_text())
+    older = {"tokenizer": {"refine_from": None}, "encode": {}, "dit": {"refine_from": None},
+             "reward": {"generated_episodes": False}}
+    settings_file.write_text(json.dumps(older))
+    assert {r["status"] for r in run_stage(copy, "all").values()} == {"cached"}
+    assert json.loads(settings_file.read_text()) == full
+    settings_file.write_text(json.dumps({**older, "dit": {"refine_from": "another/world_model"}}))
+    assert run_stage(copy, "dit")["dit"]["status"] == "ran"
+
+
 def test_interrupted_dit_run_resumes_from_its_checkpoint(trained, monkeypatch, tmp_path):
     import shutil
 
@@ -712,6 +733,11 @@ def test_refining_copies_the_tokenizer_and_continues_the_trained_dit(trained, da
     assert json.loads((target / "dit" / "train_config.json").read_text())["init_weights"] == str(source / "dit" / "model")
     assert (target / "world_model.json").is_file()
     assert {r["status"] for r in run_stage(refine, "all").values()} == {"cached"}
+    # a source DiT retrained since (same tokenizer, same settings): the refit continues from the new one
+    later = time.time() + 5
+    os.utime(source / "dit" / weights, (later, later))
+    report = run_stage(refine, "all")
+    assert (report["encode"]["status"], report["dit"]["status"]) == ("cached", "ran")
     # refine_from is part of what the tokenizer stage was made with: without it the tokenizer is trained anew
     report = run_stage(replace(refine, refine_from=None), "tokenizer")
     assert report["tokenizer"]["status"] == "ran" and "copied_from" not in report["tokenizer"]
@@ -840,6 +866,11 @@ def test_distill_stage_trains_a_one_step_student_the_env_runs_with_distilled(tra
         run_stage(replace(cfg, train=replace(cfg.train, reward_generated_episodes=2)), "generate")
     assert run_stage(cfg, "distill")["distill"]["status"] == "ran"
     assert "distilled_sampler" in world_model_settings(cfg, Layout(wm), None)
+    # the teacher's sampler decides the student's targets: another guidance distils again
+    assert run_stage(replace(cfg, sampler=replace(cfg.sampler, guidance=1.0)), "distill")["distill"]["status"] == "ran"
+    # with distillation switched off the student on disk is no longer offered
+    off = replace(cfg, train=replace(cfg.train, distill=replace(cfg.train.distill, steps=0)))
+    assert "distilled_dit" not in world_model_settings(off, Layout(wm), None)["paths"]
 
 
 def test_dit_training_episodes_are_a_seeded_share_in_order():

@@ -433,7 +433,7 @@ class WorldModelEnv(ChunkEnv):
                 last_step = self._rule.settle(row, by_row[i], int(ends[i]), rewards, terminated,
                                               None if state_reached is None else state_reached[i])
                 scored_probs[row] = self._rule.last_prob[row]
-            self._done[row] |= self._rule.ended[row]
+            self._done[row] |= bool(self._rule.success[row] or self._rule.halted[row])
             self._steps[row] += last_step + 1
             self.timings.env_steps += last_step + 1
             if not self._done[row] and self._steps[row] >= self.max_episode_steps:

@@ -29,6 +29,14 @@ from rlinf_wm.utils.io import read_json
 
 logger = logging.getLogger(__name__)
 
+MEMBER_RULES = ("mean", "all")  # which members' object-to-goal distance decides (StateDynamics.object_distance)
+
+
+def check_member_rule(members: str) -> str:
+    if members not in MEMBER_RULES:
+        raise ValueError(f"state_model_members must be one of {MEMBER_RULES}, got {members!r}")
+    return members
+
 
 class StateDynamics(nn.Module, PyTorchModelHubMixin):
     """``step(x, goal, action) -> next x`` per ensemble member; ``x`` = the tracked dims (agent, then object)."""
@@ -94,7 +102,7 @@ class StateDynamics(nn.Module, PyTorchModelHubMixin):
         """``[B]``: the object-to-goal distance of the ensemble: its members' ``mean``, or the farthest member's
         (``all``: every member must bring the object to the goal)."""
         distances = (x[..., -3:] - goal).norm(dim=-1)
-        return distances.mean(0) if members == "mean" else distances.amax(0)
+        return distances.mean(0) if check_member_rule(members) == "mean" else distances.amax(0)
 
     @torch.no_grad()
     def closest_approach(self, states: torch.Tensor, actions: torch.Tensor, members: str = "mean") -> torch.Tensor:
@@ -117,9 +125,6 @@ class StateDynamics(nn.Module, PyTorchModelHubMixin):
             raise ValueError(f"the state model has no recorded initial state for reset ids {missing} "
                              f"(it knows {int(self.reset_known.sum())} of 0..{len(self.reset_known) - 1})")
         return self.reset_states[ids]
-
-
-MEMBER_RULES = ("mean", "all")
 
 
 class StateSuccessTracker:
@@ -147,9 +152,7 @@ class StateSuccessTracker:
         return cls(model, num_envs, members)
 
     def __init__(self, model: StateDynamics, num_envs: int, members: str = "mean") -> None:
-        if members not in MEMBER_RULES:
-            raise ValueError(f"state_model_members must be one of {MEMBER_RULES}, got {members!r}")
-        self.model, self.members = model.eval(), members
+        self.model, self.members = model.eval(), check_member_rule(members)
         self._x = torch.zeros(len(model.nets), num_envs, len(model.tracked_dims))
         self._goal = torch.zeros(num_envs, 3)
         self.reached = np.zeros(num_envs, bool)

@@ -29,9 +29,9 @@ def _mtime(path: Path) -> float:
     return path.stat().st_mtime if path.exists() else float("inf")
 
 
-# config keys that change how a run is logged, checkpointed or scheduled, not what it makes
+# config keys that change how a run is logged, checkpointed, measured or scheduled, not what it makes
 BOOKKEEPING_KEYS = frozenset({"log_every", "eval_every", "sample_every", "sample_steps", "checkpoint_every",
-                              "keep_checkpoints", "num_threads", "compile"})
+                              "keep_checkpoints", "num_threads", "compile", "max_minutes", "eval_max_frames"})
 
 
 def output_settings(**sections) -> dict:
@@ -62,10 +62,17 @@ class StageCache:
         self.settings = read_json(settings_path) if settings_path.is_file() else {}
         self.report: dict[str, dict] = {}
 
+    def _made_with(self, name: str, settings: dict) -> bool:
+        """Was the stage's output made with ``settings``? Outputs of a stage that recorded no settings, or fewer
+        (older code recorded only some of them), count as made with these when the recorded ones agree."""
+        recorded = self.settings.get(name, settings)
+        return recorded == settings or (len(recorded) < len(settings)
+                                        and all(key in settings and settings[key] == value
+                                                for key, value in recorded.items()))
+
     def _fresh(self, name: str, done_marker: Path, inputs: Sequence[Path], settings: dict) -> bool:
-        # outputs of a stage that recorded no settings (made before stages recorded them) count as made with these
         return (done_marker.is_file() and all(_mtime(done_marker) >= _mtime(p) for p in inputs if p.exists())
-                and self.settings.get(name, settings) == settings)
+                and self._made_with(name, settings))
 
     def _record(self, name: str, settings: dict) -> None:
         self.settings[name] = settings
@@ -79,18 +86,20 @@ class StageCache:
         if not self.force and self._fresh(name, done_marker, inputs, settings):
             logger.info("stage %s: cached (%s)", name, done_marker)
             self.report[name] = {"status": "cached", "output": str(done_marker)}
-            if name not in self.settings:  # outputs of older code: from now on their settings are known
+            if self.settings.get(name) != settings:  # outputs of older code: from now on their settings are known
                 self._record(name, settings)
             return
         # A finished (or stale) run is redone from scratch; an interrupted run (no marker yet) resumes.
         stale_checkpoints = fresh_dir is not None and (fresh_dir / "train_config.json").is_file() and any(
             _mtime(fresh_dir / "train_config.json") < _mtime(p) for p in inputs if p.exists()
         )
-        stale_settings = name in self.settings and self.settings[name] != settings
+        stale_settings = not self._made_with(name, settings)
         if fresh_dir is not None and (self.force or done_marker.is_file() or stale_checkpoints or stale_settings):
             start_fresh(fresh_dir)
-        if fresh_dir is not None:  # its checkpoints are of these settings: an interrupted run resumes on them
-            self._record(name, settings)
+        elif fresh_dir is None and done_marker.exists():  # an interrupted rerun must not look finished
+            done_marker.unlink()
+        # its checkpoints and partial outputs are of these settings: an interrupted run resumes on them
+        self._record(name, settings)
         started, cpu_started = time.time(), _cpu_seconds()
         details = work() or {}
         seconds, cpu_seconds = time.time() - started, _cpu_seconds() - cpu_started

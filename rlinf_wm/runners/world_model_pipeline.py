@@ -141,6 +141,9 @@ def run_stage(
     cond_frames = num_cond_frames(cfg.train.dit.num_cond_latent_frames, cfg.tokenizer.temporal_compression)
     stage_run = StageRun(cfg, layout, data.get, data_files, refined, progress, cond_frames)
     split = {"holdout_fraction": cfg.holdout_fraction, "split_seed": cfg.seed}
+    # a refit's encoded split starts from its source's training data, its DiT from the source's weights and statistics
+    refit_inputs = ({"encode": [refined.training_data],
+                     "dit": [refined.dit_model / "model.safetensors", refined.statistics]} if refined is not None else {})
     for name in selected:
         # (done marker, input files, the directory a rerun empties, every setting that decides the output)
         if name == "tokenizer":  # a refit copies the source's; more data in extra_data_dirs keeps it
@@ -150,21 +153,23 @@ def run_stage(
                     output_settings(refine_from=cfg.refine_from) if refined is not None
                     else output_settings(refine_from=None, model=cfg.tokenizer, train=cfg.train.tokenizer))
         elif name == "encode":
-            plan = (layout.initial_states, [tokenizer_weights, *data_files], None,
+            plan = (layout.initial_states, [tokenizer_weights, *data_files, *refit_inputs.get("encode", [])], None,
                     output_settings(files=relative_data_files(cfg) if episodes is None else [],
-                                    cond_frames=cond_frames, refine_from=cfg.refine_from))
+                                    refine_from=cfg.refine_from))
         elif name == "dit":
-            plan = (layout.dit_run / "metrics.json", [layout.latents], layout.dit_run,
+            plan = (layout.dit_run / "metrics.json", [layout.latents, *refit_inputs.get("dit", [])], layout.dit_run,
                     output_settings(refine_from=cfg.refine_from, model=cfg.dit, train=cfg.train.dit, **split))
-        elif name == "distill":
+        elif name == "distill":  # the teacher samples with the configured sampler
             plan = (layout.distilled_dit_run / "metrics.json", [layout.dit_model / "model.safetensors"],
-                    layout.distilled_dit_run, output_settings(train=cfg.train.distill, **split))
+                    layout.distilled_dit_run,
+                    output_settings(train=cfg.train.distill, sampler=cfg.sampler, **split))
         elif name == "generate":
             replayed_by = layout.distilled_dit_model if use_student else layout.dit_model
             plan = (layout.generated_episodes, [replayed_by / "model.safetensors", *data_files], None,
                     {"episodes": cfg.train.reward_generated_episodes, "seed": cfg.seed,
                      "kinds": sorted(cfg.train.reward_generated_kinds), "student": use_student,
-                     "dtype": cfg.train.reward_generated_dtype})
+                     "dtype": cfg.train.reward_generated_dtype,
+                     **({} if use_student else output_settings(sampler=cfg.sampler))})
         elif name == "reward":
             inputs = ([tokenizer_weights] if cfg.train.reward_reconstruction_prob > 0 else []) + data_files
             plan = (layout.reward_run / "metrics.json", inputs + ([layout.generated_episodes] if use_generated else []),

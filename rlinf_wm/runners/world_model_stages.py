@@ -153,6 +153,7 @@ def _check_tokenizer_matches(cfg: WorldModelConfig, layout: Layout) -> None:
 def json_roundtrip(value):
     return json.loads(json.dumps(value))
 
+
 def tokenizer_stage(run: StageRun) -> dict:
     """Train the video tokenizer (a refit copies its source's, keeping the latent space)."""
     from rlinf_wm.runners.train_tokenizer import train_tokenizer
@@ -168,6 +169,7 @@ def tokenizer_stage(run: StageRun) -> dict:
     metrics = train_tokenizer(cfg.train.tokenizer, cfg.data_dir, layout.tokenizer_run, cfg.tokenizer,
                               episodes=run.episodes(), progress=run.progress)
     return {"heldout_psnr": metrics["heldout_psnr"]}
+
 
 def encode_stage(run: StageRun) -> dict:
     """Encode every episode once, write the reset states, the action statistics and ``training_data.json``."""
@@ -189,6 +191,7 @@ def encode_stage(run: StageRun) -> dict:
         "env_steps": int(sum(ep.length for ep in episodes_list)), "episodes_by_kind": dict(sorted(kinds.items())),
     })
     return {"episodes": len(episodes_list)}
+
 
 def dit_stage(run: StageRun) -> dict:
     """Train the action-conditioned DiT on the latent windows (a refit continues from its source's weights)."""
@@ -219,6 +222,7 @@ def dit_stage(run: StageRun) -> dict:
     )
     return {"heldout_loss": metrics.get("heldout_loss"), "steps": metrics["steps"]}
 
+
 def distill_stage(run: StageRun) -> dict:
     """Distil the DiT (with its guided sampler) into a few-step student."""
     from rlinf_wm.models.dit import ActionDiT
@@ -234,6 +238,7 @@ def distill_stage(run: StageRun) -> dict:
                           cfg.train.distill, train_windows, held_windows, layout.distilled_dit_run,
                           progress=run.progress)
     return {k: metrics.get(k) for k in ("heldout_student_teacher_mse", "heldout_teacher_at_student_cost_mse")}
+
 
 def generate_stage(run: StageRun) -> dict:
     """Replay recorded episodes in the world model, labelled with their real outcome, for the reward model."""
@@ -271,6 +276,7 @@ def generate_stage(run: StageRun) -> dict:
     write_episodes(layout.generated_episodes, generated)
     return {"episodes": len(generated), "failed": sum(not ep.success for ep in generated)}
 
+
 def reward_stage(run: StageRun) -> dict:
     """Train the reward model on real frames, reconstructions and the generated replays."""
     from rlinf_wm.data.trajectories import read_episodes
@@ -292,6 +298,7 @@ def reward_stage(run: StageRun) -> dict:
                                  split_segments=recorded_split_segments(layout.root))
     return {k: metrics[k] for k in ("heldout_accuracy", "heldout_auc", "heldout_generated_false_success_rate")
             if k in metrics}
+
 
 def state_stage(run: StageRun) -> dict:
     """Train the state model (:mod:`rlinf_wm.models.state_dynamics`) on the recorded simulator states."""
