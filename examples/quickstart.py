@@ -367,7 +367,7 @@ def run_stages(stages: list[Stage], force: set[str], log_dir: Path, env: dict) -
         write_json_atomic(record_path(stage), {**current, "complete": False})
         wall_times[stage.name] = run_stage(stage, log_dir, env)
         # a stage that caches itself and found every part current keeps its run: the stages reading it stay current
-        unchanged = before is not None and (record or {}).get("run") and stage.fingerprint() == before
+        unchanged = before is not None and bool((record or {}).get("run")) and stage.fingerprint() == before
         if unchanged:
             print(f"[quickstart] {stage.name}: every part was current; the stages reading it stay cached", flush=True)
         records[stage.name] = {**current, "complete": True,
