@@ -172,16 +172,24 @@ def fake_stage(quickstart, tmp_path, name, overrides, needs=()):
                             list(overrides), out, marker, needs=tuple(needs))
 
 
-def test_quickstart_reruns_a_stage_made_with_other_settings_and_every_stage_after_it(tmp_path, capsys):
+def stage_runner(tmp_path, capsys):
+    """``run(stages, force=())`` with the quickstart's ``run_stages``: (the fake stages that ran, what it printed)."""
     quickstart = load_quickstart()
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    runs = tmp_path / "runs.log"
+    log_dir, runs = tmp_path / "logs", tmp_path / "runs.log"
+    log_dir.mkdir(exist_ok=True)
 
     def run(stages, force=()):
         runs.write_text("")
         quickstart.run_stages(stages, set(force), log_dir, dict(os.environ))
         return runs.read_text().split(), capsys.readouterr().out
+
+    return run
+
+
+def test_quickstart_reruns_a_stage_made_with_other_settings_and_every_stage_after_it(tmp_path, capsys):
+    quickstart = load_quickstart()
+    log_dir = tmp_path / "logs"
+    run = stage_runner(tmp_path, capsys)
 
     def stages(collect_steps=5, sft_steps=5):
         return [fake_stage(quickstart, tmp_path, "collect", [f"sft.max_steps={collect_steps}"]),
@@ -232,15 +240,11 @@ def test_a_stage_that_caches_its_parts_reruns_on_its_output_and_only_force_empti
     """The world-model pipeline reruns only its stale parts: the quickstart must not delete them (it once deleted an
     hour of training for a change to one part's settings)."""
     quickstart = load_quickstart()
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    runs = tmp_path / "runs.log"
+    run_stages = stage_runner(tmp_path, capsys)
 
     def run(sft_steps, force=()):
-        runs.write_text("")
         stage = fake_stage(quickstart, tmp_path, "sft", [f"sft.max_steps={sft_steps}"])
-        quickstart.run_stages([replace(stage, caches_itself=True)], set(force), log_dir, dict(os.environ))
-        return runs.read_text().split(), capsys.readouterr().out
+        return run_stages([replace(stage, caches_itself=True)], force)
 
     assert run(5)[0] == ["sft"]
     (tmp_path / "sft" / "trained_part.txt").write_text("an hour of training")
@@ -255,18 +259,13 @@ def test_a_stage_that_caches_its_parts_reruns_on_its_output_and_only_force_empti
 
 def test_a_stage_that_caches_itself_and_changed_nothing_leaves_its_readers_cached(tmp_path, capsys):
     quickstart = load_quickstart()
-    log_dir = tmp_path / "logs"
-    log_dir.mkdir()
-    runs, content = tmp_path / "runs.log", tmp_path / "content.txt"
+    run_stages, content = stage_runner(tmp_path, capsys), tmp_path / "content.txt"
 
     def run(steps):
-        runs.write_text("")
         world_model = replace(fake_stage(quickstart, tmp_path, "sft", [f"sft.max_steps={steps}"]), caches_itself=True)
         python, flag, script, marker = world_model.launcher  # its output: the content file's text
         world_model.launcher = [python, flag, script + f"; marker.write_text(open({str(content)!r}).read())", marker]
-        reader = fake_stage(quickstart, tmp_path, "collect", [], needs=["sft"])
-        quickstart.run_stages([world_model, reader], set(), log_dir, dict(os.environ))
-        return runs.read_text().split(), capsys.readouterr().out
+        return run_stages([world_model, fake_stage(quickstart, tmp_path, "collect", [], needs=["sft"])])
 
     content.write_text("parts of run 1")
     assert run(5)[0] == ["sft", "collect"]
