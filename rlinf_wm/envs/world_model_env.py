@@ -27,7 +27,8 @@ One ``chunk_step`` over ``B`` envs:
 Settings not given (``None``) come from ``world_model.json`` in ``world_model_dir`` - the values the world model
 was trained with (window sizes, action scaler, sampler) - so one file is the source of truth; given values override
 it (a warning names any that differ from training); loading and checking the parts is
-:mod:`rlinf_wm.envs.world_model_parts`, encoding, decoding and scoring frames :mod:`rlinf_wm.envs.world_model_frames`.
+:mod:`rlinf_wm.envs.world_model_parts`, encoding, decoding and scoring frames :mod:`rlinf_wm.envs.world_model_frames`,
+per-env episode state :mod:`rlinf_wm.envs.world_model_episodes`.
 
 Randomness: every env has its own noise stream, seeded from ``(seed, env index)``; ``reset(seed=s)`` re-seeds all
 of them. An env's rollout therefore depends only on its seed, its initial state and its actions - not on the
@@ -46,6 +47,7 @@ import torch
 from rlinf_wm.envs.base import ChunkEnv, ChunkStep, Obs, validate_actions
 from rlinf_wm.envs.registry import register_env
 from rlinf_wm.envs.world_model_ensemble import DiTEnsemble
+from rlinf_wm.envs.world_model_episodes import EpisodeRows
 from rlinf_wm.envs.world_model_frames import WorldModelFrames
 from rlinf_wm.envs.world_model_parts import load_world_model_parts
 from rlinf_wm.envs.world_model_placement import ModelPlacement
@@ -203,16 +205,10 @@ class WorldModelEnv(ChunkEnv):
         self._placement = ModelPlacement(self.tokenizer, (self.dit, *self.ensemble.dits), self.reward_model, self.device,
                                          self.dtype)
 
-        b = self.num_envs
-        height, width = self.initial_states.image_size
-        self._reset_ids = np.full(b, -1, np.int64)
+        self._episodes = EpisodeRows(self.num_envs, self.initial_states.image_size,
+                                     max(0, self.reward_model.num_frames - 1), self.action_dim, self.max_episode_steps,
+                                     self._rule)
         self._context: torch.Tensor | None = None  # latents [B, C, Tc, h, w] (DiT dtype)
-        self._images = np.zeros((b, height, width, 3), np.uint8)
-        self._history = np.zeros((b, max(0, self.reward_model.num_frames - 1), height, width, 3), np.uint8)
-        self._instructions = [""] * b
-        self._steps = np.zeros(b, np.int64)
-        self._action_sums = np.zeros((b, self.action_dim), np.float64)  # running sums, if the DiT takes them
-        self._done = np.ones(b, bool)
         self._seed_streams(self.seed)
 
     # ------------------------------------------------------------------ setup
@@ -309,21 +305,7 @@ class WorldModelEnv(ChunkEnv):
                 self._context[torch.from_numpy(rows).to(self.device)] = latents
             reset_probs = [self._frames.initial_prob(int(i)) for i in ids] if self.reward_type == "relative" else None
         self._rule.reset(rows, reset_probs)
-        frames = self.initial_states.frames[ids]  # [n, F, H, W, 3]
-        self._images[rows] = frames[:, -1]
-        if self._history.shape[1]:
-            # The frames the next scored frame is stacked after, ending at the reset image (the state's last frame);
-            # before the state's first there is nothing: repeat it (as the reward model's training stacks do).
-            count = frames.shape[1]
-            self._history[rows] = frames[:, np.clip(np.arange(count - self._history.shape[1], count), 0, None)]
-        self._reset_ids[rows] = ids
-        for row, state in zip(rows.tolist(), ids.tolist()):
-            self._instructions[row] = self.initial_states.instructions[state]
-        # A state branched off a recorded episode at step t has max_episode_steps - t left, as the real env would.
-        self._steps[rows] = self.initial_states.start_steps[ids]
-        if self.action_inputs.integral_scale > 0:
-            self._action_sums[rows] = self.initial_states.action_sums_of(ids, self.action_dim)
-        self._done[rows] = False
+        self._episodes.start(rows, ids, self.initial_states, self.action_inputs.integral_scale > 0)
         if self._state_success is not None:
             self._state_success.reset(rows, self.initial_states.reset_ids[ids])
 
@@ -341,9 +323,9 @@ class WorldModelEnv(ChunkEnv):
         truncated = np.zeros((self.num_envs, k), bool)
         # Envs finished before this chunk keep their flags, get no reward and cost nothing.
         ended_by_env = self._rule.ended  # terminated; the others were truncated
-        terminated[self._done & ended_by_env] = True
-        truncated[self._done & ~ended_by_env] = True
-        active = np.flatnonzero(~self._done)
+        terminated[self._episodes.done & ended_by_env] = True
+        truncated[self._episodes.done & ~ended_by_env] = True
+        active = np.flatnonzero(~self._episodes.done)
         scored_probs = np.full(self.num_envs, np.nan, np.float32)
         disagreement = np.full(self.num_envs, np.nan, np.float32)
         for start in range(0, len(active), self.batch_size):
@@ -354,8 +336,8 @@ class WorldModelEnv(ChunkEnv):
             self.timings.chunks += 1
         info = {
             "success": self._rule.success.copy(),
-            "episode_length": self._steps.copy(),
-            "reset_ids": self._reset_ids.copy(),
+            "episode_length": self._episodes.steps.copy(),
+            "reset_ids": self._episodes.reset_ids.copy(),
             "success_prob": scored_probs,  # last scored probability of each env stepped now (NaN otherwise)
             "num_active": int(len(active)),
         }
@@ -369,7 +351,7 @@ class WorldModelEnv(ChunkEnv):
 
     # ------------------------------------------------------------------ internals
     def _obs(self) -> Obs:
-        return Obs(images=self._images.copy(), instructions=list(self._instructions))
+        return Obs(images=self._episodes.images.copy(), instructions=list(self._episodes.instructions))
 
     def _noise(self, rows: np.ndarray, shape: tuple[int, ...]) -> torch.Tensor:
         # Drawn per env from its own stream, so a row's noise never depends on its batch-mates.
@@ -384,8 +366,8 @@ class WorldModelEnv(ChunkEnv):
         x_cond = torch.cat([context, context.new_zeros(n, c, p, h, w)], dim=2)
         mask = torch.zeros(n, 1, tc + p, h, w, dtype=self.dtype, device=self.device)
         mask[:, :, :tc] = 1.0
-        scaled = torch.from_numpy(self.action_inputs(actions, self._action_sums[rows]))
-        self._action_sums[rows] = self.action_inputs.advance(self._action_sums[rows], actions)
+        scaled = torch.from_numpy(self.action_inputs(actions, self._episodes.action_sums[rows]))
+        self._episodes.action_sums[rows] = self.action_inputs.advance(self._episodes.action_sums[rows], actions)
         noise = self._noise(rows, (c, tc + p, h, w))
 
         start = time.perf_counter()
@@ -400,7 +382,7 @@ class WorldModelEnv(ChunkEnv):
         self.timings.dit_seconds += time.perf_counter() - start
 
         # Steps of this chunk each env executes (fewer only when max_episode_steps ends it early).
-        ends = np.minimum(k, self.max_episode_steps - self._steps[rows])
+        ends = np.minimum(k, self.max_episode_steps - self._episodes.steps[rows])
         # the state model's verdict by each step (None: no state model, the frames decide)
         state_reached = None if self._state_success is None else self._state_success.advance(rows, actions, ends)
         scored, wanted = self._frames.steps_to_decode(ends, self.reward_frames == "all", self.reencode_context)
@@ -408,7 +390,7 @@ class WorldModelEnv(ChunkEnv):
 
         windows, owners = [], []
         for i, js in enumerate(scored):
-            history = list(self._history[rows[i]])  # frames before this chunk, oldest first
+            history = list(self._episodes.history[rows[i]])  # frames before this chunk, oldest first
             for j in js:
                 stack = [decoded[i][t] if t >= 0 else history[len(history) + t] for t in range(j - nf + 1, j + 1)]
                 windows.append(np.stack(stack))
@@ -422,24 +404,8 @@ class WorldModelEnv(ChunkEnv):
             new_context = torch.cat([new_context[:, :, : tc - fresh], self._frames.encode(frames)], dim=2)
         self._context[rows] = new_context
 
-        by_row: dict[int, list[tuple[int, float]]] = {}
+        by_row: dict[int, list[tuple[int, float]]] = {i: [] for i in range(n)}
         for (i, j), prob in zip(owners, probs.tolist()):
-            by_row.setdefault(i, []).append((j, prob))
-        for i, row in enumerate(rows.tolist()):
-            if halted[i]:
-                last_step = int(ends[i]) - 1
-                self._rule.halt(row, last_step, rewards, terminated)
-            else:
-                last_step = self._rule.settle(row, by_row[i], int(ends[i]), rewards, terminated,
-                                              None if state_reached is None else state_reached[i])
-                scored_probs[row] = self._rule.last_prob[row]
-            self._done[row] |= bool(self._rule.success[row] or self._rule.halted[row])
-            self._steps[row] += last_step + 1
-            self.timings.env_steps += last_step + 1
-            if not self._done[row] and self._steps[row] >= self.max_episode_steps:
-                truncated[row, last_step:] = True
-                self._done[row] = True
-            self._images[row] = decoded[i][last_step]
-            if nf > 1:
-                seen = list(self._history[row]) + [decoded[i].get(t) for t in range(last_step + 1)]
-                self._history[row] = np.stack(seen[-(nf - 1):])
+            by_row[i].append((j, prob))
+        self.timings.env_steps += self._episodes.finish(rows, ends, decoded, by_row, halted, state_reached, rewards,
+                                                        terminated, truncated, scored_probs)
