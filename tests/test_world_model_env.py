@@ -666,6 +666,14 @@ def test_schema_rejects_bad_values():
     assert json.dumps(ok.env_kwargs())  # plain data, passable to a Ray actor
 
 
+def test_bad_success_settings_are_rejected_before_any_model_loads(tmp_path):
+    missing = str(tmp_path / "no_world_model_here")  # loading it would fail with another error
+    with pytest.raises(ValueError, match="reward_type must be one of"):
+        WorldModelEnv(missing, reward_type="dense")
+    with pytest.raises(ValueError, match="success_consecutive must be >= 1"):
+        WorldModelEnv(missing, success_consecutive=0)
+
+
 @pytest.mark.skipif(not compiler_available("cpu"), reason="torch.compile on CPU needs a C++ compiler")
 def test_a_compiled_env_generates_the_eager_frames(wm_dir):
     compiled, eager = make(wm_dir, compile=True), make(wm_dir)

@@ -275,6 +275,19 @@ class TrainSection:
     # the dtype the replays are generated in: the RL env's (env dtype auto = bfloat16 where native)
     reward_generated_dtype: str = "auto"
 
+    # which optional stages the pipeline runs
+    @property
+    def distills(self) -> bool:
+        return self.distill.steps > 0
+
+    @property
+    def replays(self) -> bool:
+        return self.reward_generated_episodes > 0
+
+    @property
+    def trains_state_model(self) -> bool:
+        return self.state.steps > 0
+
     def check(self, path: str) -> None:
         require(0.0 <= self.reward_reconstruction_prob <= 1.0, f"{path}.reward_reconstruction_prob",
                 f"must be in [0, 1], got {self.reward_reconstruction_prob}")

@@ -121,10 +121,10 @@ def world_model_settings(cfg: WorldModelConfig, layout: Layout, statistics: Acti
     # the few-step student of the DiT (stage distill), which the env runs with distilled: true / auto; one older
     # than the DiT's weights is a stale student of an earlier DiT and is not offered
     distilled, teacher = layout.distilled_dit_run / "metrics.json", layout.dit_model / "model.safetensors"
-    has_student = cfg.train.distill.steps > 0 and distilled.is_file() and (
+    has_student = cfg.train.distills and distilled.is_file() and (
         not teacher.is_file() or distilled.stat().st_mtime >= teacher.stat().st_mtime)
     # the state model (stage state), which the env runs with state_model_path: auto; only while the config trains one
-    has_state_model = cfg.train.state.steps > 0 and (layout.state_model_run / "metrics.json").is_file()
+    has_state_model = cfg.train.trains_state_model and (layout.state_model_run / "metrics.json").is_file()
     return {
         "format_version": WORLD_MODEL_FORMAT_VERSION,
         "task": cfg.task,

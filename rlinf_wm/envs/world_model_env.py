@@ -157,6 +157,9 @@ class WorldModelEnv(ChunkEnv):
             raise ValueError("uncertainty_threshold needs ensemble_world_model_dirs: disagreement is between DiTs")
         if uncertainty_threshold is not None and uncertainty_threshold <= 0:
             raise ValueError(f"uncertainty_threshold must be > 0, got {uncertainty_threshold}")
+        # the rule checks its settings before the models load; the reward model's threshold is filled in below
+        self._rule = SuccessRule(int(num_envs), reward_type, 0.5 if reward_threshold is None else reward_threshold,
+                                 success_consecutive)
         compute_dtype = resolve_dtype(dtype, device)
         compiled = resolve_compile(compile, device)
         parts = load_world_model_parts(
@@ -181,8 +184,8 @@ class WorldModelEnv(ChunkEnv):
         self.device = torch.device(device)
         self.dtype = compute_dtype
         self.seed = int(seed)
-        self._rule = SuccessRule(self.num_envs, reward_type, self.reward_model.threshold if reward_threshold is None
-                                 else reward_threshold, success_consecutive)
+        if reward_threshold is None:
+            self._rule.threshold = float(self.reward_model.threshold)
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
         self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
         per_frame_tokenizer = self.tokenizer.temporal_compression == 1

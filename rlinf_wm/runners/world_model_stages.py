@@ -37,14 +37,6 @@ class StageRun:
     progress: bool
     cond_frames: int  # frames of each reset state
 
-    @property
-    def use_student(self) -> bool:
-        return self.cfg.train.distill.steps > 0
-
-    @property
-    def use_generated(self) -> bool:
-        return self.cfg.train.reward_generated_episodes > 0
-
 
 def dit_training_episodes(train_idx: list[int], cfg: DiTTrainConfig) -> list[int]:
     """The share ``cfg.episode_fraction`` of the training episodes (drawn with ``cfg.seed``, kept in order) the DiT
@@ -257,13 +249,13 @@ def generate_stage(run: StageRun) -> dict:
     statistics = ActionStatistics.load(layout.statistics)
     trained = world_model_settings(cfg, layout, statistics)  # the DiT's own windows and scaler, as the env's
     # the DiT the env runs (distilled: auto): the student when there is one
-    if run.use_student and not (layout.distilled_dit_run / "metrics.json").is_file():
+    if run.cfg.train.distills and not (layout.distilled_dit_run / "metrics.json").is_file():
         raise FileNotFoundError(f"no distilled DiT in {layout.distilled_dit_run} (train.distill.steps > 0): "
                                 "run stage=distill first")
-    if run.use_student and "distilled_sampler" not in trained:  # world_model_settings drops a stale student
+    if run.cfg.train.distills and "distilled_sampler" not in trained:  # world_model_settings drops a stale student
         raise FileNotFoundError(f"the distilled DiT in {layout.distilled_dit_run} is older than the DiT it "
                                 "distils: run stage=distill first")
-    dit, sampler = ((layout.distilled_dit_model, trained["distilled_sampler"]) if run.use_student
+    dit, sampler = ((layout.distilled_dit_model, trained["distilled_sampler"]) if run.cfg.train.distills
                     else (layout.dit_model, trained["sampler"]))
     generated = generate_episodes(
         _load_tokenizer(layout), load_model(ActionDiT, dit), FlowSampler(**sampler),
@@ -288,9 +280,9 @@ def reward_stage(run: StageRun) -> dict:
     if tokenizer is not None and tokenizer.temporal_compression != 1:
         logger.warning("reward model: the %s tokenizer is not per-frame; training on real frames only", tokenizer.kind)
         tokenizer = None
-    if run.use_generated and not layout.generated_episodes.is_file():
+    if run.cfg.train.replays and not layout.generated_episodes.is_file():
         raise FileNotFoundError(f"no generated episodes at {layout.generated_episodes}: run stage=generate first")
-    generated = read_episodes(layout.generated_episodes) if run.use_generated else []
+    generated = read_episodes(layout.generated_episodes) if run.cfg.train.replays else []
     chunk_size = world_model_settings(cfg, layout, None)["chunk_size"]  # the env scores each chunk's last frame
     metrics = train_reward_model(cfg.train.reward, cfg.data_dir, layout.reward_run, cfg.reward_model,
                                  episodes=run.episodes(), tokenizer=tokenizer, tokenizer_reconstruction_prob=prob,
