@@ -26,7 +26,8 @@ to the world model's false successes included, for a refit (``extra_data_dirs``)
 the world model runs those world models' DiTs beside its own (the env's ``ensemble_world_model_dirs``, never halting)
 and the report says whether their disagreement tells false imagined successes from true ones: its AUC, and how many
 of each an ``uncertainty_threshold`` at quantiles of the chunks' disagreement would halt (exactly: a halt ends the
-same rollout).
+same rollout). When the run's env has a state model, the report says the same of its members' spread on the object
+(``state_spread``, the env's ``state_uncertainty_threshold``).
 
     .venv/bin/python benchmarks/wm_imagined_replay.py --run-dir outputs/drawer-open-v3/rl_grpo_wm \
         --policy outputs/drawer-open-v3/sft/model outputs/drawer-open-v3/rl_grpo_wm/final/model \
@@ -60,6 +61,9 @@ from wm_calibration import imagined_outcome, padded_chunks, psnr, run_imagined, 
 from wm_policy_calibration import run_config  # noqa: E402
 
 
+DISAGREEMENTS = ("disagreement", "state_spread")  # info keys: a DiT ensemble's, the state model's members'
+
+
 class ThroughTokenizer:
     """A chunk env whose observed frames are the tokenizer's reconstructions of the real ones."""
 
@@ -86,7 +90,8 @@ class ThroughTokenizer:
 
 def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: float) -> list[dict]:
     """The policy closed loop in the world model: per episode its action chunks [C, K, A], chunk-end frames
-    [C + 1, H, W, 3] (the reset frame first), success and, with an ensemble, each chunk's disagreement [C]."""
+    [C + 1, H, W, 3] (the reset frame first), success and each chunk's disagreement [C]: of an ensemble's DiTs
+    (``disagreement``) and of the state model's members (``state_spread``); NaN where the env has none."""
     import torch
 
     generator = torch.Generator().manual_seed(seed)
@@ -97,7 +102,8 @@ def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: fl
         used = len(ids)
         ids = ids + [ids[-1]] * (batch - used)  # a short last round: spare envs repeat a start, results dropped
         obs = env.reset(ids=np.asarray(ids), seed=seed + round_index)
-        frames, actions, spread = [obs.images], [], []
+        frames, actions = [obs.images], []
+        spread = {key: [] for key in DISAGREEMENTS}
         done, chunks_run = np.zeros(batch, bool), np.zeros(batch, np.int64)
         for _ in range(max_chunks):
             if done.all():
@@ -108,13 +114,16 @@ def imagined_episodes(env, policy, starts: list[int], seed: int, temperature: fl
             done |= (step.terminated | step.truncated).any(axis=1)
             actions.append(chosen)
             frames.append(step.obs.images)
-            spread.append(step.info.get("disagreement", np.full(batch, np.nan, np.float32)))
+            for key, values in spread.items():
+                values.append(step.info.get(key, np.full(batch, np.nan, np.float32)))
             obs = step.obs
-        actions, frames, spread = np.stack(actions, 1), np.stack(frames, 1), np.stack(spread, 1)
+        actions, frames = np.stack(actions, 1), np.stack(frames, 1)
+        spread = {key: np.stack(values, 1) for key, values in spread.items()}
         for b in range(used):
             n = int(chunks_run[b])
             episodes.append({"actions": actions[b, :n], "frames": frames[b, : n + 1],
-                             "success": bool(step.info["success"][b]), "disagreement": spread[b, :n]})
+                             "success": bool(step.info["success"][b]),
+                             **{key: values[b, :n] for key, values in spread.items()}})
     return episodes
 
 
@@ -202,14 +211,16 @@ def auc(positives: np.ndarray, negatives: np.ndarray) -> float | None:
     return round(float(greater + ties / 2), 4)
 
 
-def disagreement_report(imagined: list[dict], i_success: np.ndarray, r_success: np.ndarray) -> dict:
-    """Does the ensemble's disagreement single out the false imagined successes? Per episode its largest chunk
-    disagreement; halting at a threshold ends exactly the episodes whose largest one exceeds it."""
-    if not any(np.isfinite(e["disagreement"]).any() for e in imagined):
+def disagreement_report(imagined: list[dict], i_success: np.ndarray, r_success: np.ndarray, key: str) -> dict:
+    """Does a disagreement (``key``: the DiT ensemble's, or the state model's members') single out the false imagined
+    successes? Per episode its largest chunk disagreement; halting at a threshold (the env's
+    ``uncertainty_threshold`` or ``state_uncertainty_threshold``) ends exactly the episodes whose largest one exceeds
+    it."""
+    if not any(np.isfinite(e[key]).any() for e in imagined):
         return {}
-    largest = np.array([float(np.nanmax(e["disagreement"])) for e in imagined])
-    chunks = np.concatenate([e["disagreement"] for e in imagined])
-    at_last = np.array([float(e["disagreement"][-1]) for e in imagined])  # a success's chunk is its last
+    largest = np.array([float(np.nanmax(e[key])) for e in imagined])
+    chunks = np.concatenate([e[key] for e in imagined])
+    at_last = np.array([float(e[key][-1]) for e in imagined])  # a success's chunk is its last
     true, false = i_success & r_success, i_success & ~r_success
     halts = {}
     for q in (50, 75, 90, 95, 99):
@@ -217,7 +228,7 @@ def disagreement_report(imagined: list[dict], i_success: np.ndarray, r_success: 
         kept = largest <= threshold
         halts[f"p{q}"] = {"threshold": round(threshold, 5), "true_successes_kept": int((true & kept).sum()),
                           "false_successes_kept": int((false & kept).sum()), "episodes_kept": int(kept.sum())}
-    return {"disagreement": {
+    return {key: {
         "chunk_quantiles": {f"p{q}": round(float(np.percentile(chunks, q)), 5) for q in (50, 90, 99)},
         "largest_mean": {"true_successes": rate(largest[true]) if true.any() else None,
                          "false_successes": rate(largest[false]) if false.any() else None,
@@ -294,7 +305,8 @@ def evaluate_policy(policy_dir: Path, wm_env, real_env, replay_env, reset_ids: l
         "precision_of_imagined_success": rate(r_success[i_success]) if i_success.any() else None,
         "frame_psnr_db_by_chunk": {c: round(float(np.mean(by_chunk[c])), 2) for c in marks},
         **resample_report(wm_env, reset_ids, imagined, i_success, r_success, args),
-        **disagreement_report(imagined, i_success, r_success),
+        **disagreement_report(imagined, i_success, r_success, "disagreement"),
+        **disagreement_report(imagined, i_success, r_success, "state_spread"),
         "seconds": {"imagined": round(t1 - t0, 1), "replay": round(t2 - t1, 1), "real": round(t3 - t2, 1)},
     }
     return report, imagined, replayed

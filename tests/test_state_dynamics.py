@@ -152,6 +152,31 @@ def test_with_all_members_the_object_must_reach_the_goal_in_every_members_predic
         StateSuccessTracker(model, num_envs=1, members="any")
 
 
+def split_model() -> StateDynamics:
+    """Member 0's object moves 1 cm per step towards the goal, member 1's half as fast: after t steps they are
+    0.5 t cm apart, each 0.25 t cm from their mean."""
+    model = constant_model(-0.01)
+    torch.nn.init.constant_(model.nets[1][-1].bias[5:6], 0.005)
+    return model
+
+
+def test_the_tracker_reports_how_far_the_members_objects_spread_in_each_chunk():
+    tracker = StateSuccessTracker(split_model(), num_envs=2)
+    tracker.reset(np.arange(2), np.array([10, 11]))
+    assert np.isnan(tracker.chunk_spread).all()
+    tracker.advance(np.array([0, 1]), np.zeros((2, 4, 4), np.float32), np.array([4, 2]))
+    np.testing.assert_allclose(tracker.chunk_spread, [0.01, 0.005], atol=1e-6)  # the largest: at the last step run
+    tracker.advance(np.array([1]), np.zeros((1, 4, 4), np.float32), np.array([4]))
+    np.testing.assert_allclose(tracker.chunk_spread, [0.01, 0.015], atol=1e-6)
+    tracker.reset(np.array([1]), np.array([12]))  # a reset starts the members together again
+    tracker.advance(np.array([1]), np.zeros((1, 4, 4), np.float32), np.array([1]))
+    np.testing.assert_allclose(tracker.chunk_spread[1], 0.0025, atol=1e-6)
+    same = StateSuccessTracker(constant_model(-0.01), num_envs=1)
+    same.reset(np.arange(1), np.array([10]))
+    same.advance(np.array([0]), np.zeros((1, 4, 4), np.float32), np.array([4]))
+    assert same.chunk_spread[0] == 0.0  # members that agree do not spread
+
+
 @pytest.fixture(scope="module")
 def wm_dir(tmp_path_factory) -> Path:
     return make_world_model(tmp_path_factory.mktemp("wm"))
@@ -189,9 +214,7 @@ def test_a_state_model_vetoes_successes_until_its_object_reaches_the_goal(wm_dir
     step = every_frame.chunk_step(np.zeros((2, CHUNK, 4), np.float32))  # finished envs keep their counts
     assert step.info["episode_length"].tolist() == [8, 8]
     # with all members: member 1's object moves half as fast and reaches 3.5 cm only after 13 steps
-    split = constant_model(-0.01)
-    torch.nn.init.constant_(split.nets[1][-1].bias[5:6], 0.005)
-    members = {"state_model_path": saved(split, tmp_path / "split"), "reward_frames": "all"}
+    members = {"state_model_path": saved(split_model(), tmp_path / "split"), "reward_frames": "all"}
     assert first_success_chunk(WorldModelEnv(**common, **members, state_model_members="mean"), 5) == (9 - 1) // CHUNK
     assert first_success_chunk(WorldModelEnv(**common, **members, state_model_members="all"), 8) == (13 - 1) // CHUNK
 
@@ -221,3 +244,28 @@ def test_a_state_model_must_know_every_initial_states_reset(wm_dir, tmp_path):
     path = saved(constant_model(0.0, reset_ids=(10, 11)), tmp_path / "partial")
     with pytest.raises(ValueError, match=r"state_model_path .*reset ids \[12\]"):
         WorldModelEnv(world_model_dir=str(wm_dir), num_envs=2, dtype="float32", state_model_path=path)
+
+
+def test_a_state_model_spread_above_the_threshold_halts_the_env_as_a_failure(wm_dir, tmp_path):
+    path = saved(split_model(), tmp_path / "split")
+    common = {"world_model_dir": str(wm_dir), "num_envs": 2, "reward_threshold": 0.0, "dtype": "float32",
+              "state_model_path": path, "reward_frames": "all"}
+    halting = WorldModelEnv(**common, state_uncertainty_threshold=0.0125)  # the spread passes it at step 6
+    halting.reset(ids=[0, 1], seed=0)
+    spreads, halted = [], []
+    for _ in range(4):
+        step = halting.chunk_step(np.zeros((2, CHUNK, 4), np.float32))
+        spreads.append(step.info["state_spread"].copy())
+        halted.append(step.info["halted"].copy())
+    first_halt = (6 - 1) // CHUNK
+    assert [h.all() for h in halted] == [c >= first_halt for c in range(4)]
+    assert not step.info["success"].any()  # ended as failures: terminated, not truncated
+    assert step.terminated.all() and not step.truncated.any()
+    np.testing.assert_allclose(spreads[0], [0.0025 * CHUNK] * 2, atol=1e-6)
+    assert np.isnan(spreads[first_halt + 1]).all()  # halted envs are not stepped
+    # a threshold the spread never passes changes nothing: success once the mean object reaches the goal
+    assert first_success_chunk(WorldModelEnv(**common, state_uncertainty_threshold=1.0), 5) == (9 - 1) // CHUNK
+    with pytest.raises(ValueError, match="state_uncertainty_threshold needs a state model"):
+        WorldModelEnv(**{**common, "state_model_path": None}, state_uncertainty_threshold=0.01)
+    with pytest.raises(ValueError, match="state_uncertainty_threshold must be > 0"):
+        WorldModelEnv(**common, state_uncertainty_threshold=0.0)

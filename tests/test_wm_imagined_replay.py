@@ -184,16 +184,17 @@ def test_imagined_episodes_record_the_ensembles_disagreement_per_chunk(tmp_path)
     for e in episodes:
         assert e["disagreement"].shape == (6 // CHUNK,) and (e["disagreement"] > 0).all()
     single = WorldModelEnv(str(wm), num_envs=2, max_episode_steps=6, reward_threshold=2.0)
-    assert np.isnan(replay_benchmark.imagined_episodes(single, FixedPolicy(), [0], 0, 1.0)[0]["disagreement"]).all()
+    alone = replay_benchmark.imagined_episodes(single, FixedPolicy(), [0], 0, 1.0)[0]
+    assert np.isnan(alone["disagreement"]).all() and np.isnan(alone["state_spread"]).all()  # no ensemble, no state model
 
 
 def test_disagreement_report_counts_what_each_threshold_would_halt():
     # imagined successes 0-3 (0, 1 true; 2, 3 false), a failure 4; false successes disagree more
     spread = [[0.1, 0.2], [0.1], [0.5, 0.9], [0.3, 0.6], [0.2, 0.2, 0.2]]
-    imagined = [{"disagreement": np.array(s, np.float32)} for s in spread]
+    imagined = [{"state_spread": np.array(s, np.float32)} for s in spread]  # any disagreement key reads the same
     i_success = np.array([True, True, True, True, False])
     r_success = np.array([True, True, False, False, False])
-    report = replay_benchmark.disagreement_report(imagined, i_success, r_success)["disagreement"]
+    report = replay_benchmark.disagreement_report(imagined, i_success, r_success, "state_spread")["state_spread"]
     assert report["auc_false_vs_true_successes"] == 1.0
     assert report["auc_at_success_chunk"] == 1.0  # last chunks: true 0.2, 0.1; false 0.9, 0.6
     assert report["largest_mean"]["false_successes"] == pytest.approx(0.75)
@@ -202,4 +203,4 @@ def test_disagreement_report_counts_what_each_threshold_would_halt():
     assert (p50["true_successes_kept"], p50["false_successes_kept"], p50["episodes_kept"]) == (2, 0, 3)
     assert replay_benchmark.auc(np.array([1.0, 1.0]), np.array([1.0])) == 0.5  # ties count half
     nan = [{"disagreement": np.full(2, np.nan, np.float32)}]
-    assert replay_benchmark.disagreement_report(nan, np.array([True]), np.array([True])) == {}
+    assert replay_benchmark.disagreement_report(nan, np.array([True]), np.array([True]), "disagreement") == {}

@@ -656,11 +656,15 @@ def test_schema_rejects_bad_values():
         ("success_consecutive", 0, "success_consecutive"),
         ("disagreement", "median", "disagreement"),
         ("uncertainty_threshold", 0.5, "needs ensemble_world_model_dirs"),
+        ("state_uncertainty_threshold", 0.5, "needs state_model_path"),
     ]:
         with pytest.raises(ConfigError, match=match):
             validate({**base, key: value}, WorldModelEnvConfig, "env.train")
     with pytest.raises(ConfigError, match="uncertainty_threshold: must be > 0"):
         validate({**base, "ensemble_world_model_dirs": ["d"], "uncertainty_threshold": -1.0}, WorldModelEnvConfig,
+                 "env.train")
+    with pytest.raises(ConfigError, match="state_uncertainty_threshold: must be > 0"):
+        validate({**base, "state_model_path": "auto", "state_uncertainty_threshold": 0.0}, WorldModelEnvConfig,
                  "env.train")
     ok = validate(base, WorldModelEnvConfig, "env.train")
     assert json.dumps(ok.env_kwargs())  # plain data, passable to a Ray actor

@@ -75,6 +75,7 @@ class WorldModelEnvConfig:
     disagreement: Literal["mean", "sample"] = "mean"  # what the members' predictions are (WorldModelEnv)
     state_model_path: str | None = None  # success also needs the state model's object at the goal (WorldModelEnv)
     state_model_members: Literal["mean", "all"] = "mean"  # mean: the members' mean distance; all: every member's
+    state_uncertainty_threshold: float | None = None  # state-model members' object spread that ends an episode (halt)
     reencode_context: bool | None = None  # None: on for per-frame tokenizers (WorldModelEnv)
     device: str = "cpu"
     dtype: str = "auto"  # auto: bfloat16 where the hardware computes it natively (rlinf_wm.utils.precision)
@@ -96,6 +97,10 @@ class WorldModelEnvConfig:
                 f"must be > 0 (or null: never halt), got {self.uncertainty_threshold}")
         require(self.uncertainty_threshold is None or bool(self.ensemble_world_model_dirs), at("uncertainty_threshold"),
                 "needs ensemble_world_model_dirs (the disagreement is between DiTs)")
+        require(self.state_uncertainty_threshold is None or self.state_uncertainty_threshold > 0,
+                at("state_uncertainty_threshold"), f"must be > 0 (or null: never halt), got {self.state_uncertainty_threshold}")
+        require(self.state_uncertainty_threshold is None or self.state_model_path is not None,
+                at("state_uncertainty_threshold"), "needs state_model_path (the disagreement is the state model's)")
         require(self.dtype in DTYPE_NAMES, at("dtype"), f"must be one of {list(DTYPE_NAMES)}, got {self.dtype!r}")
         require(self.device == "cpu" or self.device.startswith("cuda"), at("device"),
                 f"must be 'cpu' or 'cuda[:N]', got {self.device!r}")

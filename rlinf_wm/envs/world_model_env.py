@@ -19,7 +19,8 @@ One ``chunk_step`` over ``B`` envs:
 5. With a state model (``state_model_path``) a success the reward model sees in the frames counts only once the
    state model, run open loop on the same actions, also brings the object to the goal: a second opinion from
    another model class on the same data, which tells GRPO's false imagined successes from its true ones where a
-   second DiT does not (docs/results.md).
+   second DiT does not (docs/results.md). Its members' disagreement on the object (``info["state_spread"]``) can
+   halt an env as the DiT ensemble's does (``state_uncertainty_threshold``).
 6. The conditioning window slides in latent space: the newest generated latent frames condition the next chunk,
    or, with ``reencode_context`` (the default for per-frame tokenizers), they are decoded and encoded again, which
    keeps long autoregressive rollouts on the tokenizer's manifold.
@@ -102,6 +103,9 @@ class WorldModelEnv(ChunkEnv):
             episode starts; ``None``: frames only.
         state_model_members: ``mean``: the state model's members' mean object-to-goal distance decides; ``all``:
             every member must bring the object to the goal (stricter).
+        state_uncertainty_threshold: an env whose state-model members' object positions spread further than this
+            within a chunk (``info["state_spread"]``, the largest distance of a member from their mean; metres on
+            Meta-World) ends there as a failure, as ``uncertainty_threshold`` does for DiTs. ``None``: never.
         reencode_context: decode the new conditioning frames and encode them again instead of sliding the
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
@@ -142,6 +146,7 @@ class WorldModelEnv(ChunkEnv):
         disagreement: Literal["mean", "sample"] = "mean",
         state_model_path: str | None = None,
         state_model_members: Literal["mean", "all"] = "mean",
+        state_uncertainty_threshold: float | None = None,
         reencode_context: bool | None = None,
         device: str = "cpu",
         dtype: str = "auto",
@@ -155,8 +160,10 @@ class WorldModelEnv(ChunkEnv):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if uncertainty_threshold is not None and not ensemble_world_model_dirs:
             raise ValueError("uncertainty_threshold needs ensemble_world_model_dirs: disagreement is between DiTs")
-        if uncertainty_threshold is not None and uncertainty_threshold <= 0:
-            raise ValueError(f"uncertainty_threshold must be > 0, got {uncertainty_threshold}")
+        for name, value in (("uncertainty_threshold", uncertainty_threshold),
+                            ("state_uncertainty_threshold", state_uncertainty_threshold)):
+            if value is not None and value <= 0:
+                raise ValueError(f"{name} must be > 0, got {value}")
         # the rule checks its settings before the models load; the reward model's threshold is filled in below
         self._rule = SuccessRule(int(num_envs), reward_type, 0.5 if reward_threshold is None else reward_threshold,
                                  success_consecutive)
@@ -199,6 +206,10 @@ class WorldModelEnv(ChunkEnv):
             state_model_path = own_state_model(self.world_model_dir, self.initial_states)
         self._state_success = None if state_model_path is None else StateSuccessTracker.for_initial_states(
             state_model_path, self.initial_states, int(num_envs), self.action_dim, state_model_members)
+        if state_uncertainty_threshold is not None and self._state_success is None:
+            raise ValueError("state_uncertainty_threshold needs a state model (state_model_path), and this env has none")
+        self.state_uncertainty_threshold = None if state_uncertainty_threshold is None else float(
+            state_uncertainty_threshold)
         self.ensemble = DiTEnsemble(list(ensemble_world_model_dirs or []), parts, disagreement, self.timings)
         for dit in (self.dit, *self.ensemble.dits):
             dit.compile_forward = compiled
@@ -329,6 +340,8 @@ class WorldModelEnv(ChunkEnv):
         terminated[self._episodes.done & ended_by_env] = True
         truncated[self._episodes.done & ~ended_by_env] = True
         active = np.flatnonzero(~self._episodes.done)
+        if self._state_success is not None:
+            self._state_success.chunk_spread[:] = np.nan
         scored_probs = np.full(self.num_envs, np.nan, np.float32)
         disagreement = np.full(self.num_envs, np.nan, np.float32)
         for start in range(0, len(active), self.batch_size):
@@ -346,10 +359,11 @@ class WorldModelEnv(ChunkEnv):
         }
         if self.ensemble:
             info["disagreement"] = disagreement  # of each env stepped now (NaN otherwise)
-        if self.uncertainty_threshold is not None:
+        if self.uncertainty_threshold is not None or self.state_uncertainty_threshold is not None:
             info["halted"] = self._rule.halted.copy()
         if self._state_success is not None:  # the state model's smallest object-to-goal distance so far
             info["state_distance"] = self._state_success.distance.copy()
+            info["state_spread"] = self._state_success.chunk_spread.copy()  # of each env stepped now (NaN otherwise)
         return ChunkStep(self._obs(), rewards, terminated, truncated, info)
 
     # ------------------------------------------------------------------ internals
@@ -388,6 +402,8 @@ class WorldModelEnv(ChunkEnv):
         ends = np.minimum(k, self.max_episode_steps - self._episodes.steps[rows])
         # the state model's verdict by each step (None: no state model, the frames decide)
         state_reached = None if self._state_success is None else self._state_success.advance(rows, actions, ends)
+        if self.state_uncertainty_threshold is not None:
+            halted |= self._state_success.chunk_spread[rows] > self.state_uncertainty_threshold
         scored, wanted = self._frames.steps_to_decode(ends, self.reward_frames == "all", self.reencode_context)
         decoded = self._frames.decode(context, new, wanted)
 

@@ -3,8 +3,8 @@
 An env succeeds once ``consecutive`` scored frames in a row reach the reward model's ``threshold`` (the streak may
 span chunks) and, with a state model, its object is at the goal by that step. ``success_once`` rewards that step with
 1; ``relative`` rewards every scored frame with the change in success probability since the previous one, so an
-episode's return is ``p_final - p_reset``. An env halted by the ensemble's disagreement ends as a failure: scored as
-probability 0 under ``relative``.
+episode's return is ``p_final - p_reset``. An env halted by disagreement (of a DiT ensemble or of the state model's
+members) ends as a failure: scored as probability 0 under ``relative``.
 """
 
 from __future__ import annotations
@@ -24,7 +24,7 @@ class SuccessRule:
             raise ValueError(f"success_consecutive must be >= 1, got {consecutive}")
         self.reward_type, self.threshold, self.consecutive = reward_type, float(threshold), int(consecutive)
         self.success = np.zeros(num_envs, bool)
-        self.halted = np.zeros(num_envs, bool)  # ended by the ensemble's disagreement
+        self.halted = np.zeros(num_envs, bool)  # ended by disagreement
         self.streak = np.zeros(num_envs, np.int64)  # scored frames in a row at or above the threshold
         self.last_prob = np.zeros(num_envs, np.float32)
 

@@ -104,6 +104,13 @@ class StateDynamics(nn.Module, PyTorchModelHubMixin):
         distances = (x[..., -3:] - goal).norm(dim=-1)
         return distances.mean(0) if check_member_rule(members) == "mean" else distances.amax(0)
 
+    @staticmethod
+    def object_spread(x: torch.Tensor) -> torch.Tensor:
+        """``[B]``: how far the members disagree on the object: the largest distance of a member's object position
+        from the members' mean (in the state's units; Meta-World: metres)."""
+        objects = x[..., -3:]
+        return (objects - objects.mean(0)).norm(dim=-1).amax(0)
+
     @torch.no_grad()
     def closest_approach(self, states: torch.Tensor, actions: torch.Tensor, members: str = "mean") -> torch.Tensor:
         """``[B]``: the smallest predicted object-to-goal distance over actions ``[B, T, A]`` from ``states``
@@ -157,6 +164,7 @@ class StateSuccessTracker:
         self._goal = torch.zeros(num_envs, 3)
         self.reached = np.zeros(num_envs, bool)
         self.distance = np.full(num_envs, np.inf, np.float32)  # the smallest so far
+        self.chunk_spread = np.full(num_envs, np.nan, np.float32)  # the largest object spread of the last chunk run
 
     def reset(self, rows: np.ndarray, reset_ids: np.ndarray) -> None:
         x, goal = self.model.start(self.model.reset_state(reset_ids))
@@ -166,19 +174,23 @@ class StateSuccessTracker:
     @torch.no_grad()
     def advance(self, rows: np.ndarray, actions: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Run ``steps[i]`` of ``actions[i]`` (``[n, K, A]``) for env ``rows[i]``; returns bool ``[n, K]``: has
-        the object reached the goal by each step (a step not run repeats the last one run)."""
+        the object reached the goal by each step (a step not run repeats the last one run). Sets ``chunk_spread``
+        of the rows: the members' largest object spread (:meth:`StateDynamics.object_spread`) over the steps run."""
         x, goal = self._x[:, rows], self._goal[rows]
         acts = torch.as_tensor(actions, dtype=torch.float32)
         best = torch.as_tensor(self.distance[rows])
+        spread = torch.zeros(len(rows))
         by_step = np.zeros(actions.shape[:2], bool)
         for t in range(actions.shape[1]):
             if t < int(steps.max(initial=0)):
                 moving = torch.as_tensor(t < steps)
                 x = torch.where(moving[None, :, None], self.model.step(x, goal, acts[:, t]), x)
                 best = torch.where(moving, torch.minimum(best, self.model.object_distance(x, goal, self.members)), best)
+                spread = torch.where(moving, torch.maximum(spread, self.model.object_spread(x)), spread)
             by_step[:, t] = best.numpy() <= self.model.success_distance
         self._x[:, rows] = x
         self.distance[rows] = best.numpy()
+        self.chunk_spread[rows] = spread.numpy()
         self.reached[rows] = by_step[:, -1]
         return by_step
 
