@@ -127,7 +127,7 @@ def test_vector_env_next_step_autoreset(wm_dir):
     nan_actions = np.full(envs.action_space.shape, np.nan, np.float32)  # ignored: every env restarts
     obs, rewards, terminated, truncated, _ = envs.step(nan_actions)
     assert inner.timings.dit_calls == calls and not rewards.any() and not (terminated | truncated).any()
-    starts = inner.initial_states.frames[inner._reset_ids, -1]
+    starts = inner.initial_states.frames[inner._episodes.reset_ids, -1]
     np.testing.assert_array_equal(obs["image"], starts)
     envs.step(envs.action_space.sample())
     assert inner.timings.dit_calls > calls
@@ -142,7 +142,7 @@ def test_vector_env_disabled_mode_and_partial_reset(wm_dir):
     obs, _ = envs.reset(options={"reset_mask": [False, True], "ids": [2]})
     np.testing.assert_array_equal(obs["image"][0], stepped["image"][0])  # env 0 goes on
     np.testing.assert_array_equal(obs["image"][1], inner.initial_states.frames[2, -1])
-    assert inner._steps.tolist() == [CHUNK, 0]
+    assert inner._episodes.steps.tolist() == [CHUNK, 0]
     with pytest.raises(ValueError, match="reset_mask"):
         envs.reset(options={"reset_mask": [True]})
     with pytest.raises(ValueError, match="unknown reset options"):
