@@ -254,3 +254,54 @@ def test_unclosed_env_exits_without_gl_errors():
     result = subprocess.run([sys.executable, "-c", script], cwd=root, capture_output=True, text=True, timeout=300)
     assert result.returncode == 0, result.stderr
     assert "Exception ignored" not in result.stderr, result.stderr
+
+
+def test_a_chunk_reports_the_state_after_every_step_and_a_replay_reads_them_in_one_chunk():
+    from rlinf_wm.runners.train_state_model import replayed_states
+
+    class OneStepAtATime:  # the same env without info["states"]: the replay steps once per action
+        def __init__(self, env):
+            self.env = env
+
+        def reset(self, ids):
+            return self.env.reset(ids=ids)
+
+        def chunk_step(self, actions):
+            step = self.env.chunk_step(actions)
+            step.info.pop("states")
+            return step
+
+    actions = np.random.default_rng(0).uniform(-1, 1, (12, 4)).astype(np.float32)
+    with MetaWorldEnv("drawer-open-v3", num_envs=1, max_episode_steps=150, include_states=True) as env:
+        env.reset(ids=[3])
+        step = env.chunk_step(actions[None, :5])
+        assert step.info["states"].shape == (1, 5, 39) and step.info["states"].dtype == np.float32
+        np.testing.assert_array_equal(step.info["states"][0, -1], step.obs.states[0])
+        assert np.abs(step.info["states"][0, 0] - step.info["states"][0, 4]).max() > 1e-4  # the hand moved
+        chunked, stepped = replayed_states(env, 3, actions), replayed_states(OneStepAtATime(env), 3, actions)
+        assert chunked.shape == (12, 39)
+        np.testing.assert_array_equal(chunked, stepped)
+        np.testing.assert_array_equal(chunked[5], step.info["states"][0, -1])  # the state before action 5
+        assert replayed_states(env, 3, actions[:1]).shape == (1, 39)
+    with MetaWorldEnv("drawer-open-v3", num_envs=1, max_episode_steps=150) as env:
+        env.reset(ids=[3])
+        assert "states" not in env.chunk_step(actions[None, :2]).info
+
+
+def test_the_state_model_reads_a_recorded_episode_without_states_by_replaying_it(tmp_path):
+    import dataclasses
+
+    from rlinf_wm.data.trajectories import write_episodes
+    from rlinf_wm.runners.train_state_model import read_state_episodes
+
+    with MetaWorldEnv("drawer-open-v3", num_envs=1, max_episode_steps=150, include_states=True) as env:
+        recorded = record_episode(env, "expert", seed=0, task_id=7, expert_noise_std=0.0)
+    assert recorded.success and recorded.states is not None
+    # as a policy's evaluation writes it: no states, its reset id and the env it ran in
+    stateless = dataclasses.replace(recorded, states=None, attrs={**recorded.attrs, "task_id": 7})
+    path = write_episodes(tmp_path / "eval.hdf5", [stateless],
+                          env_args={"env": {"env_type": "metaworld", "task": "drawer-open-v3", "num_envs": 1,
+                                            "max_episode_steps": 150}})
+    (episode,) = read_state_episodes([str(path)], progress=False)
+    assert episode.success and episode.reset_id == 7
+    np.testing.assert_allclose(episode.states, recorded.states, atol=1e-6)

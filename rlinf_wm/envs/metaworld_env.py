@@ -133,7 +133,9 @@ class MetaWorldEnv(ChunkEnv):
     ``camera_pose`` (``pos``, ``lookat``, ``fovy``) re-aims the named camera, e.g. to frame the workspace at 64x64.
     One frame is rendered per chunk (rendering is the cost); ``render_every_step`` also renders after every inner
     step into ``info["frames"]`` ``uint8 [B, K, H, W, 3]`` (steps after an episode's end repeat its last frame),
-    so policy rollouts can be recorded as world-model training data.
+    so policy rollouts can be recorded as world-model training data. ``include_states`` adds the state vector to
+    observations and the state after every inner step to ``info["states"]`` ``float32 [B, K, 39]`` (repeated after
+    an episode's end in the same way), which costs no rendering.
     """
 
     action_dim = 4
@@ -249,6 +251,7 @@ class MetaWorldEnv(ChunkEnv):
         terminated = np.zeros((b_size, k_size), bool)
         truncated = np.zeros((b_size, k_size), bool)
         frames = np.zeros((b_size, k_size, self.height, self.width, 3), np.uint8) if self.render_every_step else None
+        states = np.zeros((b_size, k_size, STATE_DIM), np.float32) if self.include_states else None
         for b, env in enumerate(self._envs):
             if self._terminated[b] or self._truncated[b]:
                 # Finished before this chunk: not stepped, flags stay, no reward.
@@ -256,6 +259,8 @@ class MetaWorldEnv(ChunkEnv):
                 truncated[b] = self._truncated[b]
                 if frames is not None:
                     frames[b] = self._images[b]
+                if states is not None:
+                    states[b] = self._states[b]
                 continue
             for k in range(k_size):
                 with warnings.catch_warnings():
@@ -272,6 +277,8 @@ class MetaWorldEnv(ChunkEnv):
                 ended = self._terminated[b] or self._truncated[b]
                 if frames is not None:
                     frames[b, k:] = self._render(b)
+                if states is not None:
+                    states[b, k:] = self._states[b]
                 if ended:
                     terminated[b, k:] = self._terminated[b]
                     truncated[b, k:] = self._truncated[b]
@@ -280,6 +287,8 @@ class MetaWorldEnv(ChunkEnv):
         info = {"success": self._success.copy(), "episode_length": self._lengths.copy(), "task_ids": self._task_ids.copy()}
         if frames is not None:
             info["frames"] = frames
+        if states is not None:
+            info["states"] = states
         return ChunkStep(obs=self._obs(), rewards=rewards, terminated=terminated, truncated=truncated, info=info)
 
     def close(self) -> None:
