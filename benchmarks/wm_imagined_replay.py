@@ -376,7 +376,7 @@ def main() -> None:
         if args.ensemble:
             wm_cfg["ensemble_world_model_dirs"] = [str(p) for p in args.ensemble]
             wm_cfg["disagreement"] = args.disagreement
-        wm_cfg["uncertainty_threshold"] = None  # measure the disagreement, never halt on it
+        wm_cfg["uncertainty_threshold"] = wm_cfg["state_uncertainty_threshold"] = None  # measure, never halt
         wm_env = make_env(wm_cfg.pop("env_type"), **wm_cfg)
         reports = []
         for n, policy_dir in enumerate(args.policy):

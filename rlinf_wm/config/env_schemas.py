@@ -49,7 +49,7 @@ class MetaWorldEnvConfig:
     camera_pose: CameraPose | None = None  # re-aim `camera` (null: as Meta-World places it)
     max_episode_steps: int = 150
     seed: int = 0
-    include_states: bool = False  # also return the 39-d Meta-World state as Obs.states
+    include_states: bool = False  # also return the 39-d Meta-World state as Obs.states (per step: info['states'])
     render_every_step: bool = False  # info["frames"]: a frame after every step (to record rollouts; slower)
 
     def check(self, path: str) -> None:

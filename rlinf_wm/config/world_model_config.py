@@ -281,7 +281,7 @@ class TrainSection:
         return self.distill.steps > 0
 
     @property
-    def replays(self) -> bool:
+    def uses_generated_episodes(self) -> bool:
         return self.reward_generated_episodes > 0
 
     @property

@@ -105,7 +105,8 @@ class WorldModelEnv(ChunkEnv):
             every member must bring the object to the goal (stricter).
         state_uncertainty_threshold: an env whose state-model members' object positions spread further than this
             within a chunk (``info["state_spread"]``, the largest distance of a member from their mean; metres on
-            Meta-World) ends there as a failure, as ``uncertainty_threshold`` does for DiTs. ``None``: never.
+            Meta-World) ends there as a failure, a success in that chunk included, as ``uncertainty_threshold`` does
+            for DiTs. ``None``: never.
         reencode_context: decode the new conditioning frames and encode them again instead of sliding the
             generated latents (per-frame tokenizers only). ``None`` (default): on for per-frame tokenizers - on
             drawer-open-v3, sliding raw generated latents drifted off the tokenizer's manifold within ~10 chunks
@@ -160,6 +161,8 @@ class WorldModelEnv(ChunkEnv):
                 raise ValueError(f"{name} must be >= 1, got {value}")
         if uncertainty_threshold is not None and not ensemble_world_model_dirs:
             raise ValueError("uncertainty_threshold needs ensemble_world_model_dirs: disagreement is between DiTs")
+        if state_uncertainty_threshold is not None and state_model_path is None:
+            raise ValueError("state_uncertainty_threshold needs a state model (state_model_path)")
         for name, value in (("uncertainty_threshold", uncertainty_threshold),
                             ("state_uncertainty_threshold", state_uncertainty_threshold)):
             if value is not None and value <= 0:
@@ -181,10 +184,9 @@ class WorldModelEnv(ChunkEnv):
         self.tokenizer, self.dit, self.reward_model = parts.tokenizer, parts.dit, parts.reward_model
         self.initial_states = parts.initial_states
         self.num_envs = int(num_envs)
-        self.max_episode_steps = int(max_episode_steps)
-        if self.initial_states.start_steps.max() >= self.max_episode_steps:
+        if self.initial_states.start_steps.max() >= int(max_episode_steps):
             raise ValueError(f"initial states start at step {int(self.initial_states.start_steps.max())}, not before "
-                             f"max_episode_steps={self.max_episode_steps}: no step would be left")
+                             f"max_episode_steps={max_episode_steps}: no step would be left")
         self.batch_size = int(batch_size)
         self.reward_type = reward_type
         self.reward_frames = reward_frames
@@ -207,7 +209,7 @@ class WorldModelEnv(ChunkEnv):
         self._state_success = None if state_model_path is None else StateSuccessTracker.for_initial_states(
             state_model_path, self.initial_states, int(num_envs), self.action_dim, state_model_members)
         if state_uncertainty_threshold is not None and self._state_success is None:
-            raise ValueError("state_uncertainty_threshold needs a state model (state_model_path), and this env has none")
+            raise ValueError("state_uncertainty_threshold needs a state model: state_model_path auto found none")
         self.state_uncertainty_threshold = None if state_uncertainty_threshold is None else float(
             state_uncertainty_threshold)
         self.ensemble = DiTEnsemble(list(ensemble_world_model_dirs or []), parts, disagreement, self.timings)
@@ -220,7 +222,7 @@ class WorldModelEnv(ChunkEnv):
                                          self.dtype)
 
         self._episodes = EpisodeRows(self.num_envs, self.initial_states.image_size,
-                                     max(0, self.reward_model.num_frames - 1), self.action_dim, self.max_episode_steps,
+                                     max(0, self.reward_model.num_frames - 1), self.action_dim, int(max_episode_steps),
                                      self._rule)
         self._context: torch.Tensor | None = None  # latents [B, C, Tc, h, w] (DiT dtype)
         self._seed_streams(self.seed)
@@ -231,6 +233,10 @@ class WorldModelEnv(ChunkEnv):
         # One noise stream per env, independent of the others (np SeedSequence spawns well-mixed child seeds).
         children = np.random.SeedSequence(seed).spawn(self.num_envs)
         self._generators = [torch.Generator().manual_seed(int(c.generate_state(1, np.uint64)[0] >> 1)) for c in children]
+
+    @property
+    def max_episode_steps(self) -> int:
+        return self._episodes.max_episode_steps
 
     @property
     def reward_threshold(self) -> float:
@@ -341,7 +347,7 @@ class WorldModelEnv(ChunkEnv):
         truncated[self._episodes.done & ~ended_by_env] = True
         active = np.flatnonzero(~self._episodes.done)
         if self._state_success is not None:
-            self._state_success.chunk_spread[:] = np.nan
+            self._state_success.start_chunk()
         scored_probs = np.full(self.num_envs, np.nan, np.float32)
         disagreement = np.full(self.num_envs, np.nan, np.float32)
         for start in range(0, len(active), self.batch_size):

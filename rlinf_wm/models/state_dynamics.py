@@ -171,6 +171,10 @@ class StateSuccessTracker:
         self._x[:, rows], self._goal[rows] = x, goal
         self.reached[rows], self.distance[rows] = False, np.inf
 
+    def start_chunk(self) -> None:
+        """Forget the last chunk's spreads: envs not advanced in this one report NaN."""
+        self.chunk_spread[:] = np.nan
+
     @torch.no_grad()
     def advance(self, rows: np.ndarray, actions: np.ndarray, steps: np.ndarray) -> np.ndarray:
         """Run ``steps[i]`` of ``actions[i]`` (``[n, K, A]``) for env ``rows[i]``; returns bool ``[n, K]``: has

@@ -47,15 +47,19 @@ class StateEpisode:
 
 def replayed_states(env, reset_id: int, actions: np.ndarray) -> np.ndarray:
     """The state before each action, replayed in ``env`` (``include_states``). An env that reports the state after
-    every step of a chunk (``info["states"]``, as Meta-World's does) replays the rest in one chunk: one render
-    instead of one per step."""
+    every step of a chunk (``info["states"]``, as Meta-World's does) replays all but the first step in one chunk:
+    one render instead of one per step."""
     states = [env.reset(ids=[reset_id]).states[0]]
-    for t in range(len(actions) - 1):
-        step = env.chunk_step(actions[None, t : t + 1])
-        states.append(step.obs.states[0])
-        if "states" in step.info and t + 2 < len(actions):
-            states.extend(env.chunk_step(actions[None, t + 1 : -1]).info["states"][0])
-            break
+    if len(actions) < 2:
+        return np.asarray(states, np.float32)
+    first = env.chunk_step(actions[None, :1])
+    states.append(first.obs.states[0])
+    rest = actions[1:-1]
+    if "states" in first.info:
+        if len(rest):
+            states.extend(env.chunk_step(rest[None]).info["states"][0])
+    else:
+        states.extend(env.chunk_step(action[None, None]).obs.states[0] for action in rest)
     return np.asarray(states, np.float32)
 
 

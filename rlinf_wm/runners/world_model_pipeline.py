@@ -113,7 +113,8 @@ def run_stage(
     data = _Episodes(cfg, episodes)
     # New or changed trajectory files make the encoded latents (hence the DiT) and the reward model stale.
     data_files = [] if episodes is not None else training_data_files(cfg)
-    use_generated, use_student, use_state_model = cfg.train.replays, cfg.train.distills, cfg.train.trains_state_model
+    use_generated, use_student = cfg.train.uses_generated_episodes, cfg.train.distills
+    use_state_model = cfg.train.trains_state_model
     if stage == "all":
         selected = ("tokenizer", "encode", "dit", *(("distill",) if use_student else ()),
                     *(("generate",) if use_generated else ()), "reward", *(("state",) if use_state_model else ()))

@@ -280,9 +280,9 @@ def reward_stage(run: StageRun) -> dict:
     if tokenizer is not None and tokenizer.temporal_compression != 1:
         logger.warning("reward model: the %s tokenizer is not per-frame; training on real frames only", tokenizer.kind)
         tokenizer = None
-    if run.cfg.train.replays and not layout.generated_episodes.is_file():
+    if run.cfg.train.uses_generated_episodes and not layout.generated_episodes.is_file():
         raise FileNotFoundError(f"no generated episodes at {layout.generated_episodes}: run stage=generate first")
-    generated = read_episodes(layout.generated_episodes) if run.cfg.train.replays else []
+    generated = read_episodes(layout.generated_episodes) if run.cfg.train.uses_generated_episodes else []
     chunk_size = world_model_settings(cfg, layout, None)["chunk_size"]  # the env scores each chunk's last frame
     metrics = train_reward_model(cfg.train.reward, cfg.data_dir, layout.reward_run, cfg.reward_model,
                                  episodes=run.episodes(), tokenizer=tokenizer, tokenizer_reconstruction_prob=prob,
