@@ -185,7 +185,8 @@ def test_imagined_episodes_record_the_ensembles_disagreement_per_chunk(tmp_path)
         assert e["disagreement"].shape == (6 // CHUNK,) and (e["disagreement"] > 0).all()
     single = WorldModelEnv(str(wm), num_envs=2, max_episode_steps=6, reward_threshold=2.0)
     alone = replay_benchmark.imagined_episodes(single, FixedPolicy(), [0], 0, 1.0)[0]
-    assert np.isnan(alone["disagreement"]).all() and np.isnan(alone["state_spread"]).all()  # no ensemble, no state model
+    # no ensemble and no state model: both disagreements are NaN
+    assert np.isnan(alone["disagreement"]).all() and np.isnan(alone["state_spread"]).all()
 
 
 def test_disagreement_report_counts_what_each_threshold_would_halt():

@@ -15,7 +15,7 @@ from typing import Any, Literal
 from rlinf_wm.config.algorithm_schema import AlgorithmConfig
 from rlinf_wm.config.env_schemas import ENV_SCHEMAS, IMAGINED_ENV_TYPES, check_env_task
 from rlinf_wm.config.policy_schema import TinyVLAConfig
-from rlinf_wm.config.validate import ConfigError, dispatch_field, require
+from rlinf_wm.config.validate import ConfigError, dispatch_field, key_path, require
 
 
 @dataclass
@@ -158,7 +158,7 @@ class EmbodiedConfig:
     cluster: ClusterConfig = field(default_factory=ClusterConfig)
 
     def check(self, path: str) -> None:
-        at = lambda key: f"{path}.{key}" if path else key  # noqa: E731
+        at = key_path(path)
         train, evaluation = self.env.train, self.env.eval
         require(evaluation.env_type not in IMAGINED_ENV_TYPES, at("env.eval.env_type"),
                 f"evaluation must run in a real simulator, got {evaluation.env_type!r}")

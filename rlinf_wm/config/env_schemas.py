@@ -10,7 +10,7 @@ from dataclasses import dataclass, field
 from typing import Any, Literal
 
 from rlinf_wm.config.libero_schema import LiberoEnvConfig
-from rlinf_wm.config.validate import ConfigError, dispatch_field, require
+from rlinf_wm.config.validate import ConfigError, dispatch_field, key_path, require
 from rlinf_wm.config.world_model_env_schema import WorldModelEnvConfig
 
 # Named cameras of Meta-World's sawyer scenes (metaworld/assets/objects/assets/xyz_base.xml).
@@ -53,7 +53,7 @@ class MetaWorldEnvConfig:
     render_every_step: bool = False  # info["frames"]: a frame after every step (to record rollouts; slower)
 
     def check(self, path: str) -> None:
-        at = (lambda key: f"{path}.{key}") if path else (lambda key: key)
+        at = key_path(path)
         require(self.task.endswith("-v3"), at("task"), f"must be a Meta-World v3 task name like 'drawer-open-v3', got {self.task!r}")
         require(self.num_envs >= 1, at("num_envs"), f"must be >= 1, got {self.num_envs}")
         require(
@@ -138,7 +138,7 @@ class CollectConfig:
     progress_bar: bool = True
 
     def check(self, path: str) -> None:
-        at = (lambda key: f"{path}.{key}") if path else (lambda key: key)
+        at = key_path(path)
         check_env_task(self.env, self.task, at("env"))
         suite = getattr(self.env, "suite", None)
         require(suite is None or suite in LIBERO_EXPERT_SUITES, at("env.suite"),

@@ -9,7 +9,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Literal
 
-from rlinf_wm.config.validate import require
+from rlinf_wm.config.validate import key_path, require
 
 # The five standard suites and their task counts (LIBERO's benchmark registry).
 LIBERO_SUITES = {"libero_spatial": 10, "libero_object": 10, "libero_goal": 10, "libero_10": 10, "libero_90": 90}
@@ -34,7 +34,7 @@ class LiberoEnvConfig:
     seed: int = 0
 
     def check(self, path: str) -> None:
-        at = (lambda key: f"{path}.{key}") if path else (lambda key: key)
+        at = key_path(path)
         require(self.suite in LIBERO_SUITES, at("suite"), f"{self.suite!r} is not one of {sorted(LIBERO_SUITES)}")
         n_tasks = LIBERO_SUITES[self.suite]
         require(len(self.task_ids) >= 1, at("task_ids"), "must name at least one task")

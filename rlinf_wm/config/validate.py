@@ -10,7 +10,7 @@ from __future__ import annotations
 import dataclasses
 import types
 import typing
-from typing import Any, Literal, Union
+from typing import Any, Callable, Literal, Union
 
 from omegaconf import DictConfig, ListConfig, OmegaConf
 
@@ -126,6 +126,11 @@ def _validate_dataclass(value: Any, schema: type, path: str) -> Any:
 def dispatch_field(key: str, options: dict, **kwargs) -> Any:
     """A dataclass field whose schema is chosen by ``key`` (see :class:`Dispatch`)."""
     return dataclasses.field(metadata={"schema": Dispatch(key, options)}, **kwargs)
+
+
+def key_path(path: str) -> Callable[[str], str]:
+    """``key -> "path.key"`` (just ``key`` at the root): the names ``check`` methods give :func:`require`."""
+    return lambda key: _join(path, key)
 
 
 def require(condition: bool, path: str, message: str) -> None:

@@ -1,7 +1,8 @@
 """Top-level schema of the world-model configs (``examples/embodiment/config/world_model_*.yaml``).
 
-Composes the tokenizer and reward-model sections (:mod:`rlinf_wm.config.world_model_schema`) with the DiT,
-its training, the sampler and the evaluation. Layout of a composed config::
+Composes the tokenizer and reward-model sections (:mod:`rlinf_wm.config.world_model_schema`) and the evaluation
+(:mod:`rlinf_wm.config.world_model_eval_schema`) with the DiT, its training and the sampler. Layout of a composed
+config::
 
     task, artifacts_dir, data_dir, world_model_dir     paths (derived from one root in the YAML)
     stage, force, seed, holdout_fraction, ...          what to run
@@ -28,8 +29,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Literal
 
-from rlinf_wm.config.validate import require
+from rlinf_wm.config.validate import key_path, require
 from rlinf_wm.config.world_model_env_schema import check_guidance_interval
+from rlinf_wm.config.world_model_eval_schema import EvalConfig
 from rlinf_wm.config.world_model_schema import (
     RewardModelConfig,
     RewardTrainConfig,
@@ -39,10 +41,6 @@ from rlinf_wm.config.world_model_schema import (
 from rlinf_wm.utils.precision import TRAIN_PRECISIONS
 
 STAGES = ("tokenizer", "encode", "dit", "distill", "generate", "reward", "state", "all")
-
-
-def _at(path: str):
-    return (lambda key: f"{path}.{key}") if path else (lambda key: key)
 
 
 @dataclass
@@ -71,7 +69,7 @@ class DiTConfig:
     timestep_scale: float = 1.0
 
     def check(self, path: str) -> None:
-        at = _at(path)
+        at = key_path(path)
         for name in ("num_layers", "num_attention_heads", "attention_head_dim", "adaln_lora_dim", "text_embed_dim"):
             require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
         for name in ("latent_channels", "action_dim", "actions_per_latent_frame", "action_hidden_dim"):
@@ -158,7 +156,7 @@ class DiTTrainConfig:
     compile: bool | Literal["auto"] = False
 
     def check(self, path: str) -> None:
-        at = _at(path)
+        at = key_path(path)
         require(self.precision in TRAIN_PRECISIONS, at("precision"),
                 f"must be one of {list(TRAIN_PRECISIONS)}, got {self.precision!r}")
         for name in ("num_cond_latent_frames", "num_pred_latent_frames", "steps", "batch_size", "log_every",
@@ -202,7 +200,7 @@ class DistillConfig:
     compile: bool | Literal["auto"] = False
 
     def check(self, path: str) -> None:
-        at = _at(path)
+        at = key_path(path)
         require(self.steps >= 0, at("steps"), f"must be >= 0 (0: no student), got {self.steps}")
         for name in ("num_steps", "num_pairs", "pair_batch_size", "batch_size", "log_every"):
             require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
@@ -229,7 +227,7 @@ class SamplerConfig:
     rho: float = 7.0
 
     def check(self, path: str) -> None:
-        at = _at(path)
+        at = key_path(path)
         require(self.num_steps >= 1, at("num_steps"), f"must be >= 1, got {self.num_steps}")
         require(self.guidance >= 0, at("guidance"), f"must be >= 0, got {self.guidance}")
         check_guidance_interval(self.guidance_interval, at("guidance_interval"))
@@ -249,7 +247,7 @@ class StateModelTrainConfig:
     holdout_fraction: float = 0.1  # episodes the success distance is calibrated on
 
     def check(self, path: str) -> None:
-        at = _at(path)
+        at = key_path(path)
         require(self.steps >= 0, at("steps"), f"must be >= 0 (0: no state model), got {self.steps}")
         for name in ("members", "horizon", "batch_size"):
             require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
@@ -300,53 +298,6 @@ class TrainSection:
 
 
 @dataclass
-class EvalConfig:
-    """Open-loop evaluation on held-out episodes (``eval_world_model``)."""
-
-    output_dir: str = "outputs/world_model_eval"
-    num_chunks: int = 9  # autoregressive chunks per rollout (horizon = chunks x chunk frames)
-    horizons: list[int] = field(default_factory=lambda: [8, 16, 24, 36])  # frames at which metrics are reported
-    start_stride: int = 24  # frames between rollout starts within an episode
-    # also start one rollout per successful episode so that its horizon ends where success is first reached
-    # (these rollouts change outcome within the horizon - the reward model must notice)
-    success_aligned_starts: bool = True
-    max_rollouts: int = 96
-    batch_size: int = 16
-    # a pixel "moves" when some channel of the real frames changes by more than this (0..1 scale) over the horizon
-    moving_threshold: float = 0.1
-    ssim_window: int = 7
-    ssim_sigma: float = 1.5
-    num_videos: int = 4  # rollouts in the side-by-side video and image grid
-    video_fps: int = 8
-    seed: int = 0
-    num_threads: int = 0
-    # the one-step student (stage distill) with its own sampler instead of the DiT with the sampler section's
-    distilled: bool = False
-    # sampler overrides for the evaluation (null: the sampler section's values, or the student's)
-    num_steps: int | None = None
-    guidance: float | None = None
-    # decode + re-encode each chunk's newest conditioning frames, as the world-model env does (null: on for
-    # per-frame tokenizers, the env's default)
-    reencode_context: bool | None = None
-
-    def check(self, path: str) -> None:
-        at = _at(path)
-        for name in ("num_chunks", "start_stride", "max_rollouts", "batch_size", "video_fps"):
-            require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
-        require(len(self.horizons) >= 1, at("horizons"), "needs at least one horizon")
-        for i, horizon in enumerate(self.horizons):
-            require(horizon >= 1, f"{at('horizons')}[{i}]", f"must be >= 1, got {horizon}")
-        require(self.horizons == sorted(set(self.horizons)), at("horizons"), f"must be increasing, got {self.horizons}")
-        require(0 < self.moving_threshold < 1, at("moving_threshold"), f"must be in (0, 1), got {self.moving_threshold}")
-        require(self.ssim_window >= 3 and self.ssim_window % 2 == 1, at("ssim_window"),
-                f"must be an odd number >= 3, got {self.ssim_window}")
-        require(self.ssim_sigma > 0, at("ssim_sigma"), f"must be > 0, got {self.ssim_sigma}")
-        require(self.num_videos >= 0, at("num_videos"), f"must be >= 0, got {self.num_videos}")
-        require(self.num_steps is None or self.num_steps >= 1, at("num_steps"), "must be >= 1 or null")
-        require(self.guidance is None or self.guidance >= 0, at("guidance"), "must be >= 0 or null")
-
-
-@dataclass
 class WorldModelConfig:
     """``world_model_<task>.yaml``: train and evaluate the world model of one task."""
 
@@ -373,7 +324,7 @@ class WorldModelConfig:
     refine_from: str | None = None
 
     def check(self, path: str) -> None:
-        at = _at(path)
+        at = key_path(path)
         if self.refine_from is not None:
             require(Path(self.refine_from).resolve() != Path(self.world_model_dir).resolve(), at("refine_from"),
                     f"is world_model_dir itself ({self.world_model_dir}); refine into another directory")

@@ -10,7 +10,7 @@ import dataclasses
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
-from rlinf_wm.config.validate import require
+from rlinf_wm.config.validate import key_path, require
 from rlinf_wm.utils.precision import DTYPE_NAMES
 
 
@@ -83,7 +83,7 @@ class WorldModelEnvConfig:
     seed: int = 0
 
     def check(self, path: str) -> None:
-        at = (lambda key: f"{path}.{key}") if path else (lambda key: key)
+        at = key_path(path)
         for name in ("num_envs", "batch_size", "max_episode_steps", "success_consecutive"):
             require(getattr(self, name) >= 1, at(name), f"must be >= 1, got {getattr(self, name)}")
         for name in ("chunk_size", "num_cond_latent_frames"):
@@ -98,7 +98,8 @@ class WorldModelEnvConfig:
         require(self.uncertainty_threshold is None or bool(self.ensemble_world_model_dirs), at("uncertainty_threshold"),
                 "needs ensemble_world_model_dirs (the disagreement is between DiTs)")
         require(self.state_uncertainty_threshold is None or self.state_uncertainty_threshold > 0,
-                at("state_uncertainty_threshold"), f"must be > 0 (or null: never halt), got {self.state_uncertainty_threshold}")
+                at("state_uncertainty_threshold"),
+                f"must be > 0 (or null: never halt), got {self.state_uncertainty_threshold}")
         require(self.state_uncertainty_threshold is None or self.state_model_path is not None,
                 at("state_uncertainty_threshold"), "needs state_model_path (the disagreement is the state model's)")
         require(self.dtype in DTYPE_NAMES, at("dtype"), f"must be one of {list(DTYPE_NAMES)}, got {self.dtype!r}")

@@ -167,9 +167,7 @@ class WorldModelEnv(ChunkEnv):
                             ("state_uncertainty_threshold", state_uncertainty_threshold)):
             if value is not None and value <= 0:
                 raise ValueError(f"{name} must be > 0, got {value}")
-        # the rule checks its settings before the models load; the reward model's threshold is filled in below
-        self._rule = SuccessRule(int(num_envs), reward_type, 0.5 if reward_threshold is None else reward_threshold,
-                                 success_consecutive)
+        SuccessRule.check(reward_type, success_consecutive)  # before the models load
         compute_dtype = resolve_dtype(dtype, device)
         compiled = resolve_compile(compile, device)
         parts = load_world_model_parts(
@@ -193,8 +191,8 @@ class WorldModelEnv(ChunkEnv):
         self.device = torch.device(device)
         self.dtype = compute_dtype
         self.seed = int(seed)
-        if reward_threshold is None:
-            self._rule.threshold = float(self.reward_model.threshold)
+        self._rule = SuccessRule(self.num_envs, reward_type, self.reward_model.threshold if reward_threshold is None
+                                 else reward_threshold, success_consecutive)
         self.num_pred_latent_frames = self.chunk_size // self.dit.actions_per_latent_frame
         self.uncertainty_threshold = None if uncertainty_threshold is None else float(uncertainty_threshold)
         per_frame_tokenizer = self.tokenizer.temporal_compression == 1
@@ -383,7 +381,6 @@ class WorldModelEnv(ChunkEnv):
 
     def _step_rows(self, rows, actions, rewards, terminated, truncated, scored_probs, disagreement) -> None:
         n, k, tc, p = len(rows), self.chunk_size, self.num_cond_latent_frames, self.num_pred_latent_frames
-        nf = self.reward_model.num_frames
         context = self._context[rows]  # [n, C, Tc, h, w]
         c, h, w = context.shape[1], context.shape[3], context.shape[4]
         x_cond = torch.cat([context, context.new_zeros(n, c, p, h, w)], dim=2)
@@ -413,14 +410,8 @@ class WorldModelEnv(ChunkEnv):
         scored, wanted = self._frames.steps_to_decode(ends, self.reward_frames == "all", self.reencode_context)
         decoded = self._frames.decode(context, new, wanted)
 
-        windows, owners = [], []
-        for i, js in enumerate(scored):
-            history = list(self._episodes.history[rows[i]])  # frames before this chunk, oldest first
-            for j in js:
-                stack = [decoded[i][t] if t >= 0 else history[len(history) + t] for t in range(j - nf + 1, j + 1)]
-                windows.append(np.stack(stack))
-                owners.append((i, j))
-        probs = self._frames.score(torch.from_numpy(np.stack(windows)))
+        windows, owners = self._episodes.reward_windows(rows, decoded, scored)
+        probs = self._frames.score(torch.from_numpy(windows))
 
         new_context = torch.cat([context, new], dim=2)[:, :, -tc:]
         if self.reencode_context:
@@ -429,8 +420,5 @@ class WorldModelEnv(ChunkEnv):
             new_context = torch.cat([new_context[:, :, : tc - fresh], self._frames.encode(frames)], dim=2)
         self._context[rows] = new_context
 
-        by_row: dict[int, list[tuple[int, float]]] = {i: [] for i in range(n)}
-        for (i, j), prob in zip(owners, probs.tolist()):
-            by_row[i].append((j, prob))
-        self.timings.env_steps += self._episodes.finish(rows, ends, decoded, by_row, halted, state_reached, rewards,
-                                                        terminated, truncated, scored_probs)
+        self.timings.env_steps += self._episodes.finish(rows, ends, decoded, owners, probs.tolist(), halted,
+                                                        state_reached, rewards, terminated, truncated, scored_probs)

@@ -48,13 +48,31 @@ class EpisodeRows:
             self.action_sums[rows] = initial_states.action_sums_of(ids, self.action_sums.shape[1])
         self.done[rows] = False
 
+    def reward_windows(self, rows: np.ndarray, decoded: list[dict[int, np.ndarray]],
+                       scored: list[list[int]]) -> tuple[np.ndarray, list[tuple[int, int]]]:
+        """The clips the reward model scores: for each step ``j`` in ``scored[i]``, row ``i``'s frames up to ``j``
+        (``uint8 [N, history + 1, H, W, 3]``), reaching back into the frames before this chunk; and each clip's
+        ``(i, j)``."""
+        reach = self.history.shape[1]
+        windows, owners = [], []
+        for i, steps in enumerate(scored):
+            history = list(self.history[rows[i]])  # frames before this chunk, oldest first
+            for j in steps:
+                windows.append(np.stack([decoded[i][t] if t >= 0 else history[len(history) + t]
+                                         for t in range(j - reach, j + 1)]))
+                owners.append((i, j))
+        return np.stack(windows), owners
+
     def finish(self, rows: np.ndarray, ends: np.ndarray, decoded: list[dict[int, np.ndarray]],
-               scored: dict[int, list[tuple[int, float]]], halted: np.ndarray, state_reached: np.ndarray | None,
+               owners: list[tuple[int, int]], probs: list[float], halted: np.ndarray, state_reached: np.ndarray | None,
                rewards: np.ndarray, terminated: np.ndarray, truncated: np.ndarray, scored_probs: np.ndarray) -> int:
         """Close this chunk for ``rows``: ``ends[i]`` steps were generated for row ``i``, ``decoded[i]`` its decoded
-        frames by step, ``scored[i]`` its ``(step, probability)`` pairs, ``halted[i]`` ended by disagreement,
-        ``state_reached[i]`` the state model's verdict by step (``None``: no state model). Fills the rows of the
-        chunk's arrays; returns the number of actions the rows executed."""
+        frames by step, ``probs`` the success probabilities of the clips ``owners`` (:meth:`reward_windows`),
+        ``halted[i]`` ended by disagreement, ``state_reached[i]`` the state model's verdict by step (``None``: no
+        state model). Fills the rows of the chunk's arrays; returns the number of actions the rows executed."""
+        scored: list[list[tuple[int, float]]] = [[] for _ in rows]
+        for (i, j), prob in zip(owners, probs):
+            scored[i].append((j, prob))
         executed = 0
         for i, row in enumerate(rows.tolist()):
             if halted[i]:

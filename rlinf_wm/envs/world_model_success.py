@@ -17,11 +17,15 @@ REWARD_TYPES = ("success_once", "relative")
 class SuccessRule:
     """Success, halts, streaks and last scored probabilities of ``num_envs`` envs (module docstring)."""
 
-    def __init__(self, num_envs: int, reward_type: str, threshold: float, consecutive: int) -> None:
+    @staticmethod
+    def check(reward_type: str, consecutive: int) -> None:
         if reward_type not in REWARD_TYPES:
             raise ValueError(f"reward_type must be one of {REWARD_TYPES}, got {reward_type!r}")
         if int(consecutive) < 1:
             raise ValueError(f"success_consecutive must be >= 1, got {consecutive}")
+
+    def __init__(self, num_envs: int, reward_type: str, threshold: float, consecutive: int) -> None:
+        self.check(reward_type, consecutive)
         self.reward_type, self.threshold, self.consecutive = reward_type, float(threshold), int(consecutive)
         self.success = np.zeros(num_envs, bool)
         self.halted = np.zeros(num_envs, bool)  # ended by disagreement
